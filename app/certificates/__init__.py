@@ -1,0 +1,1 @@
+"""Signed deletion certificates, verifiable offline."""

@@ -1,0 +1,177 @@
+"""``unlearnd``: the command line over the same services the API uses."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import click
+
+from app.core.auth import Role
+from app.core.config import get_settings
+
+
+@click.group()
+@click.version_option(package_name="unlearnd")
+def main() -> None:
+    """Unlearnd: makes machine-learning models forget."""
+
+
+# --- database ---------------------------------------------------------------------------------
+
+
+@main.group()
+def db() -> None:
+    """Schema migrations."""
+
+
+@db.command("upgrade")
+@click.option("--revision", default="head", show_default=True)
+def db_upgrade(revision: str) -> None:
+    from app.core import migrate
+
+    migrate.upgrade(revision=revision)
+    click.echo(f"database at {revision}")
+
+
+@db.command("downgrade")
+@click.option("--revision", default="base", show_default=True)
+def db_downgrade(revision: str) -> None:
+    from app.core import migrate
+
+    migrate.downgrade(revision=revision)
+    click.echo(f"database at {revision}")
+
+
+@db.command("check")
+def db_check() -> None:
+    """Exit non-zero if the ORM models and the migrated schema differ."""
+    from app.core import migrate
+
+    migrate.check()
+    click.echo("no drift")
+
+
+# --- clients ----------------------------------------------------------------------------------
+
+
+@main.group()
+def clients() -> None:
+    """API clients and their keys."""
+
+
+@clients.command("create")
+@click.option("--name", required=True)
+@click.option("--role", type=click.Choice([r.value for r in Role]), required=True)
+@click.option("--requires-approval", is_flag=True, help="An admin approves this portal's requests.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object, for machines.")
+def clients_create(name: str, role: str, requires_approval: bool, as_json: bool) -> None:
+    """Create a client; its key is printed once, as the last line."""
+    from app.clients.service import create_client
+    from app.core.database import session_scope
+
+    with session_scope() as session:
+        issued = create_client(session, name=name, role=role, requires_approval=requires_approval)
+        client_id, key = issued.client.id, issued.api_key
+    if as_json:
+        click.echo(json.dumps({"id": client_id, "name": name, "role": role, "api_key": key}))
+    else:
+        click.echo(f"created {role} client '{name}' ({client_id}); the key is shown once:")
+        click.echo(key)
+
+
+@clients.command("list")
+def clients_list() -> None:
+    from app.clients.service import list_clients
+    from app.core.database import session_scope
+
+    with session_scope() as session:
+        for c in list_clients(session):
+            state = "revoked" if c.revoked_at else "active"
+            click.echo(f"{c.id}  {c.role:8} {state:8} {c.name}")
+
+
+# --- processes --------------------------------------------------------------------------------
+
+
+def _worker_command(*, beat: bool, concurrency: int = 1) -> list[str]:
+    command = [
+        sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker",
+        "--loglevel", "INFO", "--concurrency", str(concurrency), "--without-gossip", "--without-mingle",
+    ]
+    if beat:
+        settings = get_settings()
+        command += ["--beat", "--schedule", str(settings.data_dir / "beat-schedule")]
+    return command
+
+
+@main.command()
+@click.option("--concurrency", default=1, show_default=True)
+@click.option("--beat/--no-beat", default=False, help="Also run the periodic scheduler.")
+def worker(concurrency: int, beat: bool) -> None:
+    """Run a Celery worker (production: run as many as you like, on as many machines)."""
+    os.execv(sys.executable, _worker_command(beat=beat, concurrency=concurrency))
+
+
+@main.command()
+def beat() -> None:
+    """Run the periodic scheduler (exactly one per deployment)."""
+    settings = get_settings()
+    os.execv(
+        sys.executable,
+        [sys.executable, "-m", "celery", "-A", "workers.celery_app", "beat", "--loglevel", "INFO",
+         "--schedule", str(settings.data_dir / "beat-schedule")],
+    )
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True)
+def serve(host: str, port: int) -> None:
+    """Run the API only (production; workers run separately)."""
+    import uvicorn
+
+    from app.main import create_app
+
+    uvicorn.run(create_app(), host=host, port=port, log_config=None)
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True)
+def run(host: str, port: int) -> None:
+    """Embedded default: SQLite and a local queue under the data dir, the API and one worker."""
+    import uvicorn
+
+    from app.clients.service import create_client
+    from app.core import migrate
+    from app.core.database import session_scope
+    from app.main import create_app
+
+    settings = get_settings()
+    settings.artifacts_dir.mkdir(parents=True, exist_ok=True)
+    migrate.upgrade()
+    with session_scope() as session:
+        key = create_client(session, name="admin (unlearnd run)", role=Role.ADMIN).api_key
+
+    worker_process = subprocess.Popen(_worker_command(beat=True), env=os.environ.copy())
+    try:
+        click.echo(f"Unlearnd is running at http://{host}:{port}  (API docs: http://{host}:{port}/docs)")
+        click.echo(f"data: {settings.data_dir}")
+        click.echo("admin API key (shown once):")
+        click.echo(key, err=False)
+        sys.stdout.flush()
+        uvicorn.run(create_app(settings), host=host, port=port, log_config=None)
+    finally:
+        worker_process.send_signal(signal.SIGTERM)
+        try:
+            worker_process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            worker_process.kill()
+
+
+if __name__ == "__main__":
+    main()

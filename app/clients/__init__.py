@@ -1,0 +1,1 @@
+"""API client management (keys are issued here; authentication lives in core)."""

@@ -1,0 +1,114 @@
+"""API clients and bearer-key authentication.
+
+A key is ``ulk_<key_id>_<secret>``. Only ``key_id`` (public, for lookup) and the
+SHA-256 of the secret are stored; the secret is shown once at creation. Keys carry
+256 bits of entropy, so a fast hash is sufficient (nothing to brute-force).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated
+
+from fastapi import Depends, Header, Request
+from sqlalchemy import String, select
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.core.database import Base, SessionDep, new_id, utcnow
+from app.core.errors import Forbidden, Unauthenticated
+
+KEY_PREFIX = "ulk"
+
+
+class Role(StrEnum):
+    PORTAL = "portal"
+    ML = "ml"
+    AUDITOR = "auditor"
+    ADMIN = "admin"
+
+
+class ApiClient(Base):
+    __tablename__ = "api_clients"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(200))
+    role: Mapped[str] = mapped_column(String(20))
+    key_id: Mapped[str] = mapped_column(String(32), unique=True)
+    key_hash: Mapped[str] = mapped_column(String(64))
+    # Portals whose requests an admin must approve before any model is touched.
+    requires_approval: Mapped[bool] = mapped_column(default=False)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(default=None)
+
+    @property
+    def role_enum(self) -> Role:
+        return Role(self.role)
+
+
+def _hash_secret(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def issue_key() -> tuple[str, str, str]:
+    """Return (key_id, plaintext key, stored hash)."""
+    key_id = secrets.token_hex(8)
+    secret = secrets.token_urlsafe(32)
+    return key_id, f"{KEY_PREFIX}_{key_id}_{secret}", _hash_secret(secret)
+
+
+def authenticate(session: SessionDep, key: str) -> ApiClient:
+    parts = key.split("_", 2)
+    if len(parts) != 3 or parts[0] != KEY_PREFIX:
+        raise Unauthenticated("malformed API key")
+    _, key_id, secret = parts
+    client = session.scalar(select(ApiClient).where(ApiClient.key_id == key_id))
+    # Compare even when the client is unknown so timing does not reveal which key ids exist.
+    expected = client.key_hash if client else "0" * 64
+    if not hmac.compare_digest(expected, _hash_secret(secret)) or client is None:
+        raise Unauthenticated("unknown API key")
+    if client.revoked_at is not None:
+        raise Unauthenticated("API key revoked")
+    return client
+
+
+def get_current_client(
+    request: Request,
+    session: SessionDep,
+    authorization: Annotated[str | None, Header()] = None,
+) -> ApiClient:
+    if not authorization:
+        raise Unauthenticated("missing Authorization: Bearer <key> header")
+    scheme, _, key = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not key.strip():
+        raise Unauthenticated("Authorization header must be 'Bearer <key>'")
+    client = authenticate(session, key.strip())
+    request.state.client_id = client.id
+    return client
+
+
+CurrentClient = Annotated[ApiClient, Depends(get_current_client)]
+
+
+def require_roles(*roles: Role):  # noqa: ANN201 - returns a FastAPI dependency
+    allowed = frozenset(roles)
+
+    def dependency(client: CurrentClient) -> ApiClient:
+        if client.role_enum not in allowed:
+            raise Forbidden(
+                f"role '{client.role}' may not do this; needs one of: "
+                + ", ".join(sorted(r.value for r in allowed))
+            )
+        return client
+
+    return dependency
+
+
+AdminClient = Annotated[ApiClient, Depends(require_roles(Role.ADMIN))]
+PortalClient = Annotated[ApiClient, Depends(require_roles(Role.PORTAL, Role.ADMIN))]
+MLClient = Annotated[ApiClient, Depends(require_roles(Role.ML, Role.ADMIN))]
+ReaderClient = Annotated[ApiClient, Depends(require_roles(Role.ML, Role.AUDITOR, Role.ADMIN))]
+AuditorClient = Annotated[ApiClient, Depends(require_roles(Role.AUDITOR, Role.ADMIN))]

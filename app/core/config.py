@@ -1,0 +1,114 @@
+"""The one settings object. Every knob is an ``UNLEARND_*`` environment variable."""
+
+from __future__ import annotations
+
+import secrets
+from enum import StrEnum
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Mode(StrEnum):
+    EMBEDDED = "embedded"
+    PRODUCTION = "production"
+
+
+class MissingSecretError(RuntimeError):
+    """Production refuses to start with generated secrets: they would not survive a restart
+    or be shared by a second machine, and every stored subject hash would become unmatchable."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="UNLEARND_", env_file=".env", extra="ignore")
+
+    mode: Mode = Mode.EMBEDDED
+    data_dir: Path = Path("./var")
+    # Empty means "derive from data_dir" (embedded SQLite database / SQLite-backed queue).
+    database_url: str = ""
+    broker_url: str = ""
+
+    # Secret material. In embedded mode missing values are generated once under data_dir.
+    subject_pepper: str = ""
+    signing_key_path: Path | None = None
+
+    log_level: str = "INFO"
+    max_body_bytes: int = 64 * 1024
+    # Days granted per legal basis when the law gives no calendar rule of its own.
+    default_deadline_days: dict[str, int] = Field(
+        default_factory=lambda: {
+            "lgpd_art18": 15,
+            "pipeda": 30,
+            "contract": 30,
+            "internal_policy": 30,
+        }
+    )
+    deadline_risk_margin_hours: float = 72.0
+    scheduler_interval_seconds: float = 30.0
+    torch_threads: int = 1
+    # Redis redelivers an unacknowledged task after this long; jobs also keep a heartbeat lease.
+    task_visibility_timeout_seconds: int = 3600
+
+    @model_validator(mode="after")
+    def _derive_defaults(self) -> Settings:
+        self.data_dir = self.data_dir.expanduser().resolve()
+        if not self.database_url:
+            self.database_url = f"sqlite:///{self.data_dir / 'unlearnd.sqlite3'}"
+        if not self.broker_url:
+            self.broker_url = f"sqla+sqlite:///{self.data_dir / 'queue.sqlite3'}"
+        if self.mode is Mode.PRODUCTION:
+            missing = [
+                name
+                for name, value in (
+                    ("UNLEARND_SUBJECT_PEPPER", self.subject_pepper),
+                    ("UNLEARND_SIGNING_KEY_PATH", self.signing_key_path),
+                )
+                if not value
+            ]
+            if missing:
+                raise MissingSecretError(
+                    f"production mode needs {', '.join(missing)}; refusing to generate secrets"
+                )
+        return self
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.data_dir / "artifacts"
+
+    @property
+    def secrets_dir(self) -> Path:
+        return self.data_dir / "secrets"
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    def pepper_bytes(self) -> bytes:
+        if self.subject_pepper:
+            return self.subject_pepper.encode()
+        return _read_or_create_secret(self.secrets_dir / "subject_pepper").encode()
+
+    def resolved_signing_key_path(self) -> Path:
+        return self.signing_key_path or self.secrets_dir / "signing_key.pem"
+
+
+def _read_or_create_secret(path: Path) -> str:
+    if path.exists():
+        return path.read_text().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    value = secrets.token_urlsafe(32)
+    # O_EXCL: two processes starting together must agree on one pepper.
+    try:
+        with path.open("x") as handle:
+            handle.write(value)
+        path.chmod(0o600)
+    except FileExistsError:
+        return path.read_text().strip()
+    return value
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,84 @@
+"""Transactional outbox: work for Celery is written in the same transaction as the state
+change that calls for it, and handed to the broker only after that transaction commits.
+
+A crash between commit and hand-off leaves the row pending; the periodic relay sends it.
+The outbox row id doubles as the Celery task id, and every task is idempotent, so a
+message sent twice does its work once.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import String, event, select
+from sqlalchemy.orm import Mapped, Session, mapped_column
+
+from app.core.database import Base, get_sessionmaker, new_id, utcnow
+
+log = logging.getLogger("unlearnd.outbox")
+_PENDING_KEY = "unlearnd_outbox_pending"
+
+
+class OutboxMessage(Base):
+    __tablename__ = "outbox_messages"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    task_name: Mapped[str] = mapped_column(String(200))
+    kwargs: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    dispatched_at: Mapped[datetime | None] = mapped_column(default=None, index=True)
+    attempts: Mapped[int] = mapped_column(default=0)
+    last_error: Mapped[str | None] = mapped_column(default=None)
+
+
+def enqueue(session: Session, task_name: str, **kwargs: Any) -> OutboxMessage:
+    message = OutboxMessage(task_name=task_name, kwargs=kwargs)
+    session.add(message)
+    pending: list[str] = session.info.setdefault(_PENDING_KEY, [])
+    if not pending:
+        event.listen(session, "after_commit", _after_commit, once=True)
+        event.listen(session, "after_rollback", _after_rollback, once=True)
+    pending.append(message.id)
+    return message
+
+
+def _after_commit(session: Session) -> None:
+    ids = session.info.pop(_PENDING_KEY, [])
+    if event.contains(session, "after_rollback", _after_rollback):
+        event.remove(session, "after_rollback", _after_rollback)
+    if ids:
+        relay(ids)
+
+
+def _after_rollback(session: Session) -> None:
+    session.info.pop(_PENDING_KEY, None)
+    if event.contains(session, "after_commit", _after_commit):
+        event.remove(session, "after_commit", _after_commit)
+
+
+def relay(ids: list[str] | None = None, limit: int = 500) -> int:
+    """Send pending messages (these ids, or the oldest ``limit``); return how many were sent."""
+    from app.core.queue import get_celery
+
+    celery = get_celery()
+    sent = 0
+    with get_sessionmaker()() as session:
+        query = select(OutboxMessage).where(OutboxMessage.dispatched_at.is_(None))
+        query = query.where(OutboxMessage.id.in_(ids)) if ids else query.order_by(OutboxMessage.created_at).limit(limit)
+        if session.get_bind().dialect.name == "postgresql":
+            # Two relays (API and beat) never send the same row concurrently.
+            query = query.with_for_update(skip_locked=True)
+        for message in session.scalars(query):
+            message.attempts += 1
+            try:
+                celery.send_task(message.task_name, kwargs=message.kwargs, task_id=message.id)
+            except Exception as exc:  # broker down: leave pending for the periodic relay
+                message.last_error = f"{type(exc).__name__}: {exc}"[:500]
+                log.warning("outbox relay failed", extra={"message_id": message.id, "error": message.last_error})
+                break
+            message.dispatched_at = utcnow()
+            sent += 1
+        session.commit()
+    return sent

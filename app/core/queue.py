@@ -1,0 +1,56 @@
+"""The Celery application object, configured from settings.
+
+It lives in core so that the outbox can hand tasks to the broker by name without
+importing ``workers`` (tasks import services, never the other way round).
+Embedded mode uses kombu's SQLAlchemy transport on a SQLite file: a real queue
+consumed by a real worker process, with no server to install.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from celery import Celery
+
+from app.core.config import Settings, get_settings
+
+TASK_MODULES = ["workers.tasks"]
+
+
+def _result_backend(settings: Settings) -> str:
+    if settings.broker_url.startswith("redis"):
+        return settings.broker_url
+    return f"db+sqlite:///{settings.data_dir / 'results.sqlite3'}"
+
+
+def make_celery(settings: Settings) -> Celery:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    app = Celery("unlearnd", broker=settings.broker_url, backend=_result_backend(settings), include=TASK_MODULES)
+    app.conf.update(
+        # A task is acknowledged only when it finished; a killed worker's task is delivered again.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_track_started=True,
+        task_serializer="json",
+        accept_content=["json"],
+        result_serializer="json",
+        result_expires=7 * 24 * 3600,
+        broker_connection_retry_on_startup=True,
+        # The API must answer even when the broker is down: the outbox keeps the message.
+        task_publish_retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5},
+        worker_hijack_root_logger=False,
+        timezone="UTC",
+        beat_schedule={
+            "relay-outbox": {"task": "unlearnd.relay_outbox", "schedule": 5.0},
+        },
+    )
+    if settings.broker_url.startswith("redis"):
+        # Redis redelivers a task a killed worker held once this many seconds have passed.
+        app.conf.broker_transport_options = {"visibility_timeout": settings.task_visibility_timeout_seconds}
+    return app
+
+
+@lru_cache
+def get_celery() -> Celery:
+    return make_celery(get_settings())

@@ -1,0 +1,1 @@
+"""Unlearning jobs: batching, lifecycle, verify-or-fallback, purge."""

@@ -1,0 +1,58 @@
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import ForeignKey, String
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.core.database import Base, new_id, utcnow
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class JobStage(StrEnum):
+    LOADING = "loading"
+    UNLEARNING = "unlearning"
+    VERIFYING = "verifying"
+    PURGING = "purging"
+    DONE = "done"
+
+
+class UnlearningJob(Base):
+    __tablename__ = "unlearning_jobs"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    kind: Mapped[str] = mapped_column(String(16), default="unlearn")  # unlearn | train
+    model_id: Mapped[str] = mapped_column(ForeignKey("registered_models.id"), index=True)
+    base_version_id: Mapped[str | None] = mapped_column(ForeignKey("model_versions.id"), default=None)
+    result_version_id: Mapped[str | None] = mapped_column(ForeignKey("model_versions.id"), default=None)
+    method: Mapped[str] = mapped_column(String(32))
+    method_used: Mapped[str | None] = mapped_column(String(32), default=None)
+    status: Mapped[str] = mapped_column(String(16), default=JobStatus.QUEUED, index=True)
+    stage: Mapped[str | None] = mapped_column(String(16), default=None)
+    progress: Mapped[float] = mapped_column(default=0.0)
+    forget_count: Mapped[int] = mapped_column(default=0)
+    attempts: Mapped[int] = mapped_column(default=0)
+    max_attempts: Mapped[int] = mapped_column(default=3)
+    error: Mapped[str | None] = mapped_column(default=None)
+    report: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # Lease: a running job whose heartbeat is stale belongs to a dead worker and is resumed.
+    heartbeat_at: Mapped[datetime | None] = mapped_column(default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    started_at: Mapped[datetime | None] = mapped_column(default=None)
+    finished_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class JobRequest(Base):
+    __tablename__ = "unlearning_job_requests"
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("unlearning_jobs.id", ondelete="CASCADE"), primary_key=True)
+    request_id: Mapped[str] = mapped_column(ForeignKey("deletion_requests.id"), primary_key=True, index=True)

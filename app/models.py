@@ -1,0 +1,25 @@
+"""Imports every ORM model so ``Base.metadata`` is complete (Alembic, tests, ``db upgrade``)."""
+
+from app.audit.models import AuditEvent, SigningKey, TreeHead
+from app.certificates.models import Certificate
+from app.core.auth import ApiClient
+from app.core.database import Base
+from app.core.outbox import OutboxMessage
+from app.jobs.models import JobRequest, UnlearningJob
+from app.registry.models import (
+    DataRecord,
+    Dataset,
+    DatasetSnapshot,
+    ModelArtifact,
+    ModelVersion,
+    RegisteredModel,
+)
+from app.requests.models import DeletionRequest, RequestRecord, RequestTransition
+from app.webhooks.models import WebhookDelivery, WebhookEndpoint
+
+__all__ = [
+    "ApiClient", "AuditEvent", "Base", "Certificate", "DataRecord", "Dataset", "DatasetSnapshot",
+    "DeletionRequest", "JobRequest", "ModelArtifact", "ModelVersion", "OutboxMessage",
+    "RegisteredModel", "RequestRecord", "RequestTransition", "SigningKey", "TreeHead",
+    "UnlearningJob", "WebhookDelivery", "WebhookEndpoint",
+]

@@ -1,0 +1,1 @@
+"""Datasets, records, snapshots, models, versions and their artifacts."""

@@ -1,0 +1,136 @@
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import BigInteger, ForeignKey, Index, Integer, LargeBinary, String, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.core.database import Base, new_id, utcnow
+
+# SQLite only auto-increments INTEGER PRIMARY KEY; PostgreSQL gets a real BIGINT.
+BigId = BigInteger().with_variant(Integer, "sqlite")
+
+
+class DatasetStatus(StrEnum):
+    PENDING = "pending"
+    INGESTING = "ingesting"
+    READY = "ready"
+    FAILED = "failed"
+
+
+class RecordState(StrEnum):
+    ACTIVE = "active"
+    FORGOTTEN = "forgotten"
+
+
+class VersionState(StrEnum):
+    TRAINING = "training"
+    ACTIVE = "active"
+    SUPERSEDED = "superseded"
+    PURGED = "purged"
+
+
+class Dataset(Base):
+    __tablename__ = "datasets"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    uri: Mapped[str] = mapped_column(String(2000))
+    format: Mapped[str] = mapped_column(String(16))
+    # record-key column, subject columns + identifier type, label and feature columns.
+    schema: Mapped[dict[str, Any]]
+    status: Mapped[str] = mapped_column(String(16), default=DatasetStatus.PENDING)
+    error: Mapped[str | None] = mapped_column(default=None)
+    progress: Mapped[float] = mapped_column(default=0.0)
+    record_count: Mapped[int] = mapped_column(BigInteger, default=0)
+    created_by: Mapped[str | None] = mapped_column(String(36), default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    ingested_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class DataRecord(Base):
+    """One training example: the caller's key, a keyed hash of its subject, a content hash."""
+
+    __tablename__ = "data_records"
+    __table_args__ = (
+        UniqueConstraint("dataset_id", "record_key"),
+        Index("ix_data_records_subject_hash", "subject_hash"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"))
+    # Position in the dataset file: snapshots store sets of these as compressed bitmaps.
+    row_index: Mapped[int] = mapped_column(BigInteger)
+    record_key: Mapped[str] = mapped_column(String(256))
+    subject_hash: Mapped[str | None] = mapped_column(String(64))
+    content_hash: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(16), default=RecordState.ACTIVE)
+    forgotten_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class DatasetSnapshot(Base):
+    """The exact set of records a training run saw, immutable once written."""
+
+    __tablename__ = "dataset_snapshots"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"), index=True)
+    record_count: Mapped[int] = mapped_column(BigInteger)
+    # Roaring bitmap of DataRecord.row_index values in the snapshot.
+    members: Mapped[bytes] = mapped_column(LargeBinary)
+    merkle_root: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class RegisteredModel(Base):
+    __tablename__ = "registered_models"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    adapter: Mapped[str] = mapped_column(String(64))
+    hyperparameters: Mapped[dict[str, Any]]
+    dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id"), index=True)
+    # default method, verification thresholds, batching window, retention.
+    policy: Mapped[dict[str, Any]]
+    created_by: Mapped[str | None] = mapped_column(String(36), default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ModelVersion(Base):
+    __tablename__ = "model_versions"
+    __table_args__ = (UniqueConstraint("model_id", "number"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    model_id: Mapped[str] = mapped_column(ForeignKey("registered_models.id"), index=True)
+    number: Mapped[int]
+    parent_id: Mapped[str | None] = mapped_column(ForeignKey("model_versions.id"), default=None, index=True)
+    snapshot_id: Mapped[str | None] = mapped_column(ForeignKey("dataset_snapshots.id"), default=None, index=True)
+    artifact_uri: Mapped[str | None] = mapped_column(String(2000), default=None)
+    artifact_sha256: Mapped[str | None] = mapped_column(String(64), default=None)
+    state: Mapped[str] = mapped_column(String(16), default=VersionState.TRAINING, index=True)
+    origin: Mapped[str] = mapped_column(String(16), default="trained")  # trained | imported | unlearned
+    metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    purged_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class ModelArtifact(Base):
+    """A stored part of a version (whole model, SISA shard, slice checkpoint), with the
+    snapshot of exactly the records it saw so lineage can be answered per artifact."""
+
+    __tablename__ = "model_artifacts"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    version_id: Mapped[str] = mapped_column(ForeignKey("model_versions.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))  # model | shard | checkpoint
+    shard: Mapped[int | None] = mapped_column(default=None)
+    slice: Mapped[int | None] = mapped_column(default=None)
+    snapshot_id: Mapped[str | None] = mapped_column(ForeignKey("dataset_snapshots.id"), default=None, index=True)
+    uri: Mapped[str] = mapped_column(String(2000))
+    sha256: Mapped[str] = mapped_column(String(64))
+    size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    state: Mapped[str] = mapped_column(String(16), default=VersionState.ACTIVE)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    purged_at: Mapped[datetime | None] = mapped_column(default=None)

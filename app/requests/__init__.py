@@ -1,0 +1,1 @@
+"""Deletion-request intake and lifecycle."""

@@ -1,0 +1,79 @@
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.core.database import Base, new_id, utcnow
+
+
+class RequestStatus(StrEnum):
+    RECEIVED = "received"
+    PENDING_APPROVAL = "pending_approval"
+    SCHEDULED = "scheduled"
+    UNLEARNING = "unlearning"
+    VERIFYING = "verifying"
+    COMPLETED = "completed"
+    REJECTED = "rejected"
+    CANCELLED = "cancelled"
+    FAILED = "failed"
+
+
+class DeletionRequest(Base):
+    __tablename__ = "deletion_requests"
+    __table_args__ = (
+        UniqueConstraint("client_id", "idempotency_key"),
+        UniqueConstraint("client_id", "external_ref"),
+        Index("ix_deletion_requests_status_due_at", "status", "due_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    client_id: Mapped[str] = mapped_column(ForeignKey("api_clients.id"), index=True)
+    external_ref: Mapped[str | None] = mapped_column(String(255), default=None)
+    idempotency_key: Mapped[str | None] = mapped_column(String(255), default=None)
+    # sha256 of the canonical request as received, identifiers already hashed.
+    request_hash: Mapped[str] = mapped_column(String(64))
+    subject_hashes: Mapped[list[Any]] = mapped_column(default=list)
+    record_refs: Mapped[list[Any]] = mapped_column(default=list)
+    legal_basis: Mapped[str] = mapped_column(String(32))
+    jurisdiction: Mapped[str | None] = mapped_column(String(64), default=None)
+    scope: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    requested_at: Mapped[datetime]
+    received_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    due_at: Mapped[datetime] = mapped_column(index=True)
+    extended_at: Mapped[datetime | None] = mapped_column(default=None)
+    extension_reason: Mapped[str | None] = mapped_column(default=None)
+    status: Mapped[str] = mapped_column(String(20), default=RequestStatus.RECEIVED)
+    outcome: Mapped[str | None] = mapped_column(String(32), default=None)
+    # source system, IP, user agent, identity verification attestation.
+    provenance: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # resolved lineage: records and model versions affected, filled at resolution.
+    affected: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    completed_at: Mapped[datetime | None] = mapped_column(default=None)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class RequestTransition(Base):
+    """Status history: one row per transition, with who and why."""
+
+    __tablename__ = "deletion_request_history"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    request_id: Mapped[str] = mapped_column(ForeignKey("deletion_requests.id", ondelete="CASCADE"), index=True)
+    from_status: Mapped[str | None] = mapped_column(String(20))
+    to_status: Mapped[str] = mapped_column(String(20))
+    actor: Mapped[str] = mapped_column(String(64))
+    reason: Mapped[str | None] = mapped_column(default=None)
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class RequestRecord(Base):
+    """A training record a request resolved to (subject match or explicit key)."""
+
+    __tablename__ = "deletion_request_records"
+
+    request_id: Mapped[str] = mapped_column(ForeignKey("deletion_requests.id", ondelete="CASCADE"), primary_key=True)
+    record_id: Mapped[int] = mapped_column(ForeignKey("data_records.id"), primary_key=True, index=True)

@@ -1,0 +1,1 @@
+"""Signed outbound callbacks on every state change."""

@@ -1,0 +1,148 @@
+"""Test fixtures on real services: PostgreSQL and Redis on 127.0.0.1, SQLite for the embedded path.
+
+Every test gets a database of its own, cloned from a template migrated once per run
+(PostgreSQL: CREATE DATABASE ... TEMPLATE; SQLite: a file copy), so tests never see
+each other's rows and the audit log's append-only triggers never need bypassing.
+All databases this run created are dropped at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+import pytest
+from fastapi.testclient import TestClient
+
+PG_ADMIN_DSN = os.environ.get("UNLEARND_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("UNLEARND_TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
+RUN_TAG = f"ut{os.getpid()}_{uuid.uuid4().hex[:6]}"
+
+
+def _pg_url(dbname: str) -> str:
+    base = PG_ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://")
+    return f"{base}/{dbname}"
+
+
+def _pg_exec(sql: str) -> None:
+    with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
+        conn.execute(sql)
+
+
+def reset_caches() -> None:
+    """Settings, engine, session factory and Celery app are cached per process; tests swap them."""
+    from app.core import config, database, queue
+
+    if database.get_engine.cache_info().currsize:
+        database.get_engine().dispose()
+    for cached in (config.get_settings, database.get_engine, database.get_sessionmaker, queue.get_celery):
+        cached.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def pg_template() -> Iterator[str]:
+    from app.core import migrate
+
+    name = f"{RUN_TAG}_template"
+    _pg_exec(f'CREATE DATABASE "{name}"')
+    migrate.upgrade(_pg_url(name))
+    created: list[str] = []
+    yield name
+    with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
+        rows = conn.execute("SELECT datname FROM pg_database WHERE datname LIKE %s", (f"{RUN_TAG}%",)).fetchall()
+        for (dbname,) in rows:
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+                (dbname,),
+            )
+            conn.execute(f'DROP DATABASE IF EXISTS "{dbname}"')
+    del created
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from app.core import migrate
+
+    path = tmp_path_factory.mktemp("sqlite-template") / "template.sqlite3"
+    migrate.upgrade(f"sqlite:///{path}")
+    return path
+
+
+def _fresh_database(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if backend == "postgresql":
+        template = request.getfixturevalue("pg_template")
+        name = f"{RUN_TAG}_{uuid.uuid4().hex[:10]}"
+        _pg_exec(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+        return _pg_url(name)
+    template_path = request.getfixturevalue("sqlite_template")
+    target = tmp_path / "unlearnd.sqlite3"
+    shutil.copy(template_path, target)
+    return f"sqlite:///{target}"
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+def backend(request: pytest.FixtureRequest) -> str:
+    """Parametrise a test over both databases by asking for this fixture (or ``env``)."""
+    return request.param
+
+
+@pytest.fixture
+def env(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
+    """Environment for one test: fresh database, its own data dir, Redis broker.
+
+    Uses the ``backend`` parameter when the test asks for it, PostgreSQL otherwise.
+    """
+    backend = request.getfixturevalue("backend") if "backend" in request.fixturenames else "postgresql"
+    values = {
+        "UNLEARND_MODE": "embedded",
+        "UNLEARND_DATA_DIR": str(tmp_path / "var"),
+        "UNLEARND_DATABASE_URL": _fresh_database(backend, request, tmp_path),
+        "UNLEARND_BROKER_URL": REDIS_URL,
+        "UNLEARND_SUBJECT_PEPPER": "test-pepper-not-secret",
+        "UNLEARND_LOG_LEVEL": "INFO",
+    }
+    for key, value in values.items():
+        monkeypatch.setenv(key, value)
+    reset_caches()
+    yield values
+    reset_caches()
+
+
+@pytest.fixture
+def api(env: dict[str, str]) -> Iterator[TestClient]:
+    from app.main import create_app
+
+    with TestClient(create_app(), raise_server_exceptions=False) as client:
+        yield client
+
+
+@dataclass(frozen=True)
+class Caller:
+    id: str
+    role: str
+    api_key: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"}
+
+
+@pytest.fixture
+def make_client(env: dict[str, str]) -> Callable[..., Caller]:
+    """Create an API client with a role; ``.headers`` authenticates as it."""
+    from app.clients.service import create_client
+    from app.core.database import session_scope
+
+    def factory(role: str = "admin", name: str | None = None, requires_approval: bool = False) -> Caller:
+        with session_scope() as session:
+            issued = create_client(
+                session, name=name or f"{role}-{uuid.uuid4().hex[:6]}", role=role, requires_approval=requires_approval
+            )
+            return Caller(id=issued.client.id, role=role, api_key=issued.api_key)
+
+    return factory

@@ -1,0 +1,22 @@
+"""Celery tasks. Thin: load, call a service or the engine, record the outcome."""
+
+from __future__ import annotations
+
+import os
+
+from app.core import outbox
+from app.core.queue import get_celery
+
+celery = get_celery()
+
+
+@celery.task(name="unlearnd.relay_outbox", ignore_result=True)
+def relay_outbox() -> int:
+    """Hand to the broker whatever a crash or a broker outage left in the outbox."""
+    return outbox.relay()
+
+
+@celery.task(name="unlearnd.ping")
+def ping(value: str) -> dict[str, object]:
+    """Round-trip probe: proves a real worker process consumed the queue."""
+    return {"echo": value, "worker_pid": os.getpid()}

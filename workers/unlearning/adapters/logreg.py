@@ -1,0 +1,207 @@
+"""L2-regularised multinomial logistic regression, ready for certified removal.
+
+The training objective (sum scale, as in Guo et al., "Certified Data Removal
+from Machine Learning Models", ICML 2020) is
+
+    L_D(W) = sum_i CE(W; x_i, y_i) + (n * l2 / 2) * ||W||^2 + <b, W>
+
+with the bias folded into W (shape (d + 1, K)) and regularised too, so L is
+strongly convex and the Newton removal step is well defined. ``b`` is Gaussian
+objective perturbation with std ``noise_std`` drawn from the seed; it is what
+turns a small gradient residual after removal into an (epsilon, delta)
+guarantee. Fitting is full-batch L-BFGS in float64: the Newton step is judged
+against this optimum, so the optimum has to be found precisely.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import runtime
+from ..data import LabelledData
+from .base import AdapterError, TorchClassifier
+
+# Bound on the third derivative of log-sum-exp (operator norm of the symmetric
+# trilinear form): for a unit direction v the third central moment of v under
+# softmax weights is at most range(v) * Var(v) <= sqrt(2) * 1/2. It makes the
+# Hessian of each sample's loss M3 * ||x||^3 Lipschitz in W.
+SOFTMAX_THIRD_DERIVATIVE_BOUND = 1.0 / math.sqrt(2.0)
+
+
+@dataclass(frozen=True)
+class LogRegParams:
+    l2: float = 1e-3
+    max_iter: int = 300
+    tol: float = 1e-8
+    noise_std: float = 1.0
+    epsilon: float = 1.0
+    delta: float = 1e-4
+    residual_budget: float | None = None
+    removal_cache: bool = True
+    # Used only when an approximate method fine-tunes this model by minibatches.
+    epochs: int = 10
+    batch_size: int = 256
+    lr: float = 1e-2
+    weight_decay: float = 0.0
+    num_classes: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.l2 <= 0:
+            raise ValueError("l2 must be > 0: removal needs a strongly convex objective")
+        if self.noise_std < 0 or self.epsilon <= 0 or not 0 < self.delta < 1:
+            raise ValueError("noise_std >= 0, epsilon > 0 and 0 < delta < 1 are required")
+
+
+class LogRegAdapter(TorchClassifier):
+    name = "logreg"
+    Params = LogRegParams
+    dtype = torch.float64
+
+    def __init__(self, **hyperparameters: Any) -> None:
+        super().__init__(**hyperparameters)
+        self.n_train = 0
+        self.hessian: torch.Tensor | None = None  # sum-scale, (pK, pK), at current W over D
+        self.gradient: torch.Tensor | None = None  # sum-scale, (p, K), at current W over D
+        self.residual_bound = 0.0  # accumulated over Newton removals since the last fit
+
+    def _make_module(self, feature_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+        return nn.Sequential(nn.Flatten(), nn.Linear(math.prod(feature_shape), num_classes))
+
+    # -- parameters as one (d + 1, K) matrix -----------------------------------
+    def weights(self) -> torch.Tensor:
+        linear = self.module[1]
+        return torch.cat([linear.weight.detach().T, linear.bias.detach()[None]]).cpu().clone()
+
+    def set_weights(self, weights: torch.Tensor) -> None:
+        linear = self.module[1]
+        with torch.no_grad():
+            linear.weight.copy_(weights[:-1].T)
+            linear.bias.copy_(weights[-1])
+
+    def design(self, features: torch.Tensor) -> torch.Tensor:
+        flat = features.reshape(features.shape[0], -1).to(torch.float64)
+        return torch.cat([flat, torch.ones(flat.shape[0], 1, dtype=torch.float64)], dim=1)
+
+    def objective_noise(self) -> torch.Tensor:
+        p = math.prod(self.feature_shape) + 1
+        draw = torch.randn(p, self.num_classes, generator=runtime.generator(
+            runtime.derive_seed(self.seed, self.name, "objective-noise")), dtype=torch.float64)
+        return draw * self.hyperparameters.noise_std
+
+    def removal_budget(self) -> float:
+        """Largest gradient residual (sum scale) the certificate tolerates.
+
+        Guo et al., Theorem 3: with b ~ N(0, sigma^2), a residual below
+        sigma * epsilon / c, c = sqrt(2 log(1.5 / delta)), gives (epsilon, delta)
+        certified removal. Without noise no certificate exists, so the budget is 0
+        unless the policy sets ``residual_budget`` explicitly.
+        """
+        hp = self.hyperparameters
+        if hp.residual_budget is not None:
+            return float(hp.residual_budget)
+        return hp.noise_std * hp.epsilon / math.sqrt(2.0 * math.log(1.5 / hp.delta))
+
+    # -- training ----------------------------------------------------------
+    def fit(self, data: LabelledData, seed: int) -> LogRegAdapter:
+        self.build(data.feature_shape, self.resolve_num_classes(data), seed)
+        self.set_weights(torch.zeros(math.prod(self.feature_shape) + 1, self.num_classes,
+                                     dtype=torch.float64))
+        self.residual_bound = 0.0
+        return self.partial_fit(data, seed, epochs=1)
+
+    def partial_fit(self, data: LabelledData, seed: int, epochs: int) -> LogRegAdapter:
+        """Minimise the objective on ``data`` by L-BFGS from the current weights."""
+        if self.module is None:
+            raise AdapterError("logreg: build() or fit() before partial_fit()")
+        hp = self.hyperparameters
+        x = self.design(data.features)
+        y = data.labels
+        n = len(data)
+        noise = self.objective_noise()
+        weights = self.weights().requires_grad_(True)
+        optimizer = torch.optim.LBFGS(
+            [weights], lr=1.0, max_iter=hp.max_iter, tolerance_grad=hp.tol,
+            tolerance_change=1e-14, history_size=20, line_search_fn="strong_wolfe",
+        )
+
+        def closure() -> torch.Tensor:
+            optimizer.zero_grad()
+            # mean scale for well-scaled line searches; same minimiser as the sum form
+            loss = (F.cross_entropy(x @ weights, y, reduction="sum") + (noise * weights).sum()) / n
+            loss = loss + 0.5 * hp.l2 * weights.pow(2).sum()
+            loss.backward()
+            return loss
+
+        if n:
+            optimizer.step(closure)
+        self.set_weights(weights.detach())
+        self.n_train = n
+        self.residual_bound = 0.0
+        if hp.removal_cache and n:
+            self.refresh_removal_cache(data)
+        else:
+            self.hessian = self.gradient = None
+        return self
+
+    def refresh_removal_cache(self, data: LabelledData) -> None:
+        """Hessian and gradient of the training objective at the current weights.
+
+        O(n (dK)^2) once per fit so that a later Newton removal costs only
+        O(m (dK)^2 + (dK)^3) for m forgotten rows plus one O(n dK) pass.
+        """
+        x = self.design(data.features)
+        weights = self.weights()
+        n = len(data)
+        self.n_train = n
+        self.gradient = (
+            sum_loss_gradient(x, data.labels, weights) + self.objective_noise()
+            + n * self.hyperparameters.l2 * weights
+        )
+        hessian = sum_loss_hessian(x, weights)
+        hessian.diagonal().add_(n * self.hyperparameters.l2)
+        self.hessian = hessian
+
+    # -- state -------------------------------------------------------------
+    def _header(self) -> dict[str, Any]:
+        return {"n_train": self.n_train, "residual_bound": self.residual_bound}
+
+    def _tensors(self) -> dict[str, torch.Tensor]:
+        tensors = super()._tensors()
+        if self.hessian is not None:
+            tensors["cache.hessian"] = self.hessian
+            tensors["cache.gradient"] = self.gradient
+        return tensors
+
+    def _restore(self, header: dict[str, Any], tensors: dict, blobs: dict) -> None:
+        super()._restore(header, tensors, blobs)
+        self.n_train = int(header["n_train"])
+        self.residual_bound = float(header["residual_bound"])
+        self.hessian = tensors.get("cache.hessian")
+        self.gradient = tensors.get("cache.gradient")
+
+
+def sum_loss_gradient(x: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """sum_i x_i (softmax(x_i W) - onehot(y_i))^T, shape (p, K)."""
+    residual = torch.softmax(x @ weights, dim=1)
+    residual[torch.arange(len(labels)), labels] -= 1.0
+    return x.T @ residual
+
+
+def sum_loss_hessian(x: torch.Tensor, weights: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
+    """sum_i (diag(p_i) - p_i p_i^T) kron x_i x_i^T, flattened row-major as (p*K, p*K)."""
+    p, k = weights.shape
+    hessian = torch.zeros(p, k, p, k, dtype=torch.float64)
+    for rows in x.split(chunk):
+        proba = torch.softmax(rows @ weights, dim=1)
+        outer = (rows[:, :, None] * proba[:, None, :]).reshape(len(rows), p * k)
+        hessian -= (outer.T @ outer).view(p, k, p, k)
+        diagonal = torch.einsum("nk,na,nb->kab", proba, rows, rows)
+        for cls in range(k):
+            hessian[:, cls, :, cls] += diagonal[cls]
+    return hessian.reshape(p * k, p * k)
