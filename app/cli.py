@@ -173,5 +173,22 @@ def run(host: str, port: int) -> None:
             worker_process.kill()
 
 
+def _register_room_commands() -> None:
+    """Each room may offer a click group in ``app/<room>/cli.py`` named ``cli``."""
+    import importlib
+
+    for room in ("requests", "registry", "lineage", "jobs", "audit", "certificates"):
+        try:
+            module = importlib.import_module(f"app.{room}.cli")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"app.{room}.cli":
+                raise
+            continue
+        main.add_command(module.cli)
+
+
+_register_room_commands()
+
+
 if __name__ == "__main__":
     main()

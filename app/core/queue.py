@@ -14,7 +14,7 @@ from celery import Celery
 
 from app.core.config import Settings, get_settings
 
-TASK_MODULES = ["workers.tasks"]
+TASK_MODULES = ["workers.tasks.core"]
 
 
 def _result_backend(settings: Settings) -> str:

@@ -1,4 +1,4 @@
-"""Celery tasks. Thin: load, call a service or the engine, record the outcome."""
+"""Plumbing tasks: the outbox relay and a round-trip probe."""
 
 from __future__ import annotations
 
