@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -146,3 +150,71 @@ def make_client(env: dict[str, str]) -> Callable[..., Caller]:
             return Caller(id=issued.client.id, role=role, api_key=issued.api_key)
 
     return factory
+
+
+class WorkerProcess:
+    """A real ``celery worker`` subprocess on the test's broker and database."""
+
+    def __init__(self, env: dict[str, str], log_path: Path, extra_args: tuple[str, ...] = ()) -> None:
+        self.env = {**os.environ, **env}
+        self.log_path = log_path
+        self.extra_args = extra_args
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 60.0) -> WorkerProcess:
+        from app.core.queue import get_celery
+
+        command = [
+            sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker", "--loglevel", "INFO",
+            "--concurrency", "1", "--without-gossip", "--without-mingle", "--without-heartbeat",
+            "--hostname", f"test-{uuid.uuid4().hex[:6]}@%h", *self.extra_args,
+        ]
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(command, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"worker exited early:\n{self.log_path.read_text()[-3000:]}")
+            replies = get_celery().control.ping(timeout=1.0)
+            if replies:
+                return self
+        raise RuntimeError(f"worker not ready:\n{self.log_path.read_text()[-3000:]}")
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group: what a crashed machine looks like to the broker."""
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+@pytest.fixture
+def redis_broker(env: dict[str, str]) -> Iterator[str]:
+    """An empty Redis database as this test's broker (flushed before and after)."""
+    import redis
+
+    client = redis.Redis.from_url(env["UNLEARND_BROKER_URL"])
+    client.flushdb()
+    yield env["UNLEARND_BROKER_URL"]
+    client.flushdb()
+
+
+@pytest.fixture
+def start_worker(env: dict[str, str], redis_broker: str, tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
+    workers: list[WorkerProcess] = []
+
+    def factory(*extra_args: str) -> WorkerProcess:
+        worker = WorkerProcess(env, tmp_path / f"worker-{len(workers)}.log", extra_args)
+        workers.append(worker)
+        return worker.start()
+
+    yield factory
+    for worker in workers:
+        worker.stop()

@@ -34,7 +34,7 @@ class OutboxMessage(Base):
 
 
 def enqueue(session: Session, task_name: str, **kwargs: Any) -> OutboxMessage:
-    message = OutboxMessage(task_name=task_name, kwargs=kwargs)
+    message = OutboxMessage(id=new_id(), task_name=task_name, kwargs=kwargs)
     session.add(message)
     pending: list[str] = session.info.setdefault(_PENDING_KEY, [])
     if not pending:

@@ -1,0 +1,35 @@
+# Two commands on a fresh machine: `make run` (embedded service with demo data) and `make test`.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: install run test services lint bench-quick clean
+
+$(BIN)/unlearnd: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# Exactly this torch: its CPU wheel is on local disk; any other spec pulls a multi-GB CUDA build.
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+install: $(BIN)/unlearnd
+
+run: install
+	$(BIN)/unlearnd run
+
+# PostgreSQL and Redis on 127.0.0.1 are started when they are not already running.
+services:
+	@scripts/ensure-services.sh
+
+test: install services
+	$(BIN)/pytest
+
+lint: install
+	$(BIN)/ruff check .
+
+bench-quick: install services
+	for b in benchmarks/*.py; do $(BIN)/python $$b --quick || exit 1; done
+
+clean:
+	rm -rf $(VENV) var .pytest_cache
