@@ -1,0 +1,59 @@
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from app.jobs.planner import BatchPolicy, CostModel, PendingDeletion, decide
+
+NOW = datetime(2026, 11, 28, 12, tzinfo=UTC)
+POLICY = BatchPolicy(max_batch_size=10, window=timedelta(minutes=30), safety_factor=2, risk_margin=timedelta(hours=1))
+COST = CostModel(seconds_per_unit=60, fixed_seconds=0)
+
+
+def pending(i: int, *, age_min: float = 1, due_days: float = 30, shards=None) -> PendingDeletion:
+    return PendingDeletion(
+        request_id=f"r{i}",
+        received_at=NOW - timedelta(minutes=age_min),
+        due_at=NOW + timedelta(days=due_days),
+        shards=frozenset(shards) if shards is not None else None,
+    )
+
+
+def test_fresh_requests_wait_for_the_window():
+    decision = decide([pending(i) for i in range(3)], POLICY, COST, NOW)
+    assert not decision.run and decision.reason == "waiting for more requests"
+
+
+def test_window_expiry_runs_the_batch():
+    decision = decide([pending(0, age_min=31), pending(1)], POLICY, COST, NOW)
+    assert decision.run and decision.reason == "window expired" and len(decision.batch) == 2
+
+
+def test_full_batch_runs_and_takes_earliest_deadlines_first():
+    requests = [pending(i, due_days=30 - i) for i in range(12)]
+    decision = decide(requests, POLICY, COST, NOW)
+    assert decision.run and decision.reason == "batch full"
+    assert {p.request_id for p in decision.batch} == {f"r{i}" for i in range(2, 12)}
+
+
+def test_a_request_near_its_deadline_triggers_the_batch_early():
+    near = pending(0, due_days=1 / 24 + 0.001)  # just over an hour left: inside margin + 2x estimate
+    decision = decide([near, pending(1)], POLICY, COST, NOW)
+    assert decision.run and decision.reason == "deadline at risk"
+    assert [p.request_id for p in decision.at_risk] == ["r0"]
+
+
+def test_sisa_cost_counts_distinct_shards():
+    batch = [pending(i, age_min=40, shards={i % 3}) for i in range(9)]
+    decision = decide(batch, POLICY, COST, NOW)
+    assert decision.units == 3 and decision.units_if_alone == 9 and decision.units_saved == 6
+
+
+def test_unsharded_batch_costs_one_job_for_all():
+    decision = decide([pending(i, age_min=40) for i in range(5)], POLICY, COST, NOW)
+    assert decision.units == 1 and decision.units_saved == 4
+
+
+def test_cost_model_learns_the_median_rate():
+    learned = CostModel.learn([(10.0, 1), (40.0, 2), (1000.0, 1)])
+    assert learned.seconds_per_unit == 20.0
+    assert CostModel.learn([]) == CostModel()
