@@ -161,9 +161,7 @@ class WorkerProcess:
         self.extra_args = extra_args
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout: float = 60.0) -> WorkerProcess:
-        from app.core.queue import get_celery
-
+    def start_process(self) -> None:
         command = [
             sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker", "--loglevel", "INFO",
             "--concurrency", "1", "--without-gossip", "--without-mingle", "--without-heartbeat",
@@ -171,6 +169,12 @@ class WorkerProcess:
         ]
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(command, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def start(self, timeout: float = 60.0) -> WorkerProcess:
+        """Start and wait until the worker answers a broadcast ping (Redis broker)."""
+        from app.core.queue import get_celery
+
+        self.start_process()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -117,4 +117,6 @@ def get_session() -> Iterator[Session]:
         yield session
 
 
-SessionDep = Annotated[Session, Depends(get_session)]
+# scope="function": commit runs when the endpoint returns and *before* the response is sent,
+# so a failed commit is an error response, never a 2xx for a request that was not stored.
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]

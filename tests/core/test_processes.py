@@ -12,7 +12,7 @@ import httpx
 import pytest
 from sqlalchemy import inspect
 
-from tests.conftest import _pg_exec, _pg_url, RUN_TAG
+from tests.conftest import RUN_TAG, _pg_exec, _pg_url
 
 
 def test_task_round_trips_through_redis_and_a_worker_process(env, start_worker):
@@ -113,3 +113,24 @@ def test_migrations_round_trip_on_postgresql_without_drift():
     engine = make_engine(url)
     assert set(Base.metadata.tables) <= set(inspect(engine).get_table_names())
     engine.dispose()
+
+
+def test_embedded_queue_needs_no_server(env, monkeypatch, tmp_path):
+    """The default broker (kombu's SQLAlchemy transport on a SQLite file) feeds a real worker."""
+    from tests.conftest import WorkerProcess, reset_caches
+    from workers.tasks.core import ping
+
+    monkeypatch.delenv("UNLEARND_BROKER_URL")
+    reset_caches()
+    from app.core.config import get_settings
+
+    assert get_settings().broker_url.startswith("sqla+sqlite:///")
+    worker_env = {k: v for k, v in env.items() if k != "UNLEARND_BROKER_URL"}
+    worker = WorkerProcess(worker_env, tmp_path / "embedded-worker.log")
+    worker.env.pop("UNLEARND_BROKER_URL", None)
+    worker.start_process()
+    try:
+        result = ping.delay("embedded").get(timeout=60)
+        assert result["echo"] == "embedded"
+    finally:
+        worker.stop()
