@@ -3,7 +3,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, LargeBinary, String
+from sqlalchemy import BigInteger, Integer, LargeBinary, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.core.database import Base, utcnow
@@ -23,6 +23,25 @@ class AuditEvent(Base):
     payload: Mapped[dict[str, Any]]
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64), unique=True)
+
+
+class PendingAuditEvent(Base):
+    """An event committed with its change but not yet given its place in the chain.
+
+    Writers insert here without any lock, so unrelated transactions commit in parallel;
+    the sealer (``app.audit.service.seal_pending``) moves these rows, in commit order, into
+    ``audit_events`` under the chain lock, usually right after the writer's commit.
+    """
+
+    __tablename__ = "audit_pending_events"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    occurred_at: Mapped[datetime] = mapped_column(default=utcnow)
+    actor: Mapped[str] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(64))
+    entity_type: Mapped[str] = mapped_column(String(40))
+    entity_id: Mapped[str] = mapped_column(String(64))
+    payload: Mapped[dict[str, Any]]
 
 
 class TreeHead(Base):

@@ -1,33 +1,47 @@
 """Writing to the hash-chained audit log.
 
 Every room above calls ``record`` inside its own transaction, so the event commits or
-rolls back with the change it describes. Writers are serialised (a PostgreSQL
+rolls back with the change it describes. ``record`` takes no lock: it inserts a pending
+event, and unrelated transactions (say, 32 portals submitting at once) commit in
+parallel. Right after such a commit, the sealer appends the committed pending events to
+the chain in the order it finds them, under one writer lock (a PostgreSQL
 transaction-scoped advisory lock; SQLite transactions are already serialised by
-``BEGIN IMMEDIATE``) so the chain never forks. Call it last before commit: the lock
-is held until then.
+``BEGIN IMMEDIATE``), so the chain never forks. A sealer that finds the lock taken leaves
+its events to the sealer holding it, or to the periodic ``unlearnd.audit.seal`` task.
+Pending events are the only part of the log that is not yet tamper-evident; they wait
+there for milliseconds, at most one beat interval.
+
+``append`` is for the few callers that need the event's place in the chain at once (a
+certificate's anchor): it seals everything pending and appends under the lock.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select, text
+from sqlalchemy import delete, event, select, text
 from sqlalchemy.orm import Session
 
-from app.audit.models import AuditEvent
-from app.core.database import utcnow
+from app.audit.models import AuditEvent, PendingAuditEvent
+from app.core.database import get_sessionmaker, utcnow
 from app.core.hashing import canonical_json, sha256_hex
 
 GENESIS_HASH = "0" * 64
 # Arbitrary constant naming the audit-chain lock among PostgreSQL advisory locks.
 AUDIT_LOCK_KEY = 0x756E6C65
+_SEAL_AFTER_COMMIT = "unlearnd_audit_seal"
+log = logging.getLogger("unlearnd.audit")
 
 
 def event_body(event: AuditEvent) -> dict[str, Any]:
     """The fields the hash covers, in the form verifiers recompute."""
     return {
         "seq": event.seq,
-        "occurred_at": event.occurred_at.isoformat(),
+        # Normalised to UTC: a PostgreSQL session in another time zone returns another offset.
+        "occurred_at": event.occurred_at.astimezone(UTC).isoformat(),
         "actor": event.actor,
         "action": event.action,
         "entity_type": event.entity_type,
@@ -40,6 +54,24 @@ def chain_hash(prev_hash: str, body: dict[str, Any]) -> str:
     return sha256_hex(bytes.fromhex(prev_hash) + canonical_json(body))
 
 
+def _is_postgresql(session: Session) -> bool:
+    return session.get_bind().dialect.name == "postgresql"
+
+
+def lock_chain(session: Session) -> None:
+    """Become the one writer of the chain until this transaction ends. Re-entrant; callers
+    that must read-then-write under the same lock (one certificate per request, one row per
+    key) take it before their read."""
+    if _is_postgresql(session):
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": AUDIT_LOCK_KEY})
+
+
+def _try_lock_chain(session: Session) -> bool:
+    if not _is_postgresql(session):
+        return True
+    return bool(session.scalar(text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": AUDIT_LOCK_KEY}))
+
+
 def record(
     session: Session,
     *,
@@ -48,22 +80,135 @@ def record(
     entity_type: str,
     entity_id: str,
     payload: dict[str, Any] | None = None,
-) -> AuditEvent:
-    if session.get_bind().dialect.name == "postgresql":
-        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": AUDIT_LOCK_KEY})
-    last = session.execute(select(AuditEvent.seq, AuditEvent.hash).order_by(AuditEvent.seq.desc()).limit(1)).first()
-    seq, prev_hash = (last.seq + 1, last.hash) if last else (1, GENESIS_HASH)
-    event = AuditEvent(
-        seq=seq,
+) -> PendingAuditEvent:
+    """Write the event in the caller's transaction; it joins the chain right after commit."""
+    pending = PendingAuditEvent(
         occurred_at=utcnow(),
         actor=actor,
         action=action,
         entity_type=entity_type,
         entity_id=str(entity_id),
         payload=payload or {},
-        prev_hash=prev_hash,
     )
-    event.hash = chain_hash(prev_hash, event_body(event))
-    session.add(event)
+    session.add(pending)
+    if not session.info.get(_SEAL_AFTER_COMMIT):
+        session.info[_SEAL_AFTER_COMMIT] = True
+        event.listen(session, "after_commit", _seal_after_commit, once=True)
+        event.listen(session, "after_rollback", _forget_seal, once=True)
+    return pending
+
+
+def append(
+    session: Session,
+    *,
+    actor: str,
+    action: str,
+    entity_type: str,
+    entity_id: str,
+    payload: dict[str, Any] | None = None,
+) -> AuditEvent:
+    """Append to the chain now (holding the writer lock until commit) and return the event."""
+    lock_chain(session)
+    seal_pending(session)
+    return _append(session, _last(session), utcnow(), actor, action, entity_type, str(entity_id), payload or {})
+
+
+def seal_pending(session: Session, *, limit: int = 5000) -> int:
+    """Move committed pending events into the chain; the caller holds (or takes) the lock."""
+    lock_chain(session)
+    return _seal(session, limit)
+
+
+def seal_if_free(limit: int = 5000) -> int:
+    """Seal in a transaction of its own, unless another sealer holds the lock right now."""
+    with get_sessionmaker()() as session:
+        if not _try_lock_chain(session):
+            return 0
+        sealed = _seal(session, limit)
+        session.commit()
+        return sealed
+
+
+def _seal(session: Session, limit: int) -> int:
+    pending = list(session.scalars(select(PendingAuditEvent).order_by(PendingAuditEvent.id).limit(limit)))
+    if not pending:
+        return 0
+    last = _last(session)
+    for item in pending:
+        last = _append(
+            session, last, item.occurred_at, item.actor, item.action, item.entity_type, item.entity_id, item.payload
+        )
+    session.execute(delete(PendingAuditEvent).where(PendingAuditEvent.id.in_([p.id for p in pending])))
     session.flush()
-    return event
+    return len(pending)
+
+
+def _last(session: Session) -> AuditEvent | None:
+    return session.scalar(select(AuditEvent).order_by(AuditEvent.seq.desc()).limit(1))
+
+
+def _append(
+    session: Session,
+    last: AuditEvent | None,
+    occurred_at: datetime,
+    actor: str,
+    action: str,
+    entity_type: str,
+    entity_id: str,
+    payload: dict[str, Any],
+) -> AuditEvent:
+    seq, prev_hash = (last.seq + 1, last.hash) if last else (1, GENESIS_HASH)
+    item = AuditEvent(
+        seq=seq, occurred_at=occurred_at, actor=actor, action=action, entity_type=entity_type,
+        entity_id=entity_id, payload=payload, prev_hash=prev_hash,
+    )
+    item.hash = chain_hash(prev_hash, event_body(item))
+    session.add(item)
+    session.flush()
+    return item
+
+
+class _Coalescer:
+    """One sealer per process at a time. A commit that finds one running leaves it a note to
+    make another pass instead of queueing on the lock, so under load one transaction seals
+    the events of many requests, while a lone request still sees its event chained at once."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._running = False
+        self._again = False
+
+    def run(self) -> None:
+        with self._lock:
+            if self._running:
+                self._again = True
+                return
+            self._running = True
+        try:
+            while True:
+                seal_if_free()
+                with self._lock:
+                    if not self._again:
+                        return
+                    self._again = False
+        except Exception:  # the change is committed; the periodic sealer will chain its event
+            log.exception("sealing audit events after commit failed")
+        finally:
+            with self._lock:
+                self._running = False
+
+
+_coalescer = _Coalescer()
+
+
+def _seal_after_commit(session: Session) -> None:
+    session.info.pop(_SEAL_AFTER_COMMIT, None)
+    if event.contains(session, "after_rollback", _forget_seal):
+        event.remove(session, "after_rollback", _forget_seal)
+    _coalescer.run()
+
+
+def _forget_seal(session: Session) -> None:
+    session.info.pop(_SEAL_AFTER_COMMIT, None)
+    if event.contains(session, "after_commit", _seal_after_commit):
+        event.remove(session, "after_commit", _seal_after_commit)

@@ -6,7 +6,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.audit import service as audit
-from app.core.auth import ApiClient, Role, issue_key
+from app.core.auth import ApiClient, Role, client_cache, issue_key
 from app.core.database import utcnow
 from app.core.errors import InvalidInput, NotFound
 
@@ -49,5 +49,6 @@ def revoke_client(session: Session, client_id: str, *, actor: str = "system") ->
         raise NotFound(f"no API client {client_id}")
     if client.revoked_at is None:
         client.revoked_at = utcnow()
+        client_cache.forget(client.key_id)
         audit.record(session, actor=actor, action="client.revoked", entity_type="api_client", entity_id=client.id)
     return client

@@ -10,13 +10,17 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import threading
+import time
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated
 
 from fastapi import Depends, Header, Request
 from sqlalchemy import String, select
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import Mapped, Session, mapped_column
+
+from app.core.config import get_settings
 
 from app.core.database import Base, SessionDep, new_id, utcnow
 from app.core.errors import Forbidden, Unauthenticated
@@ -60,12 +64,55 @@ def issue_key() -> tuple[str, str, str]:
     return key_id, f"{KEY_PREFIX}_{key_id}_{secret}", _hash_secret(secret)
 
 
-def authenticate(session: SessionDep, key: str) -> ApiClient:
+class _ClientCache:
+    """Recently seen clients by key id, for a few seconds: a portal posting hundreds of
+    requests a second should not cost a lookup each. The secret is still checked on every
+    call; a revocation made in another process takes effect within the TTL."""
+
+    def __init__(self, max_entries: int = 4096) -> None:
+        self._entries: dict[str, tuple[float, ApiClient]] = {}
+        self._lock = threading.Lock()
+        self._max = max_entries
+
+    def get(self, key_id: str) -> ApiClient | None:
+        with self._lock:
+            entry = self._entries.get(key_id)
+        if entry is None or entry[0] < time.monotonic():
+            return None
+        return entry[1]
+
+    def put(self, key_id: str, client: ApiClient, ttl: float) -> None:
+        with self._lock:
+            if len(self._entries) >= self._max:
+                self._entries.clear()
+            self._entries[key_id] = (time.monotonic() + ttl, client)
+
+    def forget(self, key_id: str) -> None:
+        with self._lock:
+            self._entries.pop(key_id, None)
+
+
+client_cache = _ClientCache()
+
+
+def _lookup(session: Session, key_id: str) -> ApiClient | None:
+    ttl = get_settings().auth_cache_seconds
+    cached = client_cache.get(key_id) if ttl > 0 else None
+    if cached is not None:
+        return cached
+    client = session.scalar(select(ApiClient).where(ApiClient.key_id == key_id))
+    if client is not None and ttl > 0:
+        session.expunge(client)  # a detached copy is safe to share between requests
+        client_cache.put(key_id, client, ttl)
+    return client
+
+
+def authenticate(session: Session, key: str) -> ApiClient:
     parts = key.split("_", 2)
     if len(parts) != 3 or parts[0] != KEY_PREFIX:
         raise Unauthenticated("malformed API key")
     _, key_id, secret = parts
-    client = session.scalar(select(ApiClient).where(ApiClient.key_id == key_id))
+    client = _lookup(session, key_id)
     # Compare even when the client is unknown so timing does not reveal which key ids exist.
     expected = client.key_hash if client else "0" * 64
     if not hmac.compare_digest(expected, _hash_secret(secret)) or client is None:

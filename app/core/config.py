@@ -35,6 +35,8 @@ class Settings(BaseSettings):
     signing_key_path: Path | None = None
 
     log_level: str = "INFO"
+    # How long an API process trusts a client row it looked up (revocation delay elsewhere).
+    auth_cache_seconds: float = 5.0
     max_body_bytes: int = 64 * 1024
     # Days granted per legal basis when the law gives no calendar rule of its own.
     default_deadline_days: dict[str, int] = Field(

@@ -85,7 +85,8 @@ def make_engine(url: str) -> Engine:
 
         return engine
     # pre_ping: a connection killed under us (database restart) is replaced, not raised.
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    # Sized for uvicorn's 40 worker threads plus the audit sealer, so requests never queue on the pool.
+    return create_engine(url, pool_pre_ping=True, pool_size=20, max_overflow=30)
 
 
 @lru_cache

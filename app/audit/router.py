@@ -1,0 +1,87 @@
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, status
+from fastapi.responses import StreamingResponse
+from sqlalchemy.orm import Session
+
+from app.audit import events, keys, tree
+from app.audit.models import TreeHead
+from app.audit.schemas import (
+    AuditEventOut,
+    AuditEventPage,
+    ConsistencyProofOut,
+    InclusionProofOut,
+    LogVerificationOut,
+    TreeHeadOut,
+)
+from app.audit.verify import verify_log
+from app.core.auth import AuditorClient, CurrentClient
+from app.core.database import SessionDep
+
+router = APIRouter(prefix="/v1/audit", tags=["audit"])
+well_known_router = APIRouter(tags=["audit"])
+
+JSON_LINES = "application/x-ndjson"
+
+
+def _head_out(session: Session, head: TreeHead) -> TreeHeadOut:
+    return TreeHeadOut(**tree.published_head(head), head_hash=tree.head_hash(session, head.tree_size))
+
+
+@router.get("/tree-heads/latest", response_model=TreeHeadOut)
+def latest_tree_head(session: SessionDep, _: CurrentClient) -> TreeHeadOut:
+    return _head_out(session, tree.require_latest_tree_head(session))
+
+
+@router.post("/tree-heads", status_code=status.HTTP_201_CREATED, response_model=TreeHeadOut)
+def sign_tree_head(session: SessionDep, _: AuditorClient) -> TreeHeadOut:
+    return _head_out(session, tree.sign_tree_head(session))
+
+
+@router.get("/events", response_model=AuditEventPage, responses={200: {"content": {JSON_LINES: {}}}})
+def list_events(
+    session: SessionDep,
+    _: AuditorClient,
+    cursor: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=events.MAX_PAGE)] = 100,
+    format: Annotated[str, Query(pattern="^(json|jsonl)$")] = "json",
+) -> Any:
+    after = events.parse_cursor(cursor)
+    if format == "jsonl":
+        return StreamingResponse(events.export_lines(after=after), media_type=JSON_LINES)
+    page = events.events_page(session, after=after, limit=limit)
+    return AuditEventPage(
+        items=[AuditEventOut(**events.published_event(e)) for e in page],
+        next_cursor=str(page[-1].seq) if len(page) == limit else None,
+    )
+
+
+@router.get("/events/{seq}/inclusion-proof", response_model=InclusionProofOut)
+def inclusion_proof(
+    seq: int, session: SessionDep, _: CurrentClient, tree_size: Annotated[int | None, Query(ge=1)] = None
+) -> InclusionProofOut:
+    return InclusionProofOut(**asdict(tree.inclusion_proof(session, seq, tree_size)))
+
+
+@router.get("/consistency-proof", response_model=ConsistencyProofOut)
+def consistency_proof(
+    session: SessionDep,
+    _: CurrentClient,
+    first: Annotated[int, Query(ge=1)],
+    second: Annotated[int | None, Query(ge=1)] = None,
+) -> ConsistencyProofOut:
+    return ConsistencyProofOut(**asdict(tree.consistency_proof(session, first, second)))
+
+
+@router.get("/verification", response_model=LogVerificationOut)
+def verify(session: SessionDep, _: AuditorClient, expected_head: str | None = None) -> LogVerificationOut:
+    return LogVerificationOut(**asdict(verify_log(session, expected_head=expected_head)))
+
+
+@well_known_router.get("/.well-known/unlearnd-keys")
+def published_keys(session: SessionDep) -> dict[str, Any]:
+    """Every public key that ever signed a tree head or certificate (JWKS, OKP/Ed25519)."""
+    return keys.key_set(session)
