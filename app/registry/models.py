@@ -48,6 +48,9 @@ class Dataset(Base):
     created_by: Mapped[str | None] = mapped_column(String(36), default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     ingested_at: Mapped[datetime | None] = mapped_column(default=None)
+    # Artifact holding every record's (row_index, record_key, leaf hash) sorted by record key:
+    # built once, it lets each snapshot's Merkle tree be cut out without re-reading the rows.
+    leaf_index_uri: Mapped[str | None] = mapped_column(String(2000), default=None)
 
 
 class DataRecord(Base):
@@ -56,6 +59,7 @@ class DataRecord(Base):
     __tablename__ = "data_records"
     __table_args__ = (
         UniqueConstraint("dataset_id", "record_key"),
+        UniqueConstraint("dataset_id", "row_index"),
         Index("ix_data_records_subject_hash", "subject_hash"),
     )
 
@@ -81,6 +85,7 @@ class DatasetSnapshot(Base):
     # Roaring bitmap of DataRecord.row_index values in the snapshot.
     members: Mapped[bytes] = mapped_column(LargeBinary)
     merkle_root: Mapped[str] = mapped_column(String(64))
+    created_by: Mapped[str | None] = mapped_column(String(36), default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

@@ -1,0 +1,35 @@
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+
+from app.core.auth import ReaderClient
+from app.core.config import get_settings
+from app.core.database import SessionDep
+from app.core.hashing import subject_hash
+from app.lineage import service
+from app.lineage.schemas import RecordLineage, SubjectLineage, SubjectQuery, VersionLineage
+
+router = APIRouter(prefix="/v1", tags=["lineage"])
+
+
+@router.get("/lineage/records/{dataset}/{record_key:path}", response_model=RecordLineage)
+def record_lineage(dataset: str, record_key: str, session: SessionDep, _: ReaderClient) -> RecordLineage:
+    return service.record_lineage(session, dataset, record_key)
+
+
+@router.post("/lineage/subjects", response_model=SubjectLineage)
+def subject_lineage(body: SubjectQuery, session: SessionDep, _: ReaderClient) -> SubjectLineage:
+    hashed = subject_hash(body.identifier_type, body.identifier, get_settings().pepper_bytes(), field="identifier")
+    return service.subject_lineage(session, hashed)
+
+
+@router.get("/lineage/snapshots/{snapshot_id}/proofs/{record_key:path}")
+def membership_proof(snapshot_id: str, record_key: str, session: SessionDep, _: ReaderClient) -> dict[str, Any]:
+    return service.membership_proof(session, snapshot_id, record_key)
+
+
+@router.get("/models/{name}/versions/{number}/lineage", response_model=VersionLineage)
+def version_lineage(name: str, number: int, session: SessionDep, _: ReaderClient) -> VersionLineage:
+    return service.version_lineage(session, name, number)

@@ -1,0 +1,103 @@
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.core.hashing import IdentifierType
+
+
+class SubjectQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    identifier_type: IdentifierType
+    # Hashed on arrival and dropped; never stored or logged.
+    identifier: str = Field(min_length=1, max_length=512)
+
+
+class SnapshotRef(BaseModel):
+    id: str
+    record_count: int
+    merkle_root: str
+
+
+class VersionRef(BaseModel):
+    id: str
+    model: str
+    number: int
+    state: str
+    snapshot_id: str | None
+
+
+class ArtifactRef(BaseModel):
+    id: str
+    model: str
+    version: int
+    kind: str
+    shard: int | None
+    slice: int | None
+    snapshot_id: str | None
+    sha256: str
+    state: str
+
+
+class RecordLineage(BaseModel):
+    record_id: int
+    dataset: str
+    record_key: str
+    state: str
+    snapshots: list[SnapshotRef]
+    model_versions: list[VersionRef]
+    artifacts: list[ArtifactRef]
+    # True while any non-purged version or artifact was trained on the record.
+    still_contained: bool
+
+
+class SubjectLineage(BaseModel):
+    subject_hash: str
+    records: list[RecordLineage]
+    still_contained: bool
+
+
+class LineageEdge(BaseModel):
+    parent: int
+    child: int
+    removed_count: int | None = Field(description="null when the two snapshots are of different datasets")
+    removed_record_keys: list[str]
+    truncated: bool
+
+
+class VersionLineage(BaseModel):
+    version: VersionRef
+    ancestors: list[VersionRef] = Field(description="nearest first")
+    descendants: list[VersionRef]
+    edges: list[LineageEdge]
+
+
+@dataclass(frozen=True)
+class ResolvedRecord:
+    id: int
+    dataset_id: str
+    dataset: str
+    record_key: str
+    state: str
+
+
+@dataclass(frozen=True)
+class AffectedVersion:
+    id: str
+    model_id: str
+    model: str
+    number: int
+    state: str
+    # The resolved records this version (or one of its artifacts) was trained on.
+    record_ids: tuple[int, ...]
+
+
+@dataclass
+class Resolution:
+    records: list[ResolvedRecord] = field(default_factory=list)
+    model_versions: list[AffectedVersion] = field(default_factory=list)
+    unknown_datasets: list[str] = field(default_factory=list)
+    # (dataset, record key) pairs naming a registered dataset but no record in it.
+    unknown_records: list[tuple[str, str]] = field(default_factory=list)

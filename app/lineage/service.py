@@ -1,0 +1,345 @@
+"""Lineage: record -> snapshot -> model version / artifact -> derived versions, and proofs.
+
+These queries sit on the intake's hot path. A record is found by its indexed key or
+subject hash; snapshot membership is a test against the snapshot's roaring bitmap,
+decoded once per process (snapshots are immutable, so the decoded bitmap never goes
+stale); versions and artifacts are then found by their indexed snapshot ids.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from pyroaring import BitMap, FrozenBitMap
+from sqlalchemy import Integer, String, cast, null, select, union_all
+from sqlalchemy.orm import Session
+
+from app.core import merkle
+from app.core.errors import InvalidInput, NotFound
+from app.lineage import proofs
+from app.lineage.schemas import (
+    AffectedVersion,
+    ArtifactRef,
+    LineageEdge,
+    RecordLineage,
+    Resolution,
+    ResolvedRecord,
+    SnapshotRef,
+    SubjectLineage,
+    VersionLineage,
+    VersionRef,
+)
+from app.registry import service as registry
+from app.registry.cache import ImmutableCache
+from app.registry.models import (
+    DataRecord,
+    Dataset,
+    DatasetSnapshot,
+    DatasetStatus,
+    ModelArtifact,
+    ModelVersion,
+    RegisteredModel,
+    VersionState,
+)
+
+_CHUNK = 1000
+
+
+def _load_bitmaps(session: Session, snapshot_ids: list[str]) -> dict[str, FrozenBitMap]:
+    rows = session.execute(
+        select(DatasetSnapshot.id, DatasetSnapshot.members).where(DatasetSnapshot.id.in_(snapshot_ids))
+    ).tuples()
+    return {sid: FrozenBitMap.deserialize(blob) for sid, blob in rows}
+
+
+class _SnapshotBitmaps:
+    """Decoded membership bitmaps; snapshots are immutable, so no entry ever goes stale."""
+
+    def __init__(self) -> None:
+        self._cache: ImmutableCache[FrozenBitMap] = ImmutableCache(size=1024)
+
+    def get_many(self, session: Session, snapshot_ids: list[str]) -> dict[str, FrozenBitMap]:
+        return self._cache.get_many(snapshot_ids, lambda missing: _load_bitmaps(session, missing))
+
+
+snapshot_bitmaps = _SnapshotBitmaps()
+
+
+@dataclass(frozen=True)
+class _Row:
+    id: int
+    dataset_id: str
+    dataset: str
+    record_key: str
+    row_index: int
+    state: str
+
+
+_ROW_COLUMNS = (DataRecord.id, DataRecord.dataset_id, Dataset.name, DataRecord.record_key,
+                DataRecord.row_index, DataRecord.state)
+
+
+def _ready_records():  # noqa: ANN202 - a Select over _ROW_COLUMNS
+    return select(*_ROW_COLUMNS).join(Dataset, Dataset.id == DataRecord.dataset_id).where(
+        Dataset.status == DatasetStatus.READY
+    )
+
+
+def _containing(session: Session, rows: list[_Row]) -> tuple[dict[str, set[int]], dict[str, SnapshotRef]]:
+    """(snapshot id -> ids of the given records it contains, refs of those snapshots)."""
+    by_dataset: dict[str, list[_Row]] = defaultdict(list)
+    for row in rows:
+        by_dataset[row.dataset_id].append(row)
+    if not by_dataset:
+        return {}, {}
+    snapshots = session.execute(
+        select(DatasetSnapshot.id, DatasetSnapshot.dataset_id, DatasetSnapshot.record_count,
+               DatasetSnapshot.merkle_root)
+        .where(DatasetSnapshot.dataset_id.in_(list(by_dataset)))
+        .order_by(DatasetSnapshot.created_at, DatasetSnapshot.id)
+    ).tuples().all()
+    bitmaps = snapshot_bitmaps.get_many(session, [sid for sid, *_ in snapshots])
+    contains: dict[str, set[int]] = {}
+    refs: dict[str, SnapshotRef] = {}
+    for sid, dataset_id, count, root in snapshots:
+        members = bitmaps[sid]
+        hit = {row.id for row in by_dataset[dataset_id] if row.row_index in members}
+        if hit:
+            contains[sid] = hit
+            refs[sid] = SnapshotRef(id=sid, record_count=count, merkle_root=root)
+    return contains, refs
+
+
+@dataclass(frozen=True)
+class _Trained:
+    versions: list[tuple[VersionRef, str, set[str]]]  # ref, model id, snapshot ids that put it there
+    artifacts: list[ArtifactRef]
+
+
+def _no(kind: type) -> Any:
+    # Typed NULLs: the version-only branch of the UNION has no artifact columns.
+    return cast(null(), String if kind is str else Integer)
+
+
+def _trained_on(session: Session, snapshot_ids: list[str], scope_models: list[str] | None = None) -> _Trained:
+    """Versions trained on any of the snapshots, directly or through one of their artifacts.
+    One round trip: the two indexed lookups are joined with UNION ALL."""
+    if not snapshot_ids:
+        return _Trained([], [])
+    scope = [RegisteredModel.name.in_(scope_models)] if scope_models is not None else []
+    version_columns = (ModelVersion.id, RegisteredModel.name, ModelVersion.number, ModelVersion.state,
+                       ModelVersion.snapshot_id, RegisteredModel.id)
+    by_version = (
+        select(*version_columns, _no(str), _no(str), _no(int), _no(int), _no(str), _no(str), _no(str))
+        .join(RegisteredModel, RegisteredModel.id == ModelVersion.model_id)
+        .where(ModelVersion.snapshot_id.in_(snapshot_ids), *scope)
+    )
+    by_artifact = (
+        select(*version_columns, ModelArtifact.id, ModelArtifact.kind, ModelArtifact.shard, ModelArtifact.slice,
+               ModelArtifact.snapshot_id, ModelArtifact.sha256, ModelArtifact.state)
+        .join(ModelVersion, ModelVersion.id == ModelArtifact.version_id)
+        .join(RegisteredModel, RegisteredModel.id == ModelVersion.model_id)
+        .where(ModelArtifact.snapshot_id.in_(snapshot_ids), *scope)
+    )
+    via: dict[str, set[str]] = defaultdict(set)
+    refs: dict[str, tuple[VersionRef, str]] = {}
+    artifact_refs: list[ArtifactRef] = []
+    for vid, model, number, vstate, vsid, model_id, aid, kind, shard, slice_, asid, sha, astate in session.execute(
+        union_all(by_version, by_artifact)
+    ).tuples():
+        if vid not in refs:
+            refs[vid] = (VersionRef(id=vid, model=model, number=number, state=vstate, snapshot_id=vsid), model_id)
+        if aid is None:
+            via[vid].add(vsid)
+            continue
+        artifact_refs.append(ArtifactRef(id=aid, model=model, version=number, kind=kind, shard=shard, slice=slice_,
+                                         snapshot_id=asid, sha256=sha, state=astate))
+        via[vid].add(asid)
+    versions = [(ref, model_id, via[vid]) for vid, (ref, model_id) in refs.items()]
+    versions.sort(key=lambda v: (v[0].model, v[0].number))
+    artifact_refs.sort(key=lambda a: (a.model, a.version, a.kind, a.shard or 0, a.slice or 0))
+    return _Trained(versions, artifact_refs)
+
+
+def _lineage_of(row: _Row, snapshots: list[SnapshotRef], trained: _Trained) -> RecordLineage:
+    versions = [ref for ref, _, _ in trained.versions]
+    live = any(v.state != VersionState.PURGED for v in versions) or any(
+        a.state != VersionState.PURGED for a in trained.artifacts
+    )
+    return RecordLineage(record_id=row.id, dataset=row.dataset, record_key=row.record_key, state=row.state,
+                         snapshots=snapshots, model_versions=versions, artifacts=trained.artifacts,
+                         still_contained=live)
+
+
+def _lineages(session: Session, rows: list[_Row]) -> list[RecordLineage]:
+    contains, refs = _containing(session, rows)
+    trained = _trained_on(session, list(contains))
+    result = []
+    for row in rows:
+        mine = {sid for sid in refs if row.id in contains[sid]}
+        versions = [(ref, model_id, via & mine) for ref, model_id, via in trained.versions if via & mine]
+        parts = [a for a in trained.artifacts if a.snapshot_id in mine]
+        result.append(_lineage_of(row, [refs[sid] for sid in refs if sid in mine], _Trained(versions, parts)))
+    return result
+
+
+def record_lineage(session: Session, dataset_name: str, record_key: str) -> RecordLineage:
+    row = session.execute(
+        _ready_records().where(Dataset.name == dataset_name, DataRecord.record_key == record_key)
+    ).first()
+    if row is None:
+        raise NotFound(f"no record '{record_key}' in a ready dataset named '{dataset_name}'")
+    return _lineages(session, [_Row(*row)])[0]
+
+
+def subject_lineage(session: Session, subject_hash: str) -> SubjectLineage:
+    rows = [_Row(*r) for r in session.execute(
+        _ready_records().where(DataRecord.subject_hash == subject_hash).order_by(Dataset.name, DataRecord.record_key)
+    )]
+    records = _lineages(session, rows)
+    return SubjectLineage(subject_hash=subject_hash, records=records,
+                          still_contained=any(r.still_contained for r in records))
+
+
+def resolve(
+    session: Session,
+    *,
+    subject_hashes: list[str],
+    record_refs: list[tuple[str, str]],
+    scope_models: list[str] | None = None,
+) -> Resolution:
+    """Records a deletion request names (by subject or by key) and the live versions trained on them."""
+    rows: dict[int, _Row] = {}
+    hashes = sorted(set(subject_hashes))
+    for start in range(0, len(hashes), _CHUNK):
+        for r in session.execute(_ready_records().where(DataRecord.subject_hash.in_(hashes[start : start + _CHUNK]))):
+            rows[r[0]] = _Row(*r)
+    resolution = Resolution()
+    wanted: dict[str, set[str]] = defaultdict(set)
+    for dataset_name, key in record_refs:
+        wanted[dataset_name].add(key)
+    if wanted:
+        known = dict(session.execute(select(Dataset.name, Dataset.id).where(Dataset.name.in_(list(wanted)))).tuples().all())
+        resolution.unknown_datasets = sorted(set(wanted) - set(known))
+        for dataset_name in sorted(set(wanted) & set(known)):
+            keys = sorted(wanted[dataset_name])
+            found: set[str] = set()
+            for start in range(0, len(keys), _CHUNK):
+                for r in session.execute(_ready_records().where(
+                    Dataset.name == dataset_name, DataRecord.record_key.in_(keys[start : start + _CHUNK])
+                )):
+                    rows[r[0]] = _Row(*r)
+                    found.add(r[3])
+            resolution.unknown_records += [(dataset_name, k) for k in keys if k not in found]
+    ordered = sorted(rows.values(), key=lambda r: (r.dataset, r.record_key))
+    resolution.records = [ResolvedRecord(id=r.id, dataset_id=r.dataset_id, dataset=r.dataset,
+                                         record_key=r.record_key, state=r.state) for r in ordered]
+    contains, _ = _containing(session, ordered)
+    trained = _trained_on(session, list(contains), scope_models)
+    for ref, model_id, via in trained.versions:
+        if ref.state == VersionState.PURGED:
+            continue
+        record_ids = set().union(*(contains[sid] for sid in via))
+        resolution.model_versions.append(AffectedVersion(
+            id=ref.id, model_id=model_id, model=ref.model, number=ref.number, state=ref.state,
+            record_ids=tuple(sorted(record_ids)),
+        ))
+    return resolution
+
+
+def _version_ref(version: ModelVersion, model_name: str) -> VersionRef:
+    return VersionRef(id=version.id, model=model_name, number=version.number, state=version.state,
+                      snapshot_id=version.snapshot_id)
+
+
+def _removed(session: Session, parent: ModelVersion, child: ModelVersion, limit: int) -> LineageEdge:
+    edge = LineageEdge(parent=parent.number, child=child.number, removed_count=None, removed_record_keys=[],
+                       truncated=False)
+    if parent.snapshot_id is None or child.snapshot_id is None:
+        return edge
+    snaps = {s.id: s for s in session.scalars(
+        select(DatasetSnapshot).where(DatasetSnapshot.id.in_([parent.snapshot_id, child.snapshot_id]))
+    )}
+    before, after = snaps[parent.snapshot_id], snaps[child.snapshot_id]
+    if before.dataset_id != after.dataset_id:
+        return edge
+    bitmaps = snapshot_bitmaps.get_many(session, [before.id, after.id])
+    gone = BitMap(bitmaps[before.id]) - bitmaps[after.id]
+    edge.removed_count = len(gone)
+    first = [int(i) for i in gone[:limit]] if len(gone) else []
+    edge.removed_record_keys = sorted(session.scalars(
+        select(DataRecord.record_key).where(DataRecord.dataset_id == before.dataset_id, DataRecord.row_index.in_(first))
+    ))
+    edge.truncated = len(gone) > limit
+    return edge
+
+
+def version_lineage(session: Session, model_name: str, number: int, *, removed_limit: int = 1000) -> VersionLineage:
+    """Ancestors, descendants and the records removed on each parent -> child step."""
+    model = registry.get_model(session, model_name)
+    version = registry.get_version(session, model, number)
+    ancestors: list[ModelVersion] = []
+    edges: list[LineageEdge] = []
+    cursor = version
+    while cursor.parent_id is not None:
+        parent = session.get(ModelVersion, cursor.parent_id)
+        ancestors.append(parent)
+        edges.append(_removed(session, parent, cursor, removed_limit))
+        cursor = parent
+    descendants: list[ModelVersion] = []
+    frontier = [version]
+    while frontier:
+        by_id = {v.id: v for v in frontier}
+        children = list(session.scalars(
+            select(ModelVersion).where(ModelVersion.parent_id.in_(list(by_id))).order_by(ModelVersion.number)
+        ))
+        for child in children:
+            edges.append(_removed(session, by_id[child.parent_id], child, removed_limit))
+        descendants += children
+        frontier = children
+    edges.sort(key=lambda e: (e.parent, e.child))
+    return VersionLineage(
+        version=_version_ref(version, model.name),
+        ancestors=[_version_ref(v, model.name) for v in ancestors],
+        descendants=[_version_ref(v, model.name) for v in descendants],
+        edges=edges,
+    )
+
+
+def _content_hashes(session: Session, dataset_id: str, row_indexes: list[int]) -> dict[int, str]:
+    return dict(session.execute(
+        select(DataRecord.row_index, DataRecord.content_hash).where(
+            DataRecord.dataset_id == dataset_id, DataRecord.row_index.in_(row_indexes)
+        )
+    ).tuples().all())
+
+
+def membership_proof(session: Session, snapshot_id: str, record_key: str) -> dict[str, Any]:
+    """An inclusion proof if the key is in the snapshot, else a non-inclusion proof."""
+    if not record_key:
+        raise InvalidInput("record key is empty", field="record_key")
+    snapshot = registry.get_snapshot(session, snapshot_id)
+    leaves = registry.snapshot_leaves(session, snapshot)
+    keys = np.asarray(leaves.record_key.to_numpy(zero_copy_only=False), dtype=object)
+    position = int(np.searchsorted(keys, record_key)) if len(keys) else 0
+    hashes = leaves.hashes()
+    document: dict[str, Any] = {
+        "snapshot_id": snapshot.id, "dataset_id": snapshot.dataset_id, "merkle_root": snapshot.merkle_root,
+        "tree_size": len(leaves), "record_key": record_key,
+    }
+    neighbours = [i for i in (position - 1, position) if 0 <= i < len(leaves)]
+    content = _content_hashes(session, snapshot.dataset_id, [int(leaves.row_index[i]) for i in neighbours])
+
+    def leaf_at(i: int) -> dict[str, Any]:
+        return proofs.leaf_proof(str(keys[i]), content[int(leaves.row_index[i])], i, merkle.inclusion_proof(hashes, i))
+
+    if position < len(leaves) and keys[position] == record_key:
+        return {**document, "kind": proofs.INCLUSION, "leaf": leaf_at(position)}
+    return {
+        **document, "kind": proofs.NON_INCLUSION,
+        "left": leaf_at(position - 1) if position > 0 else None,
+        "right": leaf_at(position) if position < len(leaves) else None,
+    }

@@ -1,0 +1,102 @@
+from __future__ import annotations
+
+from fastapi import APIRouter, status
+
+from app.core.auth import MLClient, ReaderClient
+from app.core.database import SessionDep
+from app.registry import service
+from app.registry.schemas import (
+    ArtifactOut,
+    ArtifactSpec,
+    DatasetCreate,
+    DatasetOut,
+    ModelCreate,
+    ModelOut,
+    SnapshotCreate,
+    SnapshotOut,
+    VersionImport,
+    VersionOrigin,
+    VersionOut,
+)
+
+router = APIRouter(prefix="/v1", tags=["registry"])
+
+
+@router.post("/datasets", status_code=status.HTTP_202_ACCEPTED, response_model=DatasetOut)
+def register_dataset(body: DatasetCreate, session: SessionDep, client: MLClient) -> DatasetOut:
+    dataset = service.register_dataset(
+        session, name=body.name, uri=body.uri, fmt=body.format,
+        schema=body.columns.model_dump(mode="json"), actor=client.id,
+    )
+    return DatasetOut.model_validate(dataset)
+
+
+@router.get("/datasets", response_model=list[DatasetOut])
+def list_datasets(session: SessionDep, _: ReaderClient) -> list[DatasetOut]:
+    return [DatasetOut.model_validate(d) for d in service.list_datasets(session)]
+
+
+@router.get("/datasets/{name}", response_model=DatasetOut)
+def get_dataset(name: str, session: SessionDep, _: ReaderClient) -> DatasetOut:
+    return DatasetOut.model_validate(service.get_dataset(session, name))
+
+
+@router.post("/datasets/{name}/snapshots", status_code=status.HTTP_201_CREATED, response_model=SnapshotOut)
+def create_snapshot(name: str, body: SnapshotCreate, session: SessionDep, client: MLClient) -> SnapshotOut:
+    dataset = service.get_dataset(session, name)
+    excluded = service.record_ids_for_keys(session, dataset, body.exclude_record_keys)
+    snapshot = service.create_snapshot(session, dataset.id, exclude_record_ids=excluded.values(), actor=client.id)
+    return SnapshotOut.model_validate(snapshot)
+
+
+@router.get("/snapshots/{snapshot_id}", response_model=SnapshotOut)
+def get_snapshot(snapshot_id: str, session: SessionDep, _: ReaderClient) -> SnapshotOut:
+    return SnapshotOut.model_validate(service.get_snapshot(session, snapshot_id))
+
+
+@router.post("/models", status_code=status.HTTP_201_CREATED, response_model=ModelOut)
+def register_model(body: ModelCreate, session: SessionDep, client: MLClient) -> ModelOut:
+    model = service.register_model(
+        session, name=body.name, adapter=body.adapter, hyperparameters=body.hyperparameters,
+        dataset_name=body.dataset, policy=body.policy.model_dump(mode="json"), actor=client.id,
+    )
+    return ModelOut.model_validate(model)
+
+
+@router.get("/models", response_model=list[ModelOut])
+def list_models(session: SessionDep, _: ReaderClient) -> list[ModelOut]:
+    return [ModelOut.model_validate(m) for m in service.list_models(session)]
+
+
+@router.get("/models/{name}", response_model=ModelOut)
+def get_model(name: str, session: SessionDep, _: ReaderClient) -> ModelOut:
+    return ModelOut.model_validate(service.get_model(session, name))
+
+
+@router.post("/models/{name}/versions", status_code=status.HTTP_201_CREATED, response_model=VersionOut)
+def import_version(name: str, body: VersionImport, session: SessionDep, client: MLClient) -> VersionOut:
+    model = service.get_model(session, name)
+    parent = service.get_version(session, model, body.parent) if body.parent else None
+    version = service.add_version(
+        session, model=model, snapshot=service.get_snapshot(session, body.snapshot_id), parent=parent,
+        artifacts=[ArtifactSpec(**a.model_dump()) for a in body.artifacts], state=body.state,
+        origin=VersionOrigin.IMPORTED, metrics=body.metrics, actor=client.id,
+    )
+    return VersionOut.model_validate(version)
+
+
+@router.get("/models/{name}/versions", response_model=list[VersionOut])
+def list_versions(name: str, session: SessionDep, _: ReaderClient) -> list[VersionOut]:
+    model = service.get_model(session, name)
+    return [VersionOut.model_validate(v) for v in service.list_versions(session, model)]
+
+
+@router.get("/models/{name}/versions/{number}", response_model=VersionOut)
+def get_version(name: str, number: int, session: SessionDep, _: ReaderClient) -> VersionOut:
+    return VersionOut.model_validate(service.get_version(session, service.get_model(session, name), number))
+
+
+@router.get("/models/{name}/versions/{number}/artifacts", response_model=list[ArtifactOut])
+def list_artifacts(name: str, number: int, session: SessionDep, _: ReaderClient) -> list[ArtifactOut]:
+    version = service.get_version(session, service.get_model(session, name), number)
+    return [ArtifactOut.model_validate(a) for a in service.version_artifacts(session, version)]

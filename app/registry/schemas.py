@@ -1,0 +1,201 @@
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from app.core.hashing import IdentifierType
+from app.registry.models import VersionState
+
+SLUG = r"^[a-z][a-z0-9_.+-]*$"
+NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+
+
+class DatasetFormat(StrEnum):
+    PARQUET = "parquet"
+    CSV = "csv"
+    NPZ = "npz"
+
+
+class ArtifactKind(StrEnum):
+    MODEL = "model"
+    SHARD = "shard"
+    CHECKPOINT = "checkpoint"
+
+
+class VersionOrigin(StrEnum):
+    TRAINED = "trained"
+    IMPORTED = "imported"
+    UNLEARNED = "unlearned"
+
+
+class DatasetColumns(BaseModel):
+    """Which columns (or NPZ arrays) hold what. Features are numeric; NPZ may name an image array."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    record_key: str = Field(min_length=1)
+    subject_column: str | None = Field(default=None, min_length=1)
+    identifier_type: IdentifierType = IdentifierType.USER_ID
+    label: str | None = Field(default=None, min_length=1)
+    features: list[str] = Field(default_factory=list)
+    image: str | None = Field(default=None, min_length=1)
+
+    @model_validator(mode="after")
+    def _has_content(self) -> DatasetColumns:
+        if not self.features and not self.image:
+            raise ValueError("name at least one feature column or an image array")
+        named = [self.record_key, self.subject_column, self.label, *self.features, self.image]
+        present = [n for n in named if n]
+        if len(present) != len(set(present)):
+            raise ValueError("a column may play only one role")
+        return self
+
+    def columns(self) -> list[str]:
+        named = [self.record_key, self.subject_column, self.label, *self.features, self.image]
+        return [n for n in named if n]
+
+
+class DatasetCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    name: str = Field(min_length=1, max_length=200, pattern=NAME)
+    uri: str = Field(min_length=1, max_length=2000)
+    format: DatasetFormat
+    columns: DatasetColumns = Field(alias="schema")
+
+
+class DatasetOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True, populate_by_name=True, serialize_by_alias=True)
+
+    id: str
+    name: str
+    uri: str
+    format: str
+    columns: dict[str, Any] = Field(validation_alias="schema", serialization_alias="schema")
+    status: str
+    progress: float
+    error: str | None
+    record_count: int
+    created_at: datetime
+    ingested_at: datetime | None
+
+
+class SnapshotCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    exclude_record_keys: list[str] = Field(default_factory=list, max_length=10_000)
+
+
+class SnapshotOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    dataset_id: str
+    record_count: int
+    merkle_root: str
+    created_at: datetime
+
+
+class UnlearningPolicy(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    default_method: str = Field(default="retrain", pattern=SLUG, max_length=64)
+    # metric name -> bound, e.g. {"max_mia_auc": 0.55, "min_retain_accuracy": 0.9}
+    thresholds: dict[str, float] = Field(default_factory=dict)
+    batching_window_hours: float = Field(default=24.0, ge=0, le=24 * 30)
+
+
+class ModelCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=200, pattern=NAME)
+    adapter: str = Field(min_length=1, max_length=64, pattern=SLUG)
+    hyperparameters: dict[str, Any] = Field(default_factory=dict)
+    dataset: str = Field(min_length=1, max_length=200)
+    policy: UnlearningPolicy = Field(default_factory=UnlearningPolicy)
+
+
+class ModelOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    name: str
+    adapter: str
+    hyperparameters: dict[str, Any]
+    dataset_id: str
+    policy: dict[str, Any]
+    created_at: datetime
+
+
+class ArtifactIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    kind: ArtifactKind = ArtifactKind.MODEL
+    uri: str = Field(min_length=1, max_length=2000)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    size_bytes: int = Field(default=0, ge=0)
+    shard: int | None = Field(default=None, ge=0)
+    slice: int | None = Field(default=None, ge=0)
+    snapshot_id: str | None = None
+
+
+class VersionImport(BaseModel):
+    """An externally trained version, declared with the snapshot it was trained on."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    snapshot_id: str
+    parent: int | None = Field(default=None, ge=1)
+    artifacts: list[ArtifactIn] = Field(min_length=1, max_length=1000)
+    state: VersionState = VersionState.ACTIVE
+    metrics: dict[str, float] = Field(default_factory=dict)
+
+
+class ArtifactOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    kind: str
+    shard: int | None
+    slice: int | None
+    snapshot_id: str | None
+    uri: str
+    sha256: str
+    size_bytes: int
+    state: str
+
+
+class VersionOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    model_id: str
+    number: int
+    parent_id: str | None
+    snapshot_id: str | None
+    artifact_uri: str | None
+    artifact_sha256: str | None
+    state: str
+    origin: str
+    metrics: dict[str, Any]
+    created_at: datetime
+    purged_at: datetime | None
+
+
+@dataclass(frozen=True)
+class ArtifactSpec:
+    """One part of a new version. ``uri``/``sha256`` come from ``artifacts.put_bytes`` or an
+    external store; ``snapshot_id`` is the exact slice of data this part saw (defaults to the
+    version's snapshot)."""
+
+    uri: str
+    sha256: str
+    kind: ArtifactKind | str = ArtifactKind.MODEL
+    size_bytes: int = 0
+    shard: int | None = None
+    slice: int | None = None
+    snapshot_id: str | None = None

@@ -1,0 +1,410 @@
+"""Datasets, records, snapshots, models and versions: the rules of the registry."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import fsspec
+from pydantic import ValidationError
+from pyroaring import BitMap
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.orm import Session
+
+from app.audit import service as audit
+from app.core.config import get_settings
+from app.core.database import utcnow
+from app.core.errors import Conflict, IllegalTransition, InvalidInput, NotFound
+from app.core.outbox import enqueue
+from app.registry import artifacts, ingestion
+from app.registry.leaves import SnapshotLeaves, leaf_index
+from app.registry.models import (
+    DataRecord,
+    Dataset,
+    DatasetSnapshot,
+    DatasetStatus,
+    ModelArtifact,
+    ModelVersion,
+    RecordState,
+    RegisteredModel,
+    VersionState,
+)
+from app.registry.schemas import (
+    ArtifactKind,
+    ArtifactSpec,
+    DatasetColumns,
+    DatasetFormat,
+    UnlearningPolicy,
+    VersionOrigin,
+)
+
+INGEST_TASK = "unlearnd.registry.ingest_dataset"
+# A version may move forward only; purged is final.
+_VERSION_MOVES = {
+    VersionState.TRAINING: {VersionState.ACTIVE, VersionState.SUPERSEDED, VersionState.PURGED},
+    VersionState.ACTIVE: {VersionState.SUPERSEDED, VersionState.PURGED},
+    VersionState.SUPERSEDED: {VersionState.ACTIVE, VersionState.PURGED},
+    VersionState.PURGED: set(),
+}
+
+
+def data_root() -> Path:
+    """Local dataset files must live under this folder (symlinks are resolved first)."""
+    return get_settings().data_dir / "datasets"
+
+
+def _validation_field(exc: ValidationError, prefix: str) -> tuple[str, str]:
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"])
+    return f"{prefix}.{where}" if where else prefix, first["msg"]
+
+
+def resolve_dataset_uri(uri: str) -> str:
+    """Return the URI ingestion will open, refusing local paths that leave the data root."""
+    parsed = urlparse(uri)
+    if parsed.scheme and parsed.scheme != "file" and len(parsed.scheme) > 1:
+        try:
+            fsspec.get_filesystem_class(parsed.scheme)
+        except (ValueError, ImportError):
+            raise InvalidInput(f"no filesystem for URI scheme '{parsed.scheme}'", field="uri") from None
+        return uri
+    raw = Path(parsed.path if parsed.scheme == "file" else uri)
+    root = data_root().resolve()
+    candidate = raw if raw.is_absolute() else root / raw
+    # realpath follows every symlink, so a link inside the root pointing out is caught here.
+    real = Path(candidate).resolve()
+    if not real.is_relative_to(root):
+        raise InvalidInput(f"dataset path must be under the data root {root}", field="uri")
+    if not real.is_file():
+        raise InvalidInput("no such file under the data root", field="uri")
+    return str(real)
+
+
+def register_dataset(
+    session: Session, *, name: str, uri: str, fmt: str, schema: dict[str, Any], actor: str
+) -> Dataset:
+    try:
+        fmt = DatasetFormat(fmt)
+    except ValueError:
+        raise InvalidInput(f"format must be one of {', '.join(DatasetFormat)}", field="format") from None
+    try:
+        columns = DatasetColumns.model_validate(schema)
+    except ValidationError as exc:
+        field, message = _validation_field(exc, "schema")
+        raise InvalidInput(f"{field}: {message}", field=field) from None
+    if fmt is not DatasetFormat.NPZ and columns.image:
+        raise InvalidInput("an image array is only supported in NPZ datasets", field="schema.image")
+    location = resolve_dataset_uri(uri)
+    if session.scalar(select(Dataset.id).where(Dataset.name == name)):
+        raise Conflict(f"a dataset named '{name}' exists", field="name")
+    dataset = Dataset(name=name, uri=location, format=fmt.value, schema=columns.model_dump(mode="json"),
+                      created_by=actor)
+    session.add(dataset)
+    session.flush()
+    enqueue(session, INGEST_TASK, dataset_id=dataset.id)
+    audit.record(session, actor=actor, action="dataset.registered", entity_type="dataset", entity_id=dataset.id,
+                 payload={"name": name, "format": fmt.value})
+    return dataset
+
+
+def ingest_dataset(dataset_id: str) -> Dataset:
+    """The ingestion task's work; see ``app.registry.ingestion``."""
+    return ingestion.ingest(dataset_id)
+
+
+def get_dataset(session: Session, name: str) -> Dataset:
+    dataset = session.scalar(select(Dataset).where(Dataset.name == name))
+    if dataset is None:
+        raise NotFound(f"no dataset named '{name}'")
+    return dataset
+
+
+def list_datasets(session: Session) -> list[Dataset]:
+    return list(session.scalars(select(Dataset).order_by(Dataset.created_at)))
+
+
+def _ready(dataset: Dataset) -> None:
+    if dataset.status != DatasetStatus.READY:
+        raise Conflict(f"dataset '{dataset.name}' is {dataset.status}, not ready")
+
+
+def record_ids_for_keys(session: Session, dataset: Dataset, record_keys: Iterable[str]) -> dict[str, int]:
+    keys = list(dict.fromkeys(record_keys))
+    found: dict[str, int] = {}
+    for start in range(0, len(keys), 1000):
+        chunk = keys[start : start + 1000]
+        found.update(
+            session.execute(
+                select(DataRecord.record_key, DataRecord.id).where(
+                    DataRecord.dataset_id == dataset.id, DataRecord.record_key.in_(chunk)
+                )
+            ).tuples().all()
+        )
+    return found
+
+
+def create_snapshot(
+    session: Session, dataset_id: str, *, exclude_record_ids: Iterable[int] | None = None, actor: str = "system"
+) -> DatasetSnapshot:
+    """Freeze the dataset's active records (less ``exclude_record_ids``) as a snapshot."""
+    dataset = session.get(Dataset, dataset_id)
+    if dataset is None:
+        raise NotFound(f"no dataset {dataset_id}")
+    _ready(dataset)
+    members = BitMap(
+        session.scalars(
+            select(DataRecord.row_index).where(
+                DataRecord.dataset_id == dataset.id, DataRecord.state == RecordState.ACTIVE
+            )
+        )
+    )
+    excluded = list(exclude_record_ids or [])
+    for start in range(0, len(excluded), 1000):
+        rows = session.scalars(
+            select(DataRecord.row_index).where(
+                DataRecord.dataset_id == dataset.id, DataRecord.id.in_(excluded[start : start + 1000])
+            )
+        )
+        members.difference_update(BitMap(rows))
+    leaves = leaf_index(session, dataset).select(members)
+    members.run_optimize()
+    snapshot = DatasetSnapshot(
+        dataset_id=dataset.id,
+        record_count=len(members),
+        members=members.serialize(),
+        merkle_root=leaves.root().hex(),
+        created_by=actor,
+    )
+    session.add(snapshot)
+    session.flush()
+    audit.record(session, actor=actor, action="snapshot.created", entity_type="dataset_snapshot",
+                 entity_id=snapshot.id, payload={"dataset_id": dataset.id, "record_count": snapshot.record_count,
+                                                 "merkle_root": snapshot.merkle_root, "excluded": len(excluded)})
+    return snapshot
+
+
+def get_snapshot(session: Session, snapshot_id: str) -> DatasetSnapshot:
+    snapshot = session.get(DatasetSnapshot, snapshot_id)
+    if snapshot is None:
+        raise NotFound(f"no snapshot {snapshot_id}")
+    return snapshot
+
+
+def snapshot_leaves(session: Session, snapshot: DatasetSnapshot) -> SnapshotLeaves:
+    dataset = session.get(Dataset, snapshot.dataset_id)
+    return leaf_index(session, dataset).select(BitMap.deserialize(snapshot.members))
+
+
+def snapshot_record_keys(session: Session, snapshot: DatasetSnapshot) -> list[str]:
+    """The snapshot's record keys, in leaf (code-point) order."""
+    return snapshot_leaves(session, snapshot).record_key.to_pylist()
+
+
+def register_model(
+    session: Session,
+    *,
+    name: str,
+    adapter: str,
+    hyperparameters: dict[str, Any],
+    dataset_name: str,
+    policy: dict[str, Any] | None,
+    actor: str,
+) -> RegisteredModel:
+    try:
+        checked_policy = UnlearningPolicy.model_validate(policy or {})
+    except ValidationError as exc:
+        field, message = _validation_field(exc, "policy")
+        raise InvalidInput(f"{field}: {message}", field=field) from None
+    dataset = session.scalar(select(Dataset).where(Dataset.name == dataset_name))
+    if dataset is None:
+        raise InvalidInput(f"no dataset named '{dataset_name}'", field="dataset")
+    if session.scalar(select(RegisteredModel.id).where(RegisteredModel.name == name)):
+        raise Conflict(f"a model named '{name}' exists", field="name")
+    model = RegisteredModel(name=name, adapter=adapter, hyperparameters=hyperparameters, dataset_id=dataset.id,
+                            policy=checked_policy.model_dump(mode="json"), created_by=actor)
+    session.add(model)
+    session.flush()
+    audit.record(session, actor=actor, action="model.registered", entity_type="registered_model",
+                 entity_id=model.id, payload={"name": name, "adapter": adapter, "dataset_id": dataset.id})
+    return model
+
+
+def get_model(session: Session, name: str) -> RegisteredModel:
+    model = session.scalar(select(RegisteredModel).where(RegisteredModel.name == name))
+    if model is None:
+        raise NotFound(f"no model named '{name}'")
+    return model
+
+
+def list_models(session: Session) -> list[RegisteredModel]:
+    return list(session.scalars(select(RegisteredModel).order_by(RegisteredModel.created_at)))
+
+
+def get_version(session: Session, model: RegisteredModel, number: int) -> ModelVersion:
+    version = session.scalar(
+        select(ModelVersion).where(ModelVersion.model_id == model.id, ModelVersion.number == number)
+    )
+    if version is None:
+        raise NotFound(f"model '{model.name}' has no version {number}")
+    return version
+
+
+def list_versions(session: Session, model: RegisteredModel) -> list[ModelVersion]:
+    return list(session.scalars(
+        select(ModelVersion).where(ModelVersion.model_id == model.id).order_by(ModelVersion.number)
+    ))
+
+
+def version_artifacts(session: Session, version: ModelVersion) -> list[ModelArtifact]:
+    return list(session.scalars(
+        select(ModelArtifact).where(ModelArtifact.version_id == version.id).order_by(
+            ModelArtifact.kind, ModelArtifact.shard, ModelArtifact.slice, ModelArtifact.id
+        )
+    ))
+
+
+def _check_artifact(session: Session, spec: ArtifactSpec, model: RegisteredModel, position: int) -> ArtifactKind:
+    field = f"artifacts.{position}"
+    try:
+        kind = ArtifactKind(spec.kind)
+    except ValueError:
+        raise InvalidInput(f"artifact kind must be one of {', '.join(ArtifactKind)}", field=f"{field}.kind") from None
+    if artifacts.is_stored_uri(spec.uri):
+        if not artifacts.exists(spec.uri):
+            raise InvalidInput("artifact is not in the store", field=f"{field}.uri")
+        if artifacts.sha256_of(spec.uri) != spec.sha256:
+            raise InvalidInput("sha256 does not match the stored bytes", field=f"{field}.sha256")
+    if spec.snapshot_id is not None:
+        snapshot = session.get(DatasetSnapshot, spec.snapshot_id)
+        if snapshot is None or snapshot.dataset_id != model.dataset_id:
+            raise InvalidInput("artifact snapshot is not a snapshot of the model's dataset",
+                               field=f"{field}.snapshot_id")
+    return kind
+
+
+def add_version(
+    session: Session,
+    *,
+    model: RegisteredModel,
+    snapshot: DatasetSnapshot | None,
+    parent: ModelVersion | None = None,
+    artifacts: list[ArtifactSpec],
+    state: VersionState | str = VersionState.ACTIVE,
+    origin: VersionOrigin | str = VersionOrigin.TRAINED,
+    metrics: dict[str, Any] | None = None,
+    actor: str,
+) -> ModelVersion:
+    """A new version numbered after the model's last one. Making it active supersedes the
+    model's other active versions: one version serves at a time."""
+    state, origin = VersionState(state), VersionOrigin(origin)
+    if snapshot is not None and snapshot.dataset_id != model.dataset_id:
+        raise InvalidInput("snapshot is not a snapshot of the model's dataset", field="snapshot_id")
+    if parent is not None and parent.model_id != model.id:
+        raise InvalidInput("parent version belongs to another model", field="parent")
+    if state is VersionState.PURGED:
+        raise InvalidInput("a new version cannot start purged", field="state")
+    kinds = [_check_artifact(session, spec, model, i) for i, spec in enumerate(artifacts)]
+    if session.get_bind().dialect.name == "postgresql":
+        # Serialise numbering per model; the unique constraint is the backstop.
+        session.execute(select(RegisteredModel.id).where(RegisteredModel.id == model.id).with_for_update())
+    number = (session.scalar(select(func.max(ModelVersion.number)).where(ModelVersion.model_id == model.id)) or 0) + 1
+    whole = next((spec for spec, kind in zip(artifacts, kinds, strict=True) if kind is ArtifactKind.MODEL), None)
+    if state is VersionState.ACTIVE:
+        session.execute(
+            update(ModelVersion)
+            .where(ModelVersion.model_id == model.id, ModelVersion.state == VersionState.ACTIVE)
+            .values(state=VersionState.SUPERSEDED)
+        )
+    version = ModelVersion(
+        model_id=model.id, number=number, parent_id=parent.id if parent else None,
+        snapshot_id=snapshot.id if snapshot else None,
+        artifact_uri=whole.uri if whole else None, artifact_sha256=whole.sha256 if whole else None,
+        state=state, origin=origin, metrics=dict(metrics or {}),
+    )
+    session.add(version)
+    session.flush()
+    for spec, kind in zip(artifacts, kinds, strict=True):
+        session.add(ModelArtifact(
+            version_id=version.id, kind=kind, shard=spec.shard, slice=spec.slice,
+            snapshot_id=spec.snapshot_id or version.snapshot_id, uri=spec.uri, sha256=spec.sha256,
+            size_bytes=spec.size_bytes,
+        ))
+    session.flush()
+    audit.record(session, actor=actor, action="model_version.added", entity_type="model_version",
+                 entity_id=version.id, payload={"model": model.name, "number": number, "state": state.value,
+                                                "origin": origin.value, "snapshot_id": version.snapshot_id,
+                                                "parent_id": version.parent_id,
+                                                "artifacts": [s.sha256 for s in artifacts]})
+    return version
+
+
+def set_version_state(session: Session, version: ModelVersion, state: VersionState | str, actor: str) -> ModelVersion:
+    state = VersionState(state)
+    if state is VersionState.PURGED:
+        return purge_version(session, version, actor)
+    current = VersionState(version.state)
+    if state is current:
+        return version
+    if state not in _VERSION_MOVES[current]:
+        raise IllegalTransition(f"version {version.number} cannot go from {current} to {state}", field="state")
+    if state is VersionState.ACTIVE:
+        session.execute(
+            update(ModelVersion)
+            .where(ModelVersion.model_id == version.model_id, ModelVersion.state == VersionState.ACTIVE)
+            .values(state=VersionState.SUPERSEDED)
+        )
+    version.state = state
+    session.flush()
+    audit.record(session, actor=actor, action="model_version.state_changed", entity_type="model_version",
+                 entity_id=version.id, payload={"from": current.value, "to": state.value})
+    return version
+
+
+def mark_records_forgotten(session: Session, record_ids: Iterable[int], actor: str) -> int:
+    """Mark records forgotten (future snapshots leave them out); return how many changed."""
+    ids = sorted(set(record_ids))
+    now, changed = utcnow(), 0
+    for start in range(0, len(ids), 1000):
+        result = session.execute(
+            update(DataRecord)
+            .where(DataRecord.id.in_(ids[start : start + 1000]), DataRecord.state == RecordState.ACTIVE)
+            .values(state=RecordState.FORGOTTEN, forgotten_at=now)
+        )
+        changed += result.rowcount
+    audit.record(session, actor=actor, action="records.forgotten", entity_type="data_records",
+                 entity_id=f"{len(ids)} records", payload={"record_ids": ids, "changed": changed})
+    return changed
+
+
+def purge_version(session: Session, version: ModelVersion, actor: str) -> ModelVersion:
+    """Destroy the version's artifact bytes; keep their sha256 so the purge can be proven."""
+    if version.state == VersionState.PURGED:
+        return version
+    now = utcnow()
+    parts = version_artifacts(session, version)
+    uris = {part.uri for part in parts} | ({version.artifact_uri} if version.artifact_uri else set())
+    # Content addressing shares bytes between versions (e.g. untouched SISA shards), so only
+    # bytes no other live artifact names are deleted.
+    shared = set(session.scalars(
+        select(ModelArtifact.uri).where(
+            ModelArtifact.uri.in_(uris), ModelArtifact.version_id != version.id,
+            ModelArtifact.state != VersionState.PURGED,
+        )
+    ))
+    for part in parts:
+        part.state, part.purged_at = VersionState.PURGED, now
+    version.state, version.purged_at = VersionState.PURGED, now
+    session.flush()
+    # Bytes go before the commit: if the commit then fails the purge is simply re-run,
+    # whereas the other order could leave bytes behind a record claiming they are gone.
+    deleted = [uri for uri in sorted(uris - shared) if artifacts.delete(uri)]
+    audit.record(session, actor=actor, action="model_version.purged", entity_type="model_version",
+                 entity_id=version.id, payload={"sha256": sorted({p.sha256 for p in parts}),
+                                                "deleted": len(deleted), "kept_shared": len(uris & shared)})
+    return version
+
+
+def delete_dataset_records(session: Session, dataset_id: str) -> None:
+    session.execute(delete(DataRecord).where(DataRecord.dataset_id == dataset_id))

@@ -1,0 +1,226 @@
+"""Lineage at scale on PostgreSQL: ingest, snapshots, versions, then record/subject queries.
+
+    nice .venv/bin/python benchmarks/lineage.py            # 1M rows, 50 snapshots (minutes)
+    .venv/bin/python benchmarks/lineage.py --quick         # same path, small sizes (< 1 min)
+
+Creates and drops its own database; prints a markdown table (and writes it with --out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import random
+import resource
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psycopg
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+ROOT = Path(__file__).resolve().parent.parent
+PG_ADMIN = os.environ.get("UNLEARND_BENCH_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+def _generate(path: Path, rows: int, subjects: int) -> None:
+    rng = random.Random(7)
+    schema = pa.schema([("key", pa.string()), ("email", pa.string()), ("label", pa.int64())]
+                       + [(f"f{i}", pa.float64()) for i in range(8)])
+    with pq.ParquetWriter(path, schema) as writer:
+        for start in range(0, rows, 100_000):
+            n = min(100_000, rows - start)
+            ids = range(start, start + n)
+            columns = {"key": [f"rec{i:09d}" for i in ids], "email": [f"user{i % subjects}@example.com" for i in ids],
+                       "label": [i % 10 for i in ids]}
+            columns.update({f"f{j}": [rng.random() for _ in ids] for j in range(8)})
+            writer.write_table(pa.table(columns, schema=schema))
+
+
+def _ingest_child(dataset_id: str) -> None:
+    from app.registry import service
+
+    dataset = service.ingest_dataset(dataset_id)
+    if dataset.status != "ready":
+        raise SystemExit(f"ingestion failed: {dataset.error}")
+
+
+def _percentiles(samples: list[float]) -> tuple[float, float, float]:
+    ordered = sorted(samples)
+    p = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000  # noqa: E731
+    return p(0.5), p(0.99), statistics.fmean(ordered) * 1000
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run(args: argparse.Namespace) -> list[tuple[str, str, str]]:
+    from sqlalchemy import select
+
+    from app.core.database import get_sessionmaker, session_scope
+    from app.core.hashing import subject_hash
+    from app.lineage import service as lineage
+    from app.registry import artifacts, service
+    from app.registry.models import DataRecord
+    from app.registry.schemas import ArtifactSpec
+
+    figures: list[tuple[str, str, str]] = []
+    root = service.data_root()
+    root.mkdir(parents=True, exist_ok=True)
+    subjects = max(1, args.rows // 5)
+    _generate(root / "bench.parquet", args.rows, subjects)
+    with session_scope() as session:
+        dataset_id = service.register_dataset(
+            session, name="bench", uri="bench.parquet", fmt="parquet", actor="bench",
+            schema={"record_key": "key", "subject_column": "email", "identifier_type": "email", "label": "label",
+                    "features": [f"f{i}" for i in range(8)]},
+        ).id
+    started = time.perf_counter()
+    child = multiprocessing.get_context("spawn").Process(target=_ingest_child, args=(dataset_id,))
+    child.start()
+    child.join()
+    elapsed = time.perf_counter() - started
+    if child.exitcode:
+        raise SystemExit("ingestion failed")
+    peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    figures += [("ingest rows", f"{args.rows:,}", ""), ("ingest time", f"{elapsed:.1f} s", "≤ 60 s at 1M"),
+                ("ingest rate", f"{args.rows / elapsed:,.0f} rows/s", "≥ 20,000 rows/s"),
+                ("ingest peak RSS", f"{peak_mib:,.0f} MiB", "≤ 1024 MiB")]
+
+    rng = random.Random(11)
+    with session_scope() as session:
+        ids = list(session.scalars(select(DataRecord.id).where(DataRecord.dataset_id == dataset_id)))
+        keys = list(session.scalars(select(DataRecord.record_key).where(DataRecord.dataset_id == dataset_id)))
+        model = service.register_model(session, name="bench-model", adapter="mlp", hyperparameters={},
+                                       dataset_name="bench", policy=None, actor="bench")
+    started = time.perf_counter()
+    parent = None
+    for i in range(args.snapshots):
+        with session_scope() as session:
+            snapshot = service.create_snapshot(session, dataset_id, exclude_record_ids=rng.sample(ids, len(ids) // 100))
+            uri, digest = artifacts.put_bytes(f"weights {i}".encode())
+            parent = service.add_version(session, model=session.merge(model), snapshot=snapshot,
+                                         parent=session.merge(parent) if parent else None,
+                                         artifacts=[ArtifactSpec(uri=uri, sha256=digest)], actor="bench")
+    per_snapshot = (time.perf_counter() - started) / args.snapshots
+    figures.append((f"{args.snapshots} snapshots + versions", f"{per_snapshot:.2f} s each", ""))
+
+    sessions = get_sessionmaker()
+    record_samples, subject_samples = [], []
+    pepper = b"bench-pepper"
+    # The service call as the intake makes it: inside a request's open session, one
+    # transaction per query (the rollback between queries is not timed).
+    with sessions() as session:
+        for phase in ("warm-up", "measure"):
+            for key in rng.sample(keys, min(len(keys), args.record_queries if phase == "measure" else 200)):
+                t0 = time.perf_counter()
+                lineage.record_lineage(session, "bench", key)
+                if phase == "measure":
+                    record_samples.append(time.perf_counter() - t0)
+                session.rollback()
+        for n in rng.sample(range(subjects), min(subjects, args.subject_queries)):
+            hashed = subject_hash("email", f"user{n}@example.com", pepper)
+            t0 = time.perf_counter()
+            found = lineage.subject_lineage(session, hashed)
+            subject_samples.append(time.perf_counter() - t0)
+            session.rollback()
+            assert found.records, "subject queries must find records"
+    p50, p99, _ = _percentiles(record_samples)
+    figures.append((f"record query, service ({len(record_samples):,})", f"p50 {p50:.2f} ms, p99 {p99:.2f} ms",
+                    "p99 ≤ 5 ms"))
+    p50, p99, _ = _percentiles(subject_samples)
+    figures.append((f"subject query, service ({len(subject_samples):,})", f"p50 {p50:.2f} ms, p99 {p99:.2f} ms", ""))
+    figures += _http(args, rng, keys, subjects)
+    return figures
+
+
+def _http(args: argparse.Namespace, rng: random.Random, keys: list[str], subjects: int) -> list[tuple[str, str, str]]:
+    import httpx
+
+    from app.clients.service import create_client
+    from app.core.database import session_scope
+
+    with session_scope() as session:
+        api_key = create_client(session, name="bench", role="ml").api_key
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory", "--port", str(port), "--log-level",
+         "warning"], cwd=ROOT, env=os.environ.copy(),
+    )
+    try:
+        client = httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {api_key}"})
+        for _ in range(100):
+            try:
+                client.get("/healthz")
+                break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        for key in rng.sample(keys, 200):  # warm the server's bitmap cache
+            client.get(f"/v1/lineage/records/bench/{key}").raise_for_status()
+        record, subject = [], []
+        for key in rng.sample(keys, min(len(keys), args.record_queries)):
+            t0 = time.perf_counter()
+            client.get(f"/v1/lineage/records/bench/{key}").raise_for_status()
+            record.append(time.perf_counter() - t0)
+        for n in rng.sample(range(subjects), min(subjects, args.subject_queries)):
+            t0 = time.perf_counter()
+            client.post("/v1/lineage/subjects",
+                        json={"identifier_type": "email", "identifier": f"user{n}@example.com"}).raise_for_status()
+            subject.append(time.perf_counter() - t0)
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
+    p50, p99, _ = _percentiles(record)
+    rows = [(f"record query, HTTP ({len(record):,})", f"p50 {p50:.2f} ms, p99 {p99:.2f} ms", "p99 ≤ 20 ms")]
+    p50, p99, _ = _percentiles(subject)
+    rows.append((f"subject query, HTTP ({len(subject):,})", f"p50 {p50:.2f} ms, p99 {p99:.2f} ms", ""))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="small sizes, same code path")
+    parser.add_argument("--out", type=Path, help="also write the markdown table here")
+    args = parser.parse_args()
+    args.rows, args.snapshots = (20_000, 5) if args.quick else (1_000_000, 50)
+    args.record_queries, args.subject_queries = (500, 100) if args.quick else (10_000, 1_000)
+
+    dbname = f"bench_lineage_{os.getpid()}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{dbname}"')
+    workdir = tempfile.mkdtemp(prefix="unlearnd-bench-")
+    url = PG_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://") + f"/{dbname}"
+    os.environ.update({"UNLEARND_DATABASE_URL": url, "UNLEARND_DATA_DIR": workdir,
+                       "UNLEARND_SUBJECT_PEPPER": "bench-pepper", "UNLEARND_LOG_LEVEL": "WARNING",
+                       "UNLEARND_BROKER_URL": os.environ.get("UNLEARND_BENCH_BROKER", "redis://127.0.0.1:6379/11")})
+    try:
+        from app.core import migrate
+
+        migrate.upgrade(url)
+        figures = run(args)
+    finally:
+        from app.core.database import get_engine
+
+        get_engine().dispose()
+        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+        subprocess.run(["rm", "-rf", workdir], check=False)
+    table = ["| measure | result | target |", "| --- | --- | --- |"]
+    table += [f"| {name} | {value} | {target} |" for name, value, target in figures]
+    text = f"lineage benchmark ({'quick' if args.quick else 'full'}, PostgreSQL)\n\n" + "\n".join(table) + "\n"
+    print(text)
+    if args.out:
+        args.out.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
