@@ -22,12 +22,29 @@ class RequestStatus(StrEnum):
     FAILED = "failed"
 
 
+class LegalBasis(StrEnum):
+    GDPR_ART17 = "gdpr_art17"
+    CCPA_1798_105 = "ccpa_1798_105"
+    CPRA = "cpra"
+    LGPD_ART18 = "lgpd_art18"
+    PIPEDA = "pipeda"
+    CONTRACT = "contract"
+    INTERNAL_POLICY = "internal_policy"
+
+
+class RequestOutcome(StrEnum):
+    NO_DATA_FOUND = "no_data_found"
+    FORGOTTEN = "forgotten"
+
+
 class DeletionRequest(Base):
     __tablename__ = "deletion_requests"
     __table_args__ = (
         UniqueConstraint("client_id", "idempotency_key"),
         UniqueConstraint("client_id", "external_ref"),
         Index("ix_deletion_requests_status_due_at", "status", "due_at"),
+        # Keyset pagination walks (received_at, id) newest first, per portal or overall.
+        Index("ix_deletion_requests_client_id_received_at", "client_id", "received_at", "id"),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
@@ -77,3 +94,13 @@ class RequestRecord(Base):
 
     request_id: Mapped[str] = mapped_column(ForeignKey("deletion_requests.id", ondelete="CASCADE"), primary_key=True)
     record_id: Mapped[int] = mapped_column(ForeignKey("data_records.id"), primary_key=True, index=True)
+
+
+class RequestModelVersion(Base):
+    """A model version a request resolved to: what the jobs room must unlearn, per model."""
+
+    __tablename__ = "deletion_request_model_versions"
+
+    request_id: Mapped[str] = mapped_column(ForeignKey("deletion_requests.id", ondelete="CASCADE"), primary_key=True)
+    version_id: Mapped[str] = mapped_column(ForeignKey("model_versions.id"), primary_key=True)
+    model_id: Mapped[str] = mapped_column(ForeignKey("registered_models.id"), index=True)

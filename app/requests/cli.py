@@ -1,0 +1,127 @@
+"""``unlearnd requests``: submit, list and show deletion requests over the same service as the API."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+
+import click
+from pydantic import ValidationError
+
+from app.core.database import session_scope
+from app.core.errors import UnlearndError
+from app.requests import service
+from app.requests.models import LegalBasis, RequestStatus
+from app.requests.schemas import DeletionRequestCreate, DeletionRequestDetail, DeletionRequestOut
+
+
+@click.group("requests")
+def cli() -> None:
+    """Deletion requests."""
+
+
+@contextmanager
+def _as_click_errors() -> Iterator[None]:
+    try:
+        yield
+    except UnlearndError as exc:
+        field = exc.extensions.get("field")
+        raise click.ClickException(f"{field}: {exc.detail}" if field else exc.detail) from None
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        location = ".".join(str(part) for part in first["loc"])
+        raise click.ClickException(f"{location}: {first['msg']}") from None
+
+
+def _echo(document: DeletionRequestOut) -> None:
+    click.echo(json.dumps(document.model_dump(mode="json"), indent=2))
+
+
+@cli.command("submit")
+@click.option("--client", "client_ref", required=True, help="Submit as this API client (id or name).")
+@click.option("--email", multiple=True)
+@click.option("--user-id", multiple=True)
+@click.option("--phone", multiple=True)
+@click.option("--custom", multiple=True)
+@click.option("--record", "records", multiple=True, metavar="DATASET:KEY")
+@click.option("--legal-basis", type=click.Choice([b.value for b in LegalBasis]), required=True)
+@click.option("--jurisdiction")
+@click.option("--external-ref")
+@click.option("--requested-at", type=click.DateTime(["%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%d %H:%M:%S%z"]))
+@click.option("--verification-method", help="How the requester's identity was verified.")
+@click.option("--idempotency-key")
+def submit(
+    client_ref: str,
+    email: tuple[str, ...],
+    user_id: tuple[str, ...],
+    phone: tuple[str, ...],
+    custom: tuple[str, ...],
+    records: tuple[str, ...],
+    legal_basis: str,
+    jurisdiction: str | None,
+    external_ref: str | None,
+    requested_at: datetime | None,
+    verification_method: str | None,
+    idempotency_key: str | None,
+) -> None:
+    """Submit a deletion request. Identifiers are hashed before anything is written."""
+    identifiers = [
+        {"type": kind, "value": value}
+        for kind, values in (("email", email), ("user_id", user_id), ("phone", phone), ("custom", custom))
+        for value in values
+    ]
+    refs = []
+    for ref in records:
+        dataset, sep, key = ref.partition(":")
+        if not sep:
+            raise click.BadParameter("expected DATASET:KEY", param_hint="--record")
+        refs.append({"dataset": dataset, "record_key": key})
+    with _as_click_errors(), session_scope() as session:
+        body = DeletionRequestCreate.model_validate(
+            {
+                "subject": identifiers, "records": refs, "legal_basis": legal_basis,
+                "jurisdiction": jurisdiction, "external_ref": external_ref,
+                "identity_verification": {"method": verification_method} if verification_method else None,
+            }
+            | ({"requested_at": requested_at} if requested_at else {})
+        )
+        client = service.get_submitting_client(session, client_ref)
+        outcome = service.submit(
+            session, client=client, submission=body, idempotency_key=idempotency_key,
+            provenance=service.Provenance(channel="cli"),
+        )
+        _echo(DeletionRequestOut.model_validate(outcome.request))
+
+
+@cli.command("list")
+@click.option("--status", type=click.Choice([s.value for s in RequestStatus]))
+@click.option("--legal-basis", type=click.Choice([b.value for b in LegalBasis]))
+@click.option("--external-ref")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 200))
+@click.option("--cursor")
+def list_command(
+    status: str | None, legal_basis: str | None, external_ref: str | None, limit: int, cursor: str | None
+) -> None:
+    """One line per request, newest first."""
+    filters = service.RequestFilters(
+        status=RequestStatus(status) if status else None,
+        legal_basis=LegalBasis(legal_basis) if legal_basis else None,
+        external_ref=external_ref,
+    )
+    with _as_click_errors(), session_scope() as session:
+        page = service.list_requests(session, filters=filters, cursor=cursor, limit=limit)
+        for r in page.items:
+            click.echo(f"{r.id}  {r.status:16} due {r.due_at:%Y-%m-%d}  {r.legal_basis:15} {r.external_ref or ''}")
+        if page.next_cursor:
+            click.echo(f"next: --cursor {page.next_cursor}")
+
+
+@cli.command("show")
+@click.argument("request_id")
+def show(request_id: str) -> None:
+    """One request with its status history."""
+    with _as_click_errors(), session_scope() as session:
+        request = service.get_request(session, request_id)
+        _echo(DeletionRequestDetail.of(request, service.history(session, request.id)))

@@ -1,0 +1,126 @@
+"""HTTP face of deletion requests: translate, call the service, shape the answer."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
+from pydantic import AwareDatetime
+
+from app.core.auth import AdminClient, ApiClient, PortalClient, Role, require_roles
+from app.core.database import SessionDep
+from app.requests import service
+from app.requests.models import DeletionRequest, LegalBasis, RequestStatus
+from app.requests.schemas import (
+    DeletionRequestCreate,
+    DeletionRequestDetail,
+    DeletionRequestOut,
+    DeletionRequestPage,
+    ExtensionBody,
+    OptionalReasonBody,
+    ReasonBody,
+)
+
+router = APIRouter(prefix="/v1/deletion-requests", tags=["deletion requests"])
+
+# Who may read requests: portals (their own), auditors and admins (all).
+RequestViewer = Annotated[ApiClient, Depends(require_roles(Role.PORTAL, Role.AUDITOR, Role.ADMIN))]
+IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=service.MAX_IDEMPOTENCY_KEY)]
+
+
+def _detail(session: SessionDep, request: DeletionRequest) -> DeletionRequestDetail:
+    return DeletionRequestDetail.of(request, service.history(session, request.id))
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=DeletionRequestOut,
+    responses={200: {"description": "an identical earlier submission, returned again"}},
+)
+def submit_request(
+    body: DeletionRequestCreate,
+    http: Request,
+    response: Response,
+    session: SessionDep,
+    client: PortalClient,
+    idempotency_key: IdempotencyKey = None,
+) -> DeletionRequestOut:
+    outcome = service.submit(
+        session,
+        client=client,
+        submission=body,
+        idempotency_key=idempotency_key,
+        provenance=service.Provenance(
+            channel="api",
+            source_ip=http.client.host if http.client else None,
+            user_agent=http.headers.get("user-agent"),
+        ),
+    )
+    if outcome.replayed:
+        response.status_code = status.HTTP_200_OK
+        response.headers["Idempotent-Replayed"] = "true"
+    response.headers["Location"] = f"{router.prefix}/{outcome.request.id}"
+    return DeletionRequestOut.model_validate(outcome.request)
+
+
+@router.get("", response_model=DeletionRequestPage)
+def list_requests(
+    session: SessionDep,
+    viewer: RequestViewer,
+    status_: Annotated[RequestStatus | None, Query(alias="status")] = None,
+    legal_basis: LegalBasis | None = None,
+    due_before: AwareDatetime | None = None,
+    external_ref: Annotated[str | None, Query(max_length=255)] = None,
+    cursor: Annotated[str | None, Query(max_length=512)] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+) -> DeletionRequestPage:
+    filters = service.RequestFilters(
+        status=status_, legal_basis=legal_basis, due_before=due_before, external_ref=external_ref
+    )
+    page = service.list_requests(session, viewer=viewer, filters=filters, cursor=cursor, limit=limit)
+    return DeletionRequestPage(
+        items=[DeletionRequestOut.model_validate(r) for r in page.items], next_cursor=page.next_cursor
+    )
+
+
+@router.get("/{request_id}", response_model=DeletionRequestDetail)
+def show_request(request_id: str, session: SessionDep, viewer: RequestViewer) -> DeletionRequestDetail:
+    return _detail(session, service.get_request(session, request_id, viewer))
+
+
+@router.post("/{request_id}/approve", response_model=DeletionRequestDetail)
+def approve_request(
+    request_id: str, session: SessionDep, admin: AdminClient, body: OptionalReasonBody | None = None
+) -> DeletionRequestDetail:
+    reason = body.reason if body else None
+    return _detail(session, service.approve(session, request_id, actor=admin.id, reason=reason))
+
+
+@router.post("/{request_id}/reject", response_model=DeletionRequestDetail)
+def reject_request(request_id: str, body: ReasonBody, session: SessionDep, admin: AdminClient) -> DeletionRequestDetail:
+    return _detail(session, service.reject(session, request_id, actor=admin.id, reason=body.reason))
+
+
+@router.post("/{request_id}/cancel", response_model=DeletionRequestDetail)
+def cancel_request(
+    request_id: str, session: SessionDep, caller: PortalClient, body: OptionalReasonBody | None = None
+) -> DeletionRequestDetail:
+    reason = body.reason if body else None
+    return _detail(session, service.cancel(session, request_id, viewer=caller, reason=reason))
+
+
+@router.post("/{request_id}/retry", response_model=DeletionRequestDetail)
+def retry_request(
+    request_id: str, session: SessionDep, admin: AdminClient, body: OptionalReasonBody | None = None
+) -> DeletionRequestDetail:
+    reason = body.reason if body else None
+    return _detail(session, service.retry(session, request_id, actor=admin.id, reason=reason))
+
+
+@router.post("/{request_id}/extend", response_model=DeletionRequestDetail)
+def extend_deadline(
+    request_id: str, body: ExtensionBody, session: SessionDep, admin: AdminClient
+) -> DeletionRequestDetail:
+    request = service.extend(session, request_id, actor=admin.id, reason=body.reason, until=body.due_at)
+    return _detail(session, request)

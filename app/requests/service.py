@@ -1,0 +1,579 @@
+"""Deletion-request intake and lifecycle: the rules live here, routers and the CLI only call in.
+
+Intake is one transaction: identifiers are hashed first, the request is resolved against
+lineage, and the request, its history, its resolved records and its audit events are
+written together or not at all. ``transition`` is the one place a status changes.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Select, func, or_, select, tuple_
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from app.audit import service as audit
+from app.core.auth import ApiClient, Role
+from app.core.config import get_settings
+from app.core.database import utcnow
+from app.core.errors import Conflict, IllegalTransition, InvalidInput, NotFound
+from app.core.hashing import canonical_json, sha256_hex, subject_hash
+from app.lineage import service as lineage
+from app.registry.models import RecordState, RegisteredModel
+from app.requests import deadlines
+from app.requests.models import (
+    DeletionRequest,
+    LegalBasis,
+    RequestModelVersion,
+    RequestOutcome,
+    RequestRecord,
+    RequestStatus,
+    RequestTransition,
+)
+from app.requests.schemas import DeletionRequestCreate
+
+log = logging.getLogger("unlearnd.requests")
+
+S = RequestStatus
+ALLOWED_TRANSITIONS: dict[RequestStatus, frozenset[RequestStatus]] = {
+    S.RECEIVED: frozenset({S.PENDING_APPROVAL, S.SCHEDULED, S.COMPLETED, S.CANCELLED, S.FAILED}),
+    S.PENDING_APPROVAL: frozenset({S.SCHEDULED, S.REJECTED, S.CANCELLED}),
+    # scheduled -> completed: another request's job already forgot every record.
+    S.SCHEDULED: frozenset({S.UNLEARNING, S.COMPLETED, S.CANCELLED, S.FAILED}),
+    S.UNLEARNING: frozenset({S.VERIFYING, S.FAILED}),
+    # verifying -> unlearning: an approximate result failed verification; fall back to exact.
+    S.VERIFYING: frozenset({S.COMPLETED, S.UNLEARNING, S.FAILED}),
+    S.FAILED: frozenset({S.SCHEDULED}),
+    S.COMPLETED: frozenset(),
+    S.REJECTED: frozenset(),
+    S.CANCELLED: frozenset(),
+}
+TERMINAL = frozenset(s for s, targets in ALLOWED_TRANSITIONS.items() if not targets)
+# A portal's clock may run a little ahead of ours; beyond this, requested_at is refused.
+CLOCK_SKEW = timedelta(minutes=2)
+MAX_IDEMPOTENCY_KEY = 255
+SEE_ALL_ROLES = frozenset({Role.ADMIN, Role.AUDITOR})
+
+
+@dataclass(frozen=True)
+class Provenance:
+    channel: str  # "api" or "cli"
+    source_ip: str | None = None
+    user_agent: str | None = None
+
+
+@dataclass(frozen=True)
+class Submission:
+    request: DeletionRequest
+    replayed: bool  # True when an earlier identical submission was returned
+
+
+@dataclass(frozen=True)
+class RequestFilters:
+    status: RequestStatus | None = None
+    legal_basis: LegalBasis | None = None
+    due_before: datetime | None = None
+    external_ref: str | None = None
+
+
+@dataclass(frozen=True)
+class RequestPage:
+    items: list[DeletionRequest]
+    next_cursor: str | None
+
+
+@dataclass(frozen=True)
+class ScheduledRequest:
+    """What the jobs room needs to batch a scheduled request."""
+
+    request_id: str
+    due_at: datetime
+    record_ids: list[int]
+    version_ids: list[str]
+
+
+@dataclass(frozen=True)
+class ScheduledModel:
+    model_id: str
+    request_count: int
+    earliest_due_at: datetime
+
+
+# --- intake -----------------------------------------------------------------------------------
+
+
+def submit(
+    session: Session,
+    *,
+    client: ApiClient,
+    submission: DeletionRequestCreate,
+    provenance: Provenance,
+    idempotency_key: str | None = None,
+) -> Submission:
+    """Record a deletion request, resolve it, and move it as far as intake may."""
+    _check_idempotency_key(idempotency_key)
+    if not submission.subject and not submission.records:
+        raise InvalidInput("give the subject's identifiers and/or explicit records", field="subject")
+    hashes = _hash_identifiers(submission)
+    received_at = utcnow()
+    requested_at = submission.requested_at or received_at
+    if requested_at > received_at + CLOCK_SKEW:
+        raise InvalidInput("requested_at is in the future", field="requested_at")
+    request_hash = _request_hash(submission, hashes)
+
+    earlier = _find_earlier(session, client.id, idempotency_key, submission.external_ref)
+    if earlier is not None:
+        return _replay(earlier, request_hash, idempotency_key)
+
+    record_refs = [(ref.dataset, ref.record_key) for ref in submission.records]
+    scope_models = submission.scope.models if submission.scope else None
+    _check_scope_models(session, scope_models)
+    resolution = _resolve_lineage(session, sorted(set(hashes)), record_refs, scope_models)
+    _check_known_datasets(submission, resolution.unknown_datasets)
+
+    request = DeletionRequest(
+        client_id=client.id,
+        external_ref=submission.external_ref,
+        idempotency_key=idempotency_key,
+        request_hash=request_hash,
+        subject_hashes=sorted(set(hashes)),
+        record_refs=[{"dataset": d, "record_key": k} for d, k in record_refs],
+        legal_basis=submission.legal_basis.value,
+        jurisdiction=submission.jurisdiction,
+        scope={"models": scope_models} if scope_models else {},
+        requested_at=requested_at,
+        received_at=received_at,
+        due_at=deadlines.due_at(submission.legal_basis, requested_at, get_settings().default_deadline_days),
+        status=S.RECEIVED.value,
+        provenance=_provenance_document(client, provenance, submission),
+    )
+    session.add(request)
+    try:
+        session.flush()
+    except IntegrityError:
+        # A concurrent submission with the same key or external_ref won the race; the insert
+        # was this transaction's first write, so rolling back loses nothing.
+        session.rollback()
+        earlier = _find_earlier(session, client.id, idempotency_key, submission.external_ref)
+        if earlier is None:
+            raise
+        return _replay(earlier, request_hash, idempotency_key)
+
+    steps = [RequestTransition(request_id=request.id, from_status=None, to_status=S.RECEIVED.value, actor=client.id, at=received_at)]
+    version_ids = _store_resolution(session, request, resolution)
+    if not request.affected["record_count"] and not version_ids:
+        steps.append(_apply(request, S.COMPLETED, actor="system", outcome=RequestOutcome.NO_DATA_FOUND))
+    elif client.requires_approval:
+        steps.append(_apply(request, S.PENDING_APPROVAL, actor="system", reason="client policy requires approval"))
+    else:
+        steps.append(_apply(request, S.SCHEDULED, actor="system"))
+    session.add_all(steps)
+    session.flush()
+    # One event for the whole intake transaction, naming every status it passed through:
+    # the chain lock is held from here to commit, and intake is the hot path.
+    audit.record(
+        session, actor=client.id, action="request.received", entity_type="deletion_request", entity_id=request.id,
+        payload={
+            "client_id": client.id, "legal_basis": request.legal_basis, "request_hash": request_hash,
+            "due_at": request.due_at.isoformat(), "subject_hashes": request.subject_hashes,
+            "record_count": request.affected["record_count"], "model_versions": version_ids,
+            "transitions": [[step.from_status, step.to_status] for step in steps],
+            "status": request.status, "outcome": request.outcome,
+        },
+    )
+    log.info("deletion request received", extra={"deletion_request": request.id, "status": request.status})
+    return Submission(request=request, replayed=False)
+
+
+def _check_idempotency_key(key: str | None) -> None:
+    if key is None:
+        return
+    if not key or len(key) > MAX_IDEMPOTENCY_KEY or not key.isascii() or not key.isprintable():
+        raise InvalidInput(
+            f"Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY} printable ASCII characters", field="Idempotency-Key"
+        )
+
+
+def _hash_identifiers(submission: DeletionRequestCreate) -> list[str]:
+    pepper = get_settings().pepper_bytes()
+    return [
+        subject_hash(identifier.type, identifier.value, pepper, field=f"subject.{index}.value")
+        for index, identifier in enumerate(submission.subject)
+    ]
+
+
+def _request_hash(submission: DeletionRequestCreate, hashes: list[str]) -> str:
+    """sha256 of the request as received, with every identifier already replaced by its hash."""
+    document = submission.model_dump(mode="json", exclude_unset=True)
+    if "subject" in document:
+        document["subject"] = [
+            {"type": identifier.type.value, "hash": hashed}
+            for identifier, hashed in zip(submission.subject, hashes, strict=True)
+        ]
+    return sha256_hex(canonical_json(document))
+
+
+def _find_earlier(
+    session: Session, client_id: str, idempotency_key: str | None, external_ref: str | None
+) -> DeletionRequest | None:
+    matches = []
+    if idempotency_key is not None:
+        matches.append(DeletionRequest.idempotency_key == idempotency_key)
+    if external_ref is not None:
+        matches.append(DeletionRequest.external_ref == external_ref)
+    if not matches:
+        return None
+    query = select(DeletionRequest).where(DeletionRequest.client_id == client_id, or_(*matches))
+    # The idempotency key decides when both match different requests.
+    found = sorted(session.scalars(query), key=lambda r: r.idempotency_key != idempotency_key)
+    return found[0] if found else None
+
+
+def _replay(earlier: DeletionRequest, request_hash: str, idempotency_key: str | None) -> Submission:
+    if earlier.request_hash != request_hash:
+        same_key = idempotency_key is not None and earlier.idempotency_key == idempotency_key
+        raise Conflict(
+            "this Idempotency-Key was used with a different request body" if same_key
+            else "this external_ref was used with a different request body",
+            field="Idempotency-Key" if same_key else "external_ref",
+            existing_request=earlier.id,
+        )
+    return Submission(request=earlier, replayed=True)
+
+
+def _check_scope_models(session: Session, names: list[str] | None) -> None:
+    if not names:
+        return
+    known = set(session.scalars(select(RegisteredModel.name).where(RegisteredModel.name.in_(names))))
+    for index, name in enumerate(names):
+        if name not in known:
+            raise InvalidInput(f"no registered model named '{name}'", field=f"scope.models.{index}")
+
+
+def _check_known_datasets(submission: DeletionRequestCreate, unknown: Iterable[str]) -> None:
+    unknown = set(unknown)
+    for index, ref in enumerate(submission.records):
+        if ref.dataset in unknown:
+            raise InvalidInput(f"no dataset named '{ref.dataset}'", field=f"records.{index}.dataset")
+
+
+def _resolve_lineage(
+    session: Session, hashes: list[str], record_refs: list[tuple[str, str]], scope_models: list[str] | None
+) -> lineage.Resolution:
+    """The one call into lineage: which records and model versions this request touches."""
+    return lineage.resolve(session, subject_hashes=hashes, record_refs=record_refs, scope_models=scope_models)
+
+
+def _store_resolution(session: Session, request: DeletionRequest, resolution: lineage.Resolution) -> list[str]:
+    """Write what the request touches; return the affected version ids. Records already
+    forgotten by an earlier request need nothing more."""
+    record_ids = sorted({r.id for r in resolution.records if r.state == RecordState.ACTIVE})
+    versions = sorted(resolution.model_versions, key=lambda v: v.id)
+    session.add_all(RequestRecord(request_id=request.id, record_id=rid) for rid in record_ids)
+    session.add_all(RequestModelVersion(request_id=request.id, version_id=v.id, model_id=v.model_id) for v in versions)
+    request.affected = {
+        "record_count": len(record_ids),
+        "unknown_record_count": len(resolution.unknown_records),
+        "model_versions": [
+            {"id": v.id, "model_id": v.model_id, "model": v.model, "number": v.number, "record_count": len(v.record_ids)}
+            for v in versions
+        ],
+    }
+    return [v.id for v in versions]
+
+
+def _provenance_document(
+    client: ApiClient, provenance: Provenance, submission: DeletionRequestCreate
+) -> dict[str, Any]:
+    verification = submission.identity_verification
+    return {
+        "channel": provenance.channel,
+        "client_id": client.id,
+        "client_name": client.name,
+        "source_ip": provenance.source_ip,
+        "user_agent": (provenance.user_agent or "")[:512] or None,
+        "source_system": submission.source_system,
+        "identity_verification": verification.model_dump(mode="json") if verification else None,
+    }
+
+
+def get_submitting_client(session: Session, reference: str) -> ApiClient:
+    """The active client a CLI submission is made as, by id or name."""
+    query = select(ApiClient).where(or_(ApiClient.id == reference, ApiClient.name == reference))
+    matches = [c for c in session.scalars(query) if c.revoked_at is None]
+    if len(matches) != 1:
+        raise NotFound(f"no single active API client '{reference}'", field="client")
+    return matches[0]
+
+
+# --- lifecycle --------------------------------------------------------------------------------
+
+
+def transition(
+    session: Session,
+    request: DeletionRequest,
+    to_status: RequestStatus | str,
+    *,
+    actor: str,
+    reason: str | None = None,
+    outcome: RequestOutcome | str | None = None,
+) -> RequestTransition:
+    """Move a request to ``to_status``: checks the lifecycle, writes history and an audit event.
+
+    Completing without an outcome means the records were forgotten. Lock the row first
+    (``get_for_update``) when another process may move the same request.
+    """
+    step = _apply(request, RequestStatus(to_status), actor=actor, reason=reason, outcome=outcome)
+    session.add(step)
+    session.flush()
+    _audit_transition(session, request, step)
+    return step
+
+
+def _apply(
+    request: DeletionRequest,
+    to_status: RequestStatus,
+    *,
+    actor: str,
+    reason: str | None = None,
+    outcome: RequestOutcome | str | None = None,
+) -> RequestTransition:
+    """Change the status in memory and return the history row; the caller writes the audit event."""
+    current = RequestStatus(request.status)
+    if to_status not in ALLOWED_TRANSITIONS[current]:
+        raise IllegalTransition(
+            f"a {current.value} request cannot become {to_status.value}",
+            field="status", current_status=current.value, requested_status=to_status.value,
+        )
+    now = utcnow()
+    request.status = to_status.value
+    request.updated_at = now
+    if to_status is S.COMPLETED:
+        request.outcome = RequestOutcome(outcome or RequestOutcome.FORGOTTEN).value
+        request.completed_at = now
+    elif to_status is S.SCHEDULED:
+        request.outcome = None
+    return RequestTransition(
+        request_id=request.id, from_status=current.value, to_status=to_status.value, actor=actor, reason=reason, at=now
+    )
+
+
+def _audit_transition(session: Session, request: DeletionRequest, step: RequestTransition) -> None:
+    # The reason is free text an operator typed, so it stays in the history table, not the chain.
+    payload: dict[str, Any] = {"from": step.from_status, "to": step.to_status, "has_reason": step.reason is not None}
+    if step.to_status == S.COMPLETED:
+        payload["outcome"] = request.outcome
+    audit.record(
+        session, actor=step.actor, action=f"request.{step.to_status}", entity_type="deletion_request",
+        entity_id=request.id, payload=payload,
+    )
+
+
+def get_for_update(session: Session, request_id: str, viewer: ApiClient | None = None) -> DeletionRequest:
+    """Load a request and lock its row until commit (PostgreSQL; SQLite writers are serialised)."""
+    query = _visible(select(DeletionRequest).where(DeletionRequest.id == request_id), viewer).with_for_update()
+    request = session.scalar(query)
+    if request is None:
+        raise NotFound(f"no deletion request {request_id}")
+    return request
+
+
+def approve(session: Session, request_id: str, *, actor: str, reason: str | None = None) -> DeletionRequest:
+    request = get_for_update(session, request_id)
+    if request.status != S.PENDING_APPROVAL:
+        raise IllegalTransition(
+            f"only a pending_approval request can be approved; this one is {request.status}",
+            field="status", current_status=request.status, requested_status=S.SCHEDULED.value,
+        )
+    transition(session, request, S.SCHEDULED, actor=actor, reason=reason or "approved")
+    return request
+
+
+def reject(session: Session, request_id: str, *, actor: str, reason: str) -> DeletionRequest:
+    if not reason.strip():
+        raise InvalidInput("a rejection needs a reason", field="reason")
+    request = get_for_update(session, request_id)
+    transition(session, request, S.REJECTED, actor=actor, reason=reason)
+    return request
+
+
+def cancel(session: Session, request_id: str, *, viewer: ApiClient, reason: str | None = None) -> DeletionRequest:
+    """The submitting portal or an admin withdraws a request before unlearning starts."""
+    request = get_for_update(session, request_id, viewer)
+    transition(session, request, S.CANCELLED, actor=viewer.id, reason=reason)
+    return request
+
+
+def retry(session: Session, request_id: str, *, actor: str, reason: str | None = None) -> DeletionRequest:
+    request = get_for_update(session, request_id)
+    transition(session, request, S.SCHEDULED, actor=actor, reason=reason or "retry")
+    return request
+
+
+def extend(
+    session: Session, request_id: str, *, actor: str, reason: str, until: datetime | None = None
+) -> DeletionRequest:
+    """Move the deadline once, as far as the legal basis allows (GDPR +2 months, CCPA +45 days)."""
+    if not reason.strip():
+        raise InvalidInput("an extension needs a reason", field="reason")
+    request = get_for_update(session, request_id)
+    if RequestStatus(request.status) in TERMINAL:
+        raise Conflict(f"a {request.status} request has no deadline to extend", field="status")
+    if request.extended_at is not None:
+        raise Conflict("the deadline was already extended once", field="due_at")
+    latest = deadlines.latest_extension(LegalBasis(request.legal_basis), request.due_at)
+    if latest is None:
+        raise Conflict(f"{request.legal_basis} allows no extension of the deadline", field="legal_basis")
+    new_due = until or latest
+    if not request.due_at < new_due <= latest:
+        raise InvalidInput(
+            f"due_at must be after {request.due_at.isoformat()} and no later than {latest.isoformat()}",
+            field="due_at",
+        )
+    previous = request.due_at
+    request.due_at, request.extended_at, request.extension_reason = new_due, utcnow(), reason
+    session.flush()
+    audit.record(
+        session, actor=actor, action="request.extended", entity_type="deletion_request", entity_id=request.id,
+        payload={"from_due_at": previous.isoformat(), "to_due_at": new_due.isoformat()},
+    )
+    return request
+
+
+# --- reads ------------------------------------------------------------------------------------
+
+
+def _visible(query: Select[Any], viewer: ApiClient | None) -> Select[Any]:
+    """A portal sees only its own requests; everyone else allowed here sees all."""
+    if viewer is None or viewer.role_enum in SEE_ALL_ROLES:
+        return query
+    return query.where(DeletionRequest.client_id == viewer.id)
+
+
+def get_request(session: Session, request_id: str, viewer: ApiClient | None = None) -> DeletionRequest:
+    request = session.scalar(_visible(select(DeletionRequest).where(DeletionRequest.id == request_id), viewer))
+    if request is None:
+        raise NotFound(f"no deletion request {request_id}")
+    return request
+
+
+def history(session: Session, request_id: str) -> list[RequestTransition]:
+    query = select(RequestTransition).where(RequestTransition.request_id == request_id).order_by(RequestTransition.id)
+    return list(session.scalars(query))
+
+
+def list_requests(
+    session: Session,
+    *,
+    viewer: ApiClient | None = None,
+    filters: RequestFilters = RequestFilters(),
+    cursor: str | None = None,
+    limit: int = 50,
+) -> RequestPage:
+    """Newest first, ordered by (received_at, id) so pages never skip or repeat a row."""
+    query = _visible(select(DeletionRequest), viewer)
+    if filters.status is not None:
+        query = query.where(DeletionRequest.status == filters.status.value)
+    if filters.legal_basis is not None:
+        query = query.where(DeletionRequest.legal_basis == filters.legal_basis.value)
+    if filters.due_before is not None:
+        query = query.where(DeletionRequest.due_at < filters.due_before)
+    if filters.external_ref is not None:
+        query = query.where(DeletionRequest.external_ref == filters.external_ref)
+    if cursor:
+        after_received, after_id = _decode_cursor(cursor)
+        query = query.where(tuple_(DeletionRequest.received_at, DeletionRequest.id) < tuple_(after_received, after_id))
+    query = query.order_by(DeletionRequest.received_at.desc(), DeletionRequest.id.desc()).limit(limit + 1)
+    rows = list(session.scalars(query))
+    items = rows[:limit]
+    next_cursor = _encode_cursor(items[-1]) if len(rows) > limit else None
+    return RequestPage(items=items, next_cursor=next_cursor)
+
+
+def _encode_cursor(last: DeletionRequest) -> str:
+    raw = json.dumps([last.received_at.isoformat(), last.id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        received, request_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        return datetime.fromisoformat(received), str(request_id)
+    except (ValueError, TypeError, binascii.Error):
+        raise InvalidInput("cursor is not one this API issued", field="cursor") from None
+
+
+# --- for the jobs room ------------------------------------------------------------------------
+
+
+def scheduled_models(session: Session) -> list[ScheduledModel]:
+    """Models with scheduled requests waiting, most urgent first."""
+    query = (
+        select(RequestModelVersion.model_id, func.count(func.distinct(DeletionRequest.id)), func.min(DeletionRequest.due_at))
+        .join(DeletionRequest, DeletionRequest.id == RequestModelVersion.request_id)
+        .where(DeletionRequest.status == S.SCHEDULED.value)
+        .group_by(RequestModelVersion.model_id)
+        .order_by(func.min(DeletionRequest.due_at))
+    )
+    return [ScheduledModel(model_id=m, request_count=n, earliest_due_at=d) for m, n, d in session.execute(query)]
+
+
+def list_scheduled_for_model(session: Session, model_id: str, *, limit: int | None = None) -> list[ScheduledRequest]:
+    """Scheduled requests touching ``model_id``, earliest deadline first, with their records
+    and the versions of that model they affect."""
+    requests = (
+        select(DeletionRequest.id, DeletionRequest.due_at)
+        .join(RequestModelVersion, RequestModelVersion.request_id == DeletionRequest.id)
+        .where(DeletionRequest.status == S.SCHEDULED.value, RequestModelVersion.model_id == model_id)
+        .group_by(DeletionRequest.id, DeletionRequest.due_at)
+        .order_by(DeletionRequest.due_at, DeletionRequest.id)
+        .limit(limit)
+    )
+    return _with_resolution(session, session.execute(requests).tuples().all(), model_id=model_id)
+
+
+def list_scheduled_without_models(session: Session, *, limit: int | None = None) -> list[ScheduledRequest]:
+    """Scheduled requests whose records no model version saw: only the records need forgetting."""
+    has_versions = select(RequestModelVersion.request_id).where(RequestModelVersion.request_id == DeletionRequest.id)
+    requests = (
+        select(DeletionRequest.id, DeletionRequest.due_at)
+        .where(DeletionRequest.status == S.SCHEDULED.value, ~has_versions.exists())
+        .order_by(DeletionRequest.due_at, DeletionRequest.id)
+        .limit(limit)
+    )
+    return _with_resolution(session, session.execute(requests).tuples().all(), model_id=None)
+
+
+def _with_resolution(
+    session: Session, heads: Sequence[tuple[str, datetime]], *, model_id: str | None
+) -> list[ScheduledRequest]:
+    ids = [request_id for request_id, _ in heads]
+    if not ids:
+        return []
+    records: dict[str, list[int]] = {request_id: [] for request_id in ids}
+    for request_id, record_id in session.execute(
+        select(RequestRecord.request_id, RequestRecord.record_id)
+        .where(RequestRecord.request_id.in_(ids))
+        .order_by(RequestRecord.record_id)
+    ):
+        records[request_id].append(record_id)
+    versions: dict[str, list[str]] = {request_id: [] for request_id in ids}
+    version_query = select(RequestModelVersion.request_id, RequestModelVersion.version_id).where(
+        RequestModelVersion.request_id.in_(ids)
+    )
+    if model_id is not None:
+        version_query = version_query.where(RequestModelVersion.model_id == model_id)
+    for request_id, version_id in session.execute(version_query.order_by(RequestModelVersion.version_id)):
+        versions[request_id].append(version_id)
+    return [
+        ScheduledRequest(request_id=rid, due_at=due, record_ids=records[rid], version_ids=versions[rid])
+        for rid, due in heads
+    ]
