@@ -1,0 +1,174 @@
+"""What a certificate states, read from what the other rooms recorded: the request, the
+records it resolved to, the model versions it touched, the jobs that unlearned them and
+the artifacts that were purged. Hashes and ids only; no record key or subject leaves here."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session
+
+from app.core import merkle
+from app.jobs.models import JobRequest, JobStatus, UnlearningJob
+from app.registry.leaves import leaf_hash
+from app.registry.models import DataRecord, DatasetSnapshot, ModelArtifact, ModelVersion, RegisteredModel, VersionState
+from app.requests.models import DeletionRequest, RequestModelVersion, RequestOutcome, RequestRecord
+
+LEAF_ENCODING = (
+    "RFC 6962 tree; leaf = canonical JSON [record_key, content_hash], the snapshot leaf form, "
+    "ordered by record key then content hash"
+)
+NON_INCLUSION_METHOD = (
+    "the request's subject hashes and record keys were looked up in every dataset; no record "
+    "matched, so no snapshot listed here (by its Merkle root) contains one"
+)
+
+
+def finite(value: Any) -> Any:
+    """Metrics may hold NaN or infinity, which JSON cannot carry; they are stated as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite(v) for v in value]
+    return value
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat()
+
+
+def request_facts(request: DeletionRequest) -> dict[str, Any]:
+    return {
+        "id": request.id,
+        "external_ref": request.external_ref,
+        "subject_hashes": sorted(request.subject_hashes),
+        "record_ref_count": len(request.record_refs),
+        "legal_basis": request.legal_basis,
+        "jurisdiction": request.jurisdiction,
+        "received_at": _iso(request.received_at),
+        "due_at": _iso(request.due_at),
+        "completed_at": _iso(request.completed_at or request.updated_at),
+        "outcome": request.outcome or RequestOutcome.FORGOTTEN.value,
+        "request_hash": request.request_hash,
+    }
+
+
+def forgotten_records(session: Session, request_id: str) -> dict[str, Any]:
+    query = (
+        select(DataRecord.record_key, DataRecord.content_hash)
+        .join(RequestRecord, RequestRecord.record_id == DataRecord.id)
+        .where(RequestRecord.request_id == request_id)
+    )
+    rows = sorted(session.execute(query).tuples().all())
+    return {
+        "count": len(rows),
+        "merkle_root": merkle.root([leaf_hash(key, content) for key, content in rows]).hex(),
+        "leaf_encoding": LEAF_ENCODING,
+    }
+
+
+def _version_ref(version: ModelVersion | None) -> dict[str, Any] | None:
+    if version is None:
+        return None
+    return {"id": version.id, "number": version.number, "state": version.state, "artifact_sha256": version.artifact_sha256}
+
+
+def _purged_artifacts(session: Session, version: ModelVersion) -> list[dict[str, Any]]:
+    query = select(ModelArtifact).where(
+        ModelArtifact.version_id == version.id,
+        or_(ModelArtifact.state == VersionState.PURGED, ModelArtifact.purged_at.is_not(None)),
+    )
+    purged = [
+        {"kind": a.kind, "shard": a.shard, "slice": a.slice, "sha256": a.sha256}
+        for a in session.scalars(query)
+    ]
+    whole = version.artifact_sha256
+    if version.state == VersionState.PURGED and whole and all(a["sha256"] != whole for a in purged):
+        purged.append({"kind": "model", "shard": None, "slice": None, "sha256": whole})
+    return sorted(purged, key=lambda a: (a["kind"], a["shard"] or 0, a["slice"] or 0, a["sha256"]))
+
+
+def _unlearning(session: Session, job: UnlearningJob) -> dict[str, Any]:
+    base = session.get(ModelVersion, job.base_version_id) if job.base_version_id else None
+    result = session.get(ModelVersion, job.result_version_id) if job.result_version_id else None
+    report = job.report or {}
+    return {
+        "job_id": job.id,
+        "base_version": _version_ref(base),
+        "result_version": _version_ref(result),
+        "method": job.method,
+        "method_used": job.method_used,
+        "fallback": job.method_used is not None and job.method_used != job.method,
+        "verification": finite(report.get("verification", report)),
+    }
+
+
+def models(session: Session, request_id: str) -> list[dict[str, Any]]:
+    """Per model: the versions the request resolved to (with what was purged of them) and
+    the succeeded jobs that unlearned it."""
+    affected: dict[str, list[ModelVersion]] = defaultdict(list)
+    query = (
+        select(ModelVersion)
+        .join(RequestModelVersion, RequestModelVersion.version_id == ModelVersion.id)
+        .where(RequestModelVersion.request_id == request_id)
+    )
+    for version in session.scalars(query):
+        affected[version.model_id].append(version)
+    jobs: dict[str, list[UnlearningJob]] = defaultdict(list)
+    query = (
+        select(UnlearningJob)
+        .join(JobRequest, JobRequest.job_id == UnlearningJob.id)
+        .where(JobRequest.request_id == request_id, UnlearningJob.status == JobStatus.SUCCEEDED)
+    )
+    for job in session.scalars(query):
+        jobs[job.model_id].append(job)
+    described = []
+    for model_id in sorted(set(affected) | set(jobs)):
+        model = session.get(RegisteredModel, model_id)
+        described.append(
+            {
+                "model_id": model_id,
+                "model_name": model.name if model else "",
+                "affected_versions": [
+                    {"version": _version_ref(v), "purged_artifacts": _purged_artifacts(session, v)}
+                    for v in sorted(affected[model_id], key=lambda v: v.number)
+                ],
+                "unlearning": [_unlearning(session, j) for j in sorted(jobs[model_id], key=lambda j: j.created_at)],
+            }
+        )
+    return described
+
+
+def non_inclusion(session: Session) -> dict[str, Any]:
+    snapshots = session.scalars(select(DatasetSnapshot).order_by(DatasetSnapshot.created_at, DatasetSnapshot.id))
+    return {
+        "method": NON_INCLUSION_METHOD,
+        "snapshots": [
+            {"snapshot_id": s.id, "dataset_id": s.dataset_id, "record_count": s.record_count, "merkle_root": s.merkle_root}
+            for s in snapshots
+        ],
+    }
+
+
+def claim(request: DeletionRequest, records: dict[str, Any], described: list[dict[str, Any]]) -> str:
+    if request.outcome == RequestOutcome.NO_DATA_FOUND:
+        return (
+            f"Unlearnd asserts that no training record matching deletion request {request.id} was found "
+            "in any dataset it manages, so none of the listed snapshots, and no model version trained on "
+            "them, contains one. It asserts nothing about data held outside Unlearnd's registry."
+        )
+    versions = sum(len(m["affected_versions"]) for m in described)
+    return (
+        f"Unlearnd asserts that the {records['count']} training records resolved for deletion request "
+        f"{request.id} (committed to by forgotten_records.merkle_root) were removed from the "
+        f"{len(described)} models listed: each listed job produced its result version without them, "
+        f"verified as stated, and each of the {versions} affected versions' artifacts listed as purged "
+        "was deleted from the Unlearnd artifact store. It asserts nothing about copies outside that "
+        "store, such as backups, exports, caches or models trained elsewhere."
+    )

@@ -1,0 +1,112 @@
+"""Issuing deletion certificates: one per completed request, signed, anchored in the log.
+
+Issuing writes a ``certificate.issued`` audit event whose payload commits to the
+certificate's content, signs a tree head that covers that event, and puts the event,
+its inclusion proof and the head into the certificate before signing the whole. A
+verifier holding only the file and the public key can then check every link.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app import __version__
+from app.audit import service as audit
+from app.audit.events import published_event
+from app.audit.keys import ensure_current_key
+from app.audit.tree import inclusion_proof, published_head, sign_tree_head
+from app.certificates import evidence
+from app.certificates.document import CERTIFICATE_TYPE, SCHEMA_VERSION, content_digest, envelope_bytes
+from app.certificates.models import Certificate
+from app.core.auth import ApiClient, Role
+from app.core.database import new_id, utcnow
+from app.core.errors import Conflict, Forbidden, NotFound
+from app.core.hashing import canonical_json
+from app.requests.models import DeletionRequest, RequestStatus
+
+_SEE_ALL = frozenset({Role.ADMIN, Role.AUDITOR})
+
+
+def certificate_file(certificate: Certificate) -> bytes:
+    return envelope_bytes(certificate.document, key_id=certificate.key_id, signature=certificate.signature)
+
+
+def _content(session: Session, request: DeletionRequest, certificate_id: str, key_id: str) -> dict[str, Any]:
+    records = evidence.forgotten_records(session, request.id)
+    described = evidence.models(session, request.id)
+    facts = evidence.request_facts(request)
+    return {
+        "type": CERTIFICATE_TYPE,
+        "schema_version": SCHEMA_VERSION,
+        "certificate_id": certificate_id,
+        "issued_at": utcnow().isoformat(),
+        "issuer": {"service": "unlearnd", "version": __version__},
+        "key_id": key_id,
+        "request": facts,
+        "forgotten_records": records,
+        "models": described,
+        "non_inclusion": evidence.non_inclusion(session) if facts["outcome"] == "no_data_found" else None,
+        "claim": evidence.claim(request, records, described),
+    }
+
+
+def issue_certificate(session: Session, request_id: str, *, actor: str = "system") -> Certificate:
+    """The request's certificate, issued now if it has none. Idempotent, also across processes:
+    the existence check runs under the audit chain's writer lock."""
+    audit.lock_chain(session)
+    existing = session.scalar(select(Certificate).where(Certificate.request_id == request_id))
+    if existing is not None:
+        return existing
+    request = session.get(DeletionRequest, request_id)
+    if request is None:
+        raise NotFound(f"no deletion request {request_id}")
+    if request.status != RequestStatus.COMPLETED:
+        raise Conflict(
+            f"a certificate is issued when the request completes; it is '{request.status}'", field="status"
+        )
+    signer = ensure_current_key(session, actor=actor)
+    certificate_id = new_id()
+    document = _content(session, request, certificate_id, signer.key_id)
+    event = audit.append(
+        session, actor=actor, action="certificate.issued", entity_type="certificate", entity_id=certificate_id,
+        payload={"certificate_id": certificate_id, "request_id": request.id, "content_sha256": content_digest(document)},
+    )
+    head = sign_tree_head(session)
+    proof = inclusion_proof(session, event.seq, head.tree_size)
+    document["anchor"] = {
+        "event": published_event(event),
+        "inclusion_proof": {"leaf_index": proof.leaf_index, "tree_size": proof.tree_size, "audit_path": proof.audit_path},
+        "tree_head": published_head(head),
+    }
+    certificate = Certificate(
+        id=certificate_id, request_id=request.id, document=document,
+        signature=signer.sign(canonical_json(document)), key_id=signer.key_id, issued_at=utcnow(),
+    )
+    session.add(certificate)
+    session.flush()
+    return certificate
+
+
+def certificate_for(session: Session, request_id: str, viewer: ApiClient) -> Certificate:
+    """A portal sees only its own requests' certificates (others' are simply not found);
+    admins and auditors see all. A completed request without one yet gets it now."""
+    if viewer.role_enum is Role.ML:
+        raise Forbidden("certificates are for portals, auditors and admins")
+    request = session.get(DeletionRequest, request_id)
+    if request is None or (viewer.role_enum not in _SEE_ALL and request.client_id != viewer.id):
+        raise NotFound(f"no deletion request {request_id}")
+    return issue_certificate(session, request.id, actor=viewer.id)
+
+
+def requests_missing_certificates(session: Session, *, limit: int = 100) -> list[str]:
+    query = (
+        select(DeletionRequest.id)
+        .outerjoin(Certificate, Certificate.request_id == DeletionRequest.id)
+        .where(DeletionRequest.status == RequestStatus.COMPLETED, Certificate.id.is_(None))
+        .order_by(DeletionRequest.completed_at)
+        .limit(limit)
+    )
+    return list(session.scalars(query))

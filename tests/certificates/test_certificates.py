@@ -1,0 +1,247 @@
+"""Certificates: issued once per completed request, verifiable offline from the file and a
+public key, broken by any one-byte change, still valid after key rotation, and visible
+through the API only to the request's own portal (and admins/auditors)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from pyroaring import BitMap
+
+from app.certificates.verify import CertificateInvalid, verify_certificate
+from app.core.database import session_scope, utcnow
+from app.core.hashing import sha256_hex
+
+ONE_BYTE_FLIPS = (0x01, 0x20)
+
+
+def _keys(api) -> dict[str, bytes]:
+    from app.core.signing import public_key_from_jwk
+
+    published = api.get("/.well-known/unlearnd-keys")
+    assert published.status_code == 200
+    return {jwk["kid"]: public_key_from_jwk(jwk) for jwk in published.json()["keys"]}
+
+
+@pytest.fixture
+def completed_request(env) -> Callable[..., str]:
+    """A completed request written straight through the ORM: two forgotten records of one
+    dataset, the version trained on them (now purged, with a shard), and the job whose
+    result version replaced it. ``found=False`` gives a no-data-found request instead."""
+    from app.clients.service import create_client
+    from app.jobs.models import JobRequest, UnlearningJob
+    from app.registry.models import (
+        DataRecord,
+        Dataset,
+        DatasetSnapshot,
+        ModelArtifact,
+        ModelVersion,
+        RegisteredModel,
+    )
+    from app.requests.models import DeletionRequest, RequestModelVersion, RequestRecord
+
+    def factory(*, client_id: str | None = None, found: bool = True, status: str = "completed") -> str:
+        suffix = uuid.uuid4().hex[:6]
+        with session_scope() as session:
+            if client_id is None:
+                client_id = create_client(session, name=f"portal-{suffix}", role="portal").client.id
+            dataset = Dataset(name=f"ds-{suffix}", uri="/data/x.csv", format="csv", schema={}, status="ready")
+            session.add(dataset)
+            session.flush()
+            records = [
+                DataRecord(dataset_id=dataset.id, row_index=i, record_key=f"r{i}", subject_hash=sha256_hex(f"s{i % 2}".encode()),
+                           content_hash=sha256_hex(f"content-{i}".encode()))
+                for i in range(4)
+            ]
+            session.add_all(records)
+            session.add(DatasetSnapshot(dataset_id=dataset.id, record_count=4, members=BitMap(range(4)).serialize(),
+                                        merkle_root=sha256_hex(b"snapshot-root")))
+            model = RegisteredModel(name=f"m-{suffix}", adapter="logreg", hyperparameters={}, dataset_id=dataset.id, policy={})
+            session.add(model)
+            session.flush()
+            base = ModelVersion(model_id=model.id, number=1, artifact_sha256=sha256_hex(b"v1"), state="purged", purged_at=utcnow())
+            session.add(base)
+            session.flush()
+            result = ModelVersion(model_id=model.id, number=2, parent_id=base.id, artifact_sha256=sha256_hex(b"v2"),
+                                  state="active", origin="unlearned")
+            session.add(result)
+            session.add(ModelArtifact(version_id=base.id, kind="shard", shard=0, uri="/a/s0", sha256=sha256_hex(b"s0"),
+                                      state="purged", purged_at=utcnow()))
+            now = utcnow()
+            request = DeletionRequest(
+                client_id=client_id, external_ref=f"ext-{suffix}", request_hash=sha256_hex(suffix.encode()),
+                subject_hashes=[sha256_hex(b"s0")], legal_basis="gdpr_art17", jurisdiction="EU",
+                requested_at=now - timedelta(days=2), received_at=now - timedelta(days=2), due_at=now + timedelta(days=28),
+                status=status, outcome=("forgotten" if found else "no_data_found") if status == "completed" else None,
+                completed_at=now if status == "completed" else None,
+            )
+            session.add(request)
+            session.flush()
+            if found:
+                session.add_all(RequestRecord(request_id=request.id, record_id=r.id) for r in records[::2])
+                session.add(RequestModelVersion(request_id=request.id, version_id=base.id, model_id=model.id))
+                job = UnlearningJob(
+                    model_id=model.id, base_version_id=base.id, result_version_id=result.id, method="scrub",
+                    method_used="retrain", status="succeeded", forget_count=2,
+                    report={"verification": {"verdict": "pass", "mia_auc": 0.51,
+                                             "thresholds": {"max_mia_auc": 0.6}}},
+                )
+                session.add(job)
+                session.flush()
+                session.add(JobRequest(job_id=job.id, request_id=request.id))
+            return request.id
+
+    return factory
+
+
+def _issue(request_id: str) -> bytes:
+    from app.certificates.service import certificate_file, issue_certificate
+
+    with session_scope() as session:
+        return certificate_file(issue_certificate(session, request_id))
+
+
+def test_certificate_states_what_was_forgotten_and_verifies_offline(api, completed_request, backend):
+    request_id = completed_request()
+    raw = _issue(request_id)
+    verified = verify_certificate(raw, _keys(api))
+    document = verified.document
+    assert document["request"]["id"] == request_id and document["request"]["outcome"] == "forgotten"
+    assert document["forgotten_records"]["count"] == 2
+    (model,) = document["models"]
+    (affected,) = model["affected_versions"]
+    assert affected["version"]["state"] == "purged"
+    assert {a["sha256"] for a in affected["purged_artifacts"]} == {sha256_hex(b"v1"), sha256_hex(b"s0")}
+    (job,) = model["unlearning"]
+    assert job["result_version"]["artifact_sha256"] == sha256_hex(b"v2")
+    assert job["fallback"] is True and job["method_used"] == "retrain"
+    assert job["verification"]["mia_auc"] == 0.51 and job["verification"]["thresholds"] == {"max_mia_auc": 0.6}
+    assert document["non_inclusion"] is None
+    assert "backups" in document["claim"]
+    assert b"r0" not in raw and b"r2" not in raw, "record keys must appear only as a Merkle root"
+
+
+def test_metrics_json_cannot_carry_are_stated_as_null():
+    from app.certificates.evidence import finite
+
+    assert finite({"auc": float("nan"), "bound": [float("inf"), 1.5], "n": 3}) == {"auc": None, "bound": [None, 1.5], "n": 3}
+
+
+def test_issuing_is_idempotent(env, completed_request):
+    from sqlalchemy import func, select
+
+    from app.audit.models import AuditEvent
+
+    request_id = completed_request()
+    first = _issue(request_id)
+    with session_scope() as session:
+        issued = select(func.count()).select_from(AuditEvent).where(AuditEvent.action == "certificate.issued")
+        before = session.scalar(issued)
+    assert _issue(request_id) == first
+    with session_scope() as session:
+        assert session.scalar(issued) == before == 1
+
+
+def test_no_data_found_certificate_carries_non_inclusion_evidence(api, completed_request):
+    request_id = completed_request(found=False)
+    document = verify_certificate(_issue(request_id), _keys(api)).document
+    assert document["request"]["outcome"] == "no_data_found"
+    assert document["forgotten_records"]["count"] == 0 and document["models"] == []
+    snapshots = document["non_inclusion"]["snapshots"]
+    assert snapshots and snapshots[0]["merkle_root"] == sha256_hex(b"snapshot-root")
+    assert "no training record" in document["claim"]
+
+
+def test_every_one_byte_change_fails_verification(api, completed_request):
+    raw = _issue(completed_request())
+    keys = _keys(api)
+    verify_certificate(raw, keys)
+    for position in range(len(raw)):
+        for flip in ONE_BYTE_FLIPS:
+            edited = bytearray(raw)
+            edited[position] ^= flip
+            with pytest.raises(CertificateInvalid):
+                verify_certificate(bytes(edited), keys)
+    with pytest.raises(CertificateInvalid):
+        verify_certificate(raw[:-1], keys)
+
+
+def test_key_rotation_keeps_old_certificates_valid(api, completed_request, make_client):
+    from app.audit.keys import rotate_signing_key
+
+    old_raw = _issue(completed_request())
+    old_key = json.loads(old_raw)["signature"]["key_id"]
+    with session_scope() as session:
+        new_key = rotate_signing_key(session, actor="test").key_id
+    assert new_key != old_key
+    new_raw = _issue(completed_request())
+    assert json.loads(new_raw)["signature"]["key_id"] == new_key
+    keys = _keys(api)
+    assert set(keys) == {old_key, new_key}
+    verify_certificate(old_raw, keys)
+    verify_certificate(new_raw, keys)
+    with pytest.raises(CertificateInvalid, match="no public key"):
+        verify_certificate(old_raw, {new_key: keys[new_key]})
+    statuses = {k["kid"]: k["status"] for k in api.get("/.well-known/unlearnd-keys").json()["keys"]}
+    assert statuses == {old_key: "retired", new_key: "active"}
+    auditor = make_client("auditor")
+    verification = api.get("/v1/audit/verification", headers=auditor.headers).json()
+    assert verification["ok"] and verification["tree_heads_checked"] >= 2
+
+
+def test_portal_sees_only_its_own_certificates(api, make_client, completed_request):
+    owner, other, ml, auditor = make_client("portal"), make_client("portal"), make_client("ml"), make_client("auditor")
+    request_id = completed_request(client_id=owner.id)
+    url = f"/v1/deletion-requests/{request_id}/certificate"
+    mine = api.get(url, headers=owner.headers)
+    assert mine.status_code == 200, mine.text
+    verify_certificate(mine.content, _keys(api))
+    assert api.get(url, headers=other.headers).status_code == 404
+    assert api.get(url, headers=ml.headers).status_code == 403
+    assert api.get(url, headers=auditor.headers).content == mine.content
+    assert api.get(f"/v1/deletion-requests/{uuid.uuid4()}/certificate", headers=owner.headers).status_code == 404
+
+
+def test_unfinished_request_has_no_certificate_yet(api, make_client, completed_request):
+    owner = make_client("portal")
+    request_id = completed_request(client_id=owner.id, status="unlearning")
+    response = api.get(f"/v1/deletion-requests/{request_id}/certificate", headers=owner.headers)
+    assert response.status_code == 409 and response.headers["content-type"].startswith("application/problem+json")
+    assert response.json()["field"] == "status"
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    # No database and no data dir: verification must need neither.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("UNLEARND_")}
+    env["UNLEARND_DATABASE_URL"] = "postgresql+psycopg://nobody@127.0.0.1:1/nothing"
+    env["UNLEARND_DATA_DIR"] = str(cwd / "no-such-dir")
+    return subprocess.run([sys.executable, "-m", "app.cli", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=120)
+
+
+def test_cli_verifies_a_fetched_certificate_and_rejects_a_hand_edited_copy(api, make_client, completed_request, tmp_path):
+    owner = make_client("portal")
+    request_id = completed_request(client_id=owner.id)
+    certificate = tmp_path / "certificate.json"
+    certificate.write_bytes(api.get(f"/v1/deletion-requests/{request_id}/certificate", headers=owner.headers).content)
+    jwks = tmp_path / "keys.json"
+    jwks.write_text(api.get("/.well-known/unlearnd-keys").text)
+    (kid,) = [k["kid"] for k in json.loads(jwks.read_text())["keys"]]
+    single = json.dumps(next(k for k in json.loads(jwks.read_text())["keys"] if k["kid"] == kid))
+
+    for key_argument in (str(jwks), single):
+        ok = _cli("certificate", "verify", str(certificate), "--public-key", key_argument, cwd=tmp_path)
+        assert ok.returncode == 0, ok.stderr
+        assert f"request {request_id}" in ok.stdout
+
+    edited = tmp_path / "edited.json"
+    edited.write_bytes(certificate.read_bytes().replace(b'"count":2', b'"count":1'))
+    bad = _cli("certificate", "verify", str(edited), "--public-key", str(jwks), cwd=tmp_path)
+    assert bad.returncode == 1 and "INVALID" in bad.stderr
