@@ -117,12 +117,12 @@ def test_migrations_round_trip_on_postgresql_without_drift():
 
 def test_embedded_queue_needs_no_server(env, monkeypatch, tmp_path):
     """The default broker (kombu's SQLAlchemy transport on a SQLite file) feeds a real worker."""
+    from app.core.config import get_settings
+    from app.core.queue import get_celery
     from tests.conftest import WorkerProcess, reset_caches
-    from workers.tasks.core import ping
 
     monkeypatch.delenv("UNLEARND_BROKER_URL")
     reset_caches()
-    from app.core.config import get_settings
 
     assert get_settings().broker_url.startswith("sqla+sqlite:///")
     worker_env = {k: v for k, v in env.items() if k != "UNLEARND_BROKER_URL"}
@@ -130,7 +130,9 @@ def test_embedded_queue_needs_no_server(env, monkeypatch, tmp_path):
     worker.env.pop("UNLEARND_BROKER_URL", None)
     worker.start_process()
     try:
-        result = ping.delay("embedded").get(timeout=60)
+        # By name through the freshly configured app: task objects stay bound to the app
+        # they were first imported with.
+        result = get_celery().send_task("unlearnd.ping", kwargs={"value": "embedded"}).get(timeout=60)
         assert result["echo"] == "embedded"
     finally:
         worker.stop()
