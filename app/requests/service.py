@@ -177,8 +177,8 @@ def submit(
         steps.append(_apply(request, S.SCHEDULED, actor="system"))
     session.add_all(steps)
     session.flush()
-    # One event for the whole intake transaction, naming every status it passed through:
-    # the chain lock is held from here to commit, and intake is the hot path.
+    # One event for the whole intake transaction, naming every status it passed through,
+    # keeps the hot path to a single audit row.
     audit.record(
         session, actor=client.id, action="request.received", entity_type="deletion_request", entity_id=request.id,
         payload={
