@@ -10,6 +10,12 @@ from sqlalchemy.orm import Mapped, mapped_column
 from app.core.database import Base, new_id, utcnow
 
 
+class JobKind(StrEnum):
+    TRAIN = "train"
+    TRAIN_SHARD = "train_shard"  # one SISA shard of a train job, fanned out to any worker
+    UNLEARN = "unlearn"
+
+
 class JobStatus(StrEnum):
     QUEUED = "queued"
     RUNNING = "running"
@@ -20,6 +26,7 @@ class JobStatus(StrEnum):
 
 class JobStage(StrEnum):
     LOADING = "loading"
+    TRAINING = "training"  # train jobs only: loading -> training -> done
     UNLEARNING = "unlearning"
     VERIFYING = "verifying"
     PURGING = "purging"
@@ -30,7 +37,7 @@ class UnlearningJob(Base):
     __tablename__ = "unlearning_jobs"
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
-    kind: Mapped[str] = mapped_column(String(16), default="unlearn")  # unlearn | train
+    kind: Mapped[str] = mapped_column(String(16), default="unlearn")  # see JobKind
     model_id: Mapped[str] = mapped_column(ForeignKey("registered_models.id"), index=True)
     base_version_id: Mapped[str | None] = mapped_column(ForeignKey("model_versions.id"), default=None)
     result_version_id: Mapped[str | None] = mapped_column(ForeignKey("model_versions.id"), default=None)
@@ -44,6 +51,12 @@ class UnlearningJob(Base):
     max_attempts: Mapped[int] = mapped_column(default=3)
     error: Mapped[str | None] = mapped_column(default=None)
     report: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # Work units the batch cost (SISA: distinct shards touched; otherwise 1): with the
+    # duration, what the scheduler learns a model's cost from.
+    cost_units: Mapped[int] = mapped_column(default=1)
+    created_by: Mapped[str] = mapped_column(String(64), default="system")
+    # The worker holding the lease; only it may write the job's result.
+    worker: Mapped[str | None] = mapped_column(String(255), default=None)
     # Lease: a running job whose heartbeat is stale belongs to a dead worker and is resumed.
     heartbeat_at: Mapped[datetime | None] = mapped_column(default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)

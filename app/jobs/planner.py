@@ -32,6 +32,9 @@ class BatchPolicy:
     # margin, still ends before the earliest deadline in the batch.
     safety_factor: float = 3.0
     risk_margin: timedelta = timedelta(hours=72)
+    # Once the window has expired, still wait while requests keep arriving this close
+    # together: a burst submitted at once then goes out as one batch, not split by a tick.
+    settle: timedelta = timedelta(0)
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,7 @@ def decide(
     needed = timedelta(seconds=estimate * policy.safety_factor) + policy.risk_margin
     at_risk = [p for p in batch if p.due_at - now <= needed]
     oldest = min(p.received_at for p in batch)
+    newest = max(p.received_at for p in ordered)
 
     if force:
         reason = "forced"
@@ -101,7 +105,7 @@ def decide(
         reason = "batch full"
     elif at_risk:
         reason = "deadline at risk"
-    elif now - oldest >= policy.window:
+    elif now - oldest >= policy.window and now - newest >= policy.settle:
         reason = "window expired"
     else:
         return Decision(run=False, reason="waiting for more requests", batch=batch, units=units,

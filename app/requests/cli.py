@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime
 
 import click
-from pydantic import ValidationError
 
+from app.core.cli_errors import as_click_errors
 from app.core.database import session_scope
-from app.core.errors import UnlearndError
 from app.requests import service
 from app.requests.models import LegalBasis, RequestStatus
 from app.requests.schemas import DeletionRequestCreate, DeletionRequestDetail, DeletionRequestOut
@@ -20,19 +17,6 @@ from app.requests.schemas import DeletionRequestCreate, DeletionRequestDetail, D
 @click.group("requests")
 def cli() -> None:
     """Deletion requests."""
-
-
-@contextmanager
-def _as_click_errors() -> Iterator[None]:
-    try:
-        yield
-    except UnlearndError as exc:
-        field = exc.extensions.get("field")
-        raise click.ClickException(f"{field}: {exc.detail}" if field else exc.detail) from None
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        location = ".".join(str(part) for part in first["loc"])
-        raise click.ClickException(f"{location}: {first['msg']}") from None
 
 
 def _echo(document: DeletionRequestOut) -> None:
@@ -78,7 +62,7 @@ def submit(
         if not sep:
             raise click.BadParameter("expected DATASET:KEY", param_hint="--record")
         refs.append({"dataset": dataset, "record_key": key})
-    with _as_click_errors(), session_scope() as session:
+    with as_click_errors(), session_scope() as session:
         body = DeletionRequestCreate.model_validate(
             {
                 "subject": identifiers, "records": refs, "legal_basis": legal_basis,
@@ -110,7 +94,7 @@ def list_command(
         legal_basis=LegalBasis(legal_basis) if legal_basis else None,
         external_ref=external_ref,
     )
-    with _as_click_errors(), session_scope() as session:
+    with as_click_errors(), session_scope() as session:
         page = service.list_requests(session, filters=filters, cursor=cursor, limit=limit)
         for r in page.items:
             click.echo(f"{r.id}  {r.status:16} due {r.due_at:%Y-%m-%d}  {r.legal_basis:15} {r.external_ref or ''}")
@@ -122,6 +106,6 @@ def list_command(
 @click.argument("request_id")
 def show(request_id: str) -> None:
     """One request with its status history."""
-    with _as_click_errors(), session_scope() as session:
+    with as_click_errors(), session_scope() as session:
         request = service.get_request(session, request_id)
         _echo(DeletionRequestDetail.of(request, service.history(session, request.id)))

@@ -57,3 +57,13 @@ def test_cost_model_learns_the_median_rate():
     learned = CostModel.learn([(10.0, 1), (40.0, 2), (1000.0, 1)])
     assert learned.seconds_per_unit == 20.0
     assert CostModel.learn([]) == CostModel()
+
+
+def test_an_expired_window_waits_for_a_burst_to_settle():
+    settling = BatchPolicy(max_batch_size=10, window=timedelta(0), settle=timedelta(seconds=2),
+                           risk_margin=timedelta(hours=1))
+    burst = [pending(0, age_min=1), pending(1, age_min=0.01)]  # the last one arrived 0.6 s ago
+    assert decide(burst, settling, COST, NOW).reason == "waiting for more requests"
+    assert decide(burst, settling, COST, NOW + timedelta(seconds=2)).reason == "window expired"
+    full = [pending(i, age_min=0.01) for i in range(10)]
+    assert decide(full, settling, COST, NOW).reason == "batch full"

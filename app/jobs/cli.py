@@ -1,0 +1,95 @@
+"""``unlearnd jobs``: train, batch, list, retry and cancel over the same service as the API."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from app.core.cli_errors import as_click_errors
+from app.core.database import session_scope
+from app.jobs import service
+from app.jobs.models import JobKind, JobStatus
+from app.jobs.schemas import JobOut
+
+ACTOR = "cli"
+
+
+@click.group("jobs")
+def cli() -> None:
+    """Training and unlearning jobs."""
+
+
+def _echo(job: object) -> None:
+    click.echo(json.dumps(JobOut.model_validate(job).model_dump(mode="json"), indent=2))
+
+
+@cli.command("train")
+@click.argument("model")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0))
+@click.option("--heldout-fraction", default=service.TrainingConfig.heldout_fraction, show_default=True, type=float)
+def train(model: str, seed: int, heldout_fraction: float) -> None:
+    """Queue training of a new version of MODEL."""
+    with as_click_errors(), session_scope() as session:
+        job = service.start_training(session, model, actor=ACTOR,
+                                     config=service.TrainingConfig(seed=seed, heldout_fraction=heldout_fraction))
+        _echo(job)
+
+
+@cli.command("unlearn-now")
+@click.argument("model")
+def unlearn_now(model: str) -> None:
+    """Batch MODEL's pending deletions into a job at once."""
+    with as_click_errors(), session_scope() as session:
+        _echo(service.unlearn_now(session, model, actor=ACTOR).job)
+
+
+@cli.command("schedule")
+def schedule() -> None:
+    """Run one scheduler tick (what the periodic task does) and print its decisions."""
+    with as_click_errors(), session_scope() as session:
+        for outcome in service.schedule(session):
+            decision = outcome.decision
+            click.echo(f"{outcome.model}: {decision.reason}; {len(decision.batch)} request(s), "
+                       f"{decision.units} unit(s) ({decision.units_saved} saved)"
+                       + (f" -> job {outcome.job.id}" if outcome.job else ""))
+
+
+@cli.command("list")
+@click.option("--status", type=click.Choice([s.value for s in JobStatus]))
+@click.option("--kind", type=click.Choice([k.value for k in JobKind]))
+@click.option("--model")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, service.MAX_PAGE))
+def list_jobs(status: str | None, kind: str | None, model: str | None, limit: int) -> None:
+    filters = service.JobFilters(status=JobStatus(status) if status else None, kind=JobKind(kind) if kind else None,
+                                 model=model)
+    with as_click_errors(), session_scope() as session:
+        for job in service.list_jobs(session, filters, limit=limit):
+            click.echo(f"{job.id}  {job.kind:7} {job.status:9} {job.stage or '-':10} {job.progress:4.0%}  "
+                       f"{job.method_used or job.method}")
+
+
+@cli.command("show")
+@click.argument("job_id")
+def show(job_id: str) -> None:
+    with as_click_errors(), session_scope() as session:
+        job = service.get_job(session, job_id)
+        document = JobOut.model_validate(job).model_dump(mode="json")
+        click.echo(json.dumps({**document, "report": job.report,
+                               "request_ids": service.job_requests(session, job.id)}, indent=2))
+
+
+@cli.command("retry")
+@click.argument("job_id")
+def retry(job_id: str) -> None:
+    """Run a failed job again."""
+    with as_click_errors(), session_scope() as session:
+        _echo(service.retry_job(session, job_id, actor=ACTOR))
+
+
+@cli.command("cancel")
+@click.argument("job_id")
+def cancel(job_id: str) -> None:
+    """Withdraw a job before unlearning starts."""
+    with as_click_errors(), session_scope() as session:
+        _echo(service.cancel_job(session, job_id, actor=ACTOR))

@@ -1,0 +1,245 @@
+"""The jobs room's one doorway into the unlearning engine (``workers/unlearning``).
+
+Everything here is computation on data already loaded: no database, no artifact store.
+The rules that need both (which records, which versions) live in ``training`` and
+``unlearning``; this module turns their answers into engine calls and back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from workers.unlearning import (
+    CertifiedBudgetExceeded,
+    LabelledData,
+    Thresholds,
+    adapter_from_state,
+    get_adapter,
+    load_table,
+    split,
+    unlearn,
+    verify,
+)
+from workers.unlearning.adapters import SisaAdapter
+from workers.unlearning.methods import METHODS, UnsupportedModel
+
+# Share of a dataset's records never trained on, chosen by a keyed hash of the record key,
+# so the same rows stay out at every retrain and can stand for non-members when verifying.
+DEFAULT_HELDOUT_FRACTION = 0.2
+PASS = "pass"
+
+
+class EngineInputError(ValueError):
+    """The dataset or model recipe cannot be used by the engine; the message says why."""
+
+
+def load_dataset(uri: str, fmt: str, columns: dict[str, Any]) -> LabelledData:
+    """Every row of a registered dataset file, keyed by its record key."""
+    path = Path(uri.removeprefix("file://"))
+    try:
+        return load_table(
+            path, fmt,
+            key_column=columns["record_key"], label_column=columns["label"],
+            feature_columns=columns.get("features") or None, array_field=columns.get("image"),
+        )
+    except (ValueError, KeyError) as exc:
+        raise EngineInputError(f"dataset cannot be loaded for training: {exc}") from exc
+
+
+def training_split(data: LabelledData, heldout_fraction: float, seed: int) -> tuple[LabelledData, LabelledData]:
+    """(train, heldout): the held-out rows are fixed by key and seed, so retrains agree on them."""
+    train, _, heldout = split(data, [], heldout_fraction, seed)
+    return train, heldout
+
+
+def verification_halves(heldout: LabelledData, seed: int) -> tuple[LabelledData, LabelledData]:
+    """(calibration, verification): approximate methods tune on one half, ``verify`` judges on
+    the other, so a method is never graded on the rows it calibrated against."""
+    calibration, _, verification = split(heldout, [], 0.5, seed + 1)
+    return calibration, verification
+
+
+def check_recipe(adapter_name: str, hyperparameters: dict[str, Any]) -> Any:
+    """An unfitted adapter of the recipe; a bad name or hyper-parameter is refused here,
+    before any job is queued."""
+    try:
+        return get_adapter(adapter_name, **hyperparameters)
+    except (ValueError, TypeError) as exc:
+        raise EngineInputError(f"model recipe rejected: {exc}") from exc
+
+
+def fit(adapter_name: str, hyperparameters: dict[str, Any], data: LabelledData, seed: int) -> Any:
+    return check_recipe(adapter_name, hyperparameters).fit(data, seed)
+
+
+def load_model(raw: bytes) -> Any:
+    return adapter_from_state(raw)
+
+
+def is_sharded(model: Any) -> bool:
+    return isinstance(model, SisaAdapter)
+
+
+def exact_method_for(model: Any) -> str:
+    return "sisa" if is_sharded(model) else "retrain"
+
+
+def shard_assigner(adapter_name: str, hyperparameters: dict[str, Any], seed: int) -> Callable[[str], int] | None:
+    """Which SISA shard a record key lands in, without loading any weights; None when unsharded.
+
+    Placement is a keyed hash of (seed, key), so the recipe and seed alone decide it.
+    """
+    if adapter_name != SisaAdapter.name:
+        return None
+    layout = SisaAdapter(**hyperparameters)
+    layout.seed = seed
+    return layout.shard_of
+
+
+def shard_count(adapter_name: str, hyperparameters: dict[str, Any]) -> int:
+    """How many independent pieces training splits into: SISA shards, else one."""
+    if adapter_name != SisaAdapter.name:
+        return 1
+    return SisaAdapter(**hyperparameters).hyperparameters.shards
+
+
+def num_classes_of(hyperparameters: dict[str, Any], data: LabelledData) -> int:
+    """The output layout a whole fit would choose, fixed up front so every shard agrees."""
+    configured = hyperparameters.get("num_classes")
+    return int(configured) if configured is not None else int(data.labels.max()) + 1
+
+
+def fit_shard(hyperparameters: dict[str, Any], data: LabelledData, seed: int, shard: int, num_classes: int) -> bytes:
+    """Train one SISA shard exactly as a whole fit would (placement, seeds and checkpoints
+    depend only on the recipe, the seed and the shard's own records); returns the state."""
+    assign = shard_assigner(SisaAdapter.name, hyperparameters, seed)
+    own = data.take([i for i, key in enumerate(data.keys) if assign(key) == shard])
+    partial = SisaAdapter(**{**hyperparameters, "num_classes": num_classes})
+    return partial.fit(own, seed).state_bytes()
+
+
+def merge_shards(hyperparameters: dict[str, Any], seed: int, feature_shape: tuple[int, ...], num_classes: int,
+                 shard_states: dict[int, bytes]) -> SisaAdapter:
+    """One SISA model from shards trained apart: byte-identical to fitting it whole."""
+    whole = SisaAdapter(**hyperparameters).build(feature_shape, num_classes, seed)
+    for shard, raw in shard_states.items():
+        part = adapter_from_state(raw)
+        whole.slice_keys[shard], whole.chains[shard] = part.slice_keys[shard], part.chains[shard]
+        whole.checkpoints.update({key: part.checkpoints[key] for key in part.chains[shard]})
+        whole.models[shard] = part.models[shard]
+    return whole
+
+
+@dataclass(frozen=True)
+class ArtifactPart:
+    kind: str  # model | shard | checkpoint
+    data: bytes
+    keys: list[str]  # exactly the records this part was trained on
+    shard: int | None = None
+    slice: int | None = None
+
+
+def artifact_parts(model: Any, trained_keys: Iterable[str]) -> list[ArtifactPart]:
+    """The whole model, plus for SISA each shard's final model and each earlier slice
+    checkpoint, each with the records it saw, so lineage can answer per part."""
+    parts = [ArtifactPart("model", model.state_bytes(), sorted(trained_keys))]
+    if not is_sharded(model):
+        return parts
+    for shard, chain in enumerate(model.chains):
+        if model.models[shard] is None:
+            continue
+        seen: list[str] = []
+        for stage, checkpoint in enumerate(chain):
+            seen += model.slice_keys[shard][stage]
+            last = stage == len(chain) - 1
+            parts.append(ArtifactPart(
+                "shard" if last else "checkpoint", model.checkpoints[checkpoint], sorted(seen), shard, stage,
+            ))
+    return parts
+
+
+def thresholds_from_policy(values: dict[str, Any]) -> tuple[Thresholds, list[str]]:
+    """The policy's thresholds the verifier knows, and the names it does not (reported)."""
+    known = {f.name: f for f in dataclasses.fields(Thresholds)}
+    accepted: dict[str, Any] = {}
+    for name, value in values.items():
+        if name not in known:
+            continue
+        accepted[name] = int(value) if name in {"attack_folds", "seed", "min_forget_size"} else value
+    return Thresholds(**accepted), sorted(set(values) - set(known))
+
+
+@dataclass
+class UnlearningOutcome:
+    model: Any
+    method_used: str
+    fell_back: bool
+    units: int  # SISA: shards retrained; otherwise the one job
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+def unlearn_verified(
+    base: Any,
+    method: str,
+    retain: LabelledData,
+    forget: LabelledData,
+    heldout: LabelledData,
+    thresholds: Thresholds,
+    *,
+    seed: int,
+    on_stage: Callable[[str], None],
+) -> UnlearningOutcome:
+    """Run the policy's method; keep an approximate result only if verification passes,
+    otherwise (or when the method refuses) run the exact method instead. Exact results are
+    correct by construction; their verification is reported, not gated."""
+    calibration, verification = verification_halves(heldout, seed)
+    exact = exact_method_for(base)
+    attempts: list[dict[str, Any]] = []
+    spec = METHODS.get(method)
+    if spec is None:
+        attempts.append({"method": method, "outcome": "unknown method"})
+    else:
+        try:
+            unlearned, report = unlearn(method, base, retain, forget, calibration, None)
+        except (CertifiedBudgetExceeded, UnsupportedModel) as exc:
+            attempts.append({"method": method, "outcome": "refused", "reason": str(exc)})
+        else:
+            on_stage("verifying")
+            verdict = verify(base, unlearned, retain, forget, verification, thresholds)
+            attempts.append({"method": method, "outcome": verdict.verdict, "unlearning": report.to_dict(),
+                             "verification": verdict.to_dict()})
+            if spec.exact or verdict.verdict == PASS:
+                return _outcome(unlearned, method, False, report.details, attempts)
+        on_stage("unlearning")
+    unlearned, report = unlearn(exact, base, retain, forget, calibration, None)
+    on_stage("verifying")
+    verdict = verify(base, unlearned, retain, forget, verification, thresholds)
+    attempts.append({"method": exact, "outcome": verdict.verdict, "unlearning": report.to_dict(),
+                     "verification": verdict.to_dict(), "fallback": True})
+    return _outcome(unlearned, exact, method != exact, report.details, attempts)
+
+
+def json_safe(value: Any) -> Any:
+    """Reports go into JSON columns: NaN and infinity (an empty group's accuracy) become null."""
+    if isinstance(value, float):
+        return value if value == value and value not in (float("inf"), float("-inf")) else None
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def _outcome(model: Any, method: str, fell_back: bool, details: dict[str, Any],
+             attempts: list[dict[str, Any]]) -> UnlearningOutcome:
+    units = len(details["shards_touched"]) if method == "sisa" else 1
+    final = attempts[-1]
+    return UnlearningOutcome(
+        model=model, method_used=method, fell_back=fell_back, units=units,
+        report=json_safe({"method_used": method, "fell_back": fell_back, "attempts": attempts,
+                "verdict": final["outcome"], "verification": final["verification"]}),
+    )

@@ -1,0 +1,222 @@
+"""The periodic scheduler: batch scheduled deletions per model (deadline-aware, see
+``planner``), warn about deadlines at risk, resume jobs whose worker died, and finish
+requests that no model ever saw.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import exists, func, or_, select
+from sqlalchemy.orm import Session
+
+from app.audit import service as audit
+from app.audit.models import AuditEvent
+from app.core.config import get_settings
+from app.core.database import utcnow
+from app.core.errors import Conflict
+from app.core.outbox import enqueue
+from app.jobs import engine, lifecycle
+from app.jobs.models import JobKind, JobRequest, JobStatus, UnlearningJob
+from app.jobs.planner import BatchPolicy, CostModel, Decision, PendingDeletion, decide
+from app.jobs.unlearning import active_version
+from app.registry import service as registry
+from app.registry.models import DataRecord, RegisteredModel
+from app.requests import service as requests
+from app.requests.models import DeletionRequest, RequestModelVersion, RequestRecord, RequestStatus
+
+log = logging.getLogger("unlearnd.jobs.scheduler")
+
+MAX_BATCH_SIZE = 100
+# Requests a job may carry while they are in these states (a request with several models
+# is already unlearning for one model while it waits for the next).
+OPEN_STATES = (RequestStatus.SCHEDULED, RequestStatus.UNLEARNING, RequestStatus.VERIFYING)
+LIVE_JOB_STATES = (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.SUCCEEDED)
+NOT_YET_UNLEARNING = (RequestStatus.RECEIVED, RequestStatus.PENDING_APPROVAL, RequestStatus.SCHEDULED)
+
+
+@dataclass(frozen=True)
+class BatchOutcome:
+    model: str
+    decision: Decision
+    job: UnlearningJob | None
+
+
+def schedule(session: Session, *, now: datetime | None = None, actor: str = "scheduler") -> list[BatchOutcome]:
+    """One scheduler tick."""
+    now = now or utcnow()
+    resume_stale_jobs(session, now)
+    complete_requests_without_models(session, actor=actor)
+    flag_deadlines_at_risk(session, now, actor=actor)
+    outcomes = []
+    for model in models_with_pending(session):
+        outcomes.append(plan_model(session, model, now=now, actor=actor))
+    return outcomes
+
+
+def unlearn_now(session: Session, model_name: str, *, actor: str) -> BatchOutcome:
+    """Run a batch for the model at once with whatever is pending (admin's "run now")."""
+    model = registry.get_model(session, model_name)
+    outcome = plan_model(session, model, now=utcnow(), actor=actor, force=True)
+    if outcome.job is None:
+        raise Conflict(f"nothing to unlearn for model '{model_name}': {outcome.decision.reason}", field="name")
+    return outcome
+
+
+def _pending_query(model_id: str):  # noqa: ANN202 - a Select of DeletionRequest
+    taken = exists().where(
+        JobRequest.request_id == DeletionRequest.id,
+        JobRequest.job_id == UnlearningJob.id,
+        UnlearningJob.model_id == model_id,
+        UnlearningJob.kind == JobKind.UNLEARN,
+        UnlearningJob.status.in_(LIVE_JOB_STATES),
+    )
+    touches = exists().where(RequestModelVersion.request_id == DeletionRequest.id,
+                             RequestModelVersion.model_id == model_id)
+    return select(DeletionRequest).where(DeletionRequest.status.in_(OPEN_STATES), touches, ~taken)
+
+
+def models_with_pending(session: Session) -> list[RegisteredModel]:
+    models = []
+    for model in registry.list_models(session):
+        if session.scalar(_pending_query(model.id).limit(1)) is not None:
+            models.append(model)
+    return models
+
+
+def _shards_by_request(session: Session, model: RegisteredModel, request_ids: list[str],
+                       seed: int) -> dict[str, frozenset[int] | None]:
+    assign = engine.shard_assigner(model.adapter, dict(model.hyperparameters), seed)
+    if assign is None:
+        return dict.fromkeys(request_ids)
+    keys: dict[str, set[int]] = defaultdict(set)
+    for request_id, key in session.execute(
+        select(RequestRecord.request_id, DataRecord.record_key)
+        .join(DataRecord, DataRecord.id == RequestRecord.record_id)
+        .where(RequestRecord.request_id.in_(request_ids), DataRecord.dataset_id == model.dataset_id)
+    ).tuples():
+        keys[request_id].add(assign(key))
+    return {request_id: frozenset(keys[request_id]) for request_id in request_ids}
+
+
+def settle_time() -> timedelta:
+    """A tick (at most 5 s) without a new request: a burst in progress is not cut in two."""
+    return timedelta(seconds=min(5.0, get_settings().scheduler_interval_seconds))
+
+
+def learned_cost(session: Session, model_id: str) -> CostModel:
+    """Seconds per unit from the model's finished unlearning jobs (the last 20)."""
+    rows = session.execute(
+        select(UnlearningJob.started_at, UnlearningJob.finished_at, UnlearningJob.cost_units)
+        .where(UnlearningJob.model_id == model_id, UnlearningJob.kind == JobKind.UNLEARN,
+               UnlearningJob.status == JobStatus.SUCCEEDED, UnlearningJob.cost_units > 0)
+        .order_by(UnlearningJob.finished_at.desc()).limit(20)
+    ).tuples()
+    return CostModel.learn([((end - start).total_seconds(), units) for start, end, units in rows if start and end])
+
+
+def plan_model(session: Session, model: RegisteredModel, *, now: datetime, actor: str,
+               force: bool = False) -> BatchOutcome:
+    if session.get_bind().dialect.name == "postgresql":
+        # One planner per model at a time: a beat tick and an admin's "run now" must not
+        # both take the same requests.
+        session.execute(select(RegisteredModel.id).where(RegisteredModel.id == model.id).with_for_update())
+    base = active_version(session, model.id)
+    if base is None:
+        return BatchOutcome(model.name, Decision(run=False, reason="no active version yet"), None)
+    pending_rows = list(session.scalars(_pending_query(model.id)))
+    shards = _shards_by_request(session, model, [r.id for r in pending_rows], int(base.metrics.get("seed", 0)))
+    pending = [PendingDeletion(request_id=r.id, received_at=r.received_at, due_at=r.due_at, shards=shards[r.id])
+               for r in pending_rows]
+    policy = BatchPolicy(
+        max_batch_size=MAX_BATCH_SIZE,
+        window=timedelta(hours=float(model.policy.get("batching_window_hours", 24.0))),
+        risk_margin=timedelta(hours=get_settings().deadline_risk_margin_hours),
+        settle=settle_time(),
+    )
+    decision = decide(pending, policy, learned_cost(session, model.id), now, force=force)
+    if not decision.run:
+        return BatchOutcome(model.name, decision, None)
+    return BatchOutcome(model.name, decision, create_job(session, model, decision, actor=actor))
+
+
+def create_job(session: Session, model: RegisteredModel, decision: Decision, *, actor: str) -> UnlearningJob:
+    request_ids = [p.request_id for p in decision.batch]
+    forget_count = session.scalar(
+        select(func.count(func.distinct(RequestRecord.record_id)))
+        .join(DataRecord, DataRecord.id == RequestRecord.record_id)
+        .where(RequestRecord.request_id.in_(request_ids), DataRecord.dataset_id == model.dataset_id)
+    )
+    job = UnlearningJob(
+        kind=JobKind.UNLEARN, model_id=model.id, method=model.policy.get("default_method", "retrain"),
+        cost_units=decision.units, forget_count=forget_count or 0, created_by=actor,
+        report={"plan": {"reason": decision.reason, "requests": len(request_ids), "units": decision.units,
+                         "units_if_alone": decision.units_if_alone, "units_saved": decision.units_saved,
+                         "estimated_seconds": round(decision.estimated_seconds, 3),
+                         "at_risk": [p.request_id for p in decision.at_risk]}},
+    )
+    session.add(job)
+    session.flush()
+    session.add_all(JobRequest(job_id=job.id, request_id=rid) for rid in request_ids)
+    session.flush()
+    enqueue(session, lifecycle.RUN_TASK, job_id=job.id)
+    audit.record(session, actor=actor, action="job.created", entity_type="unlearning_job", entity_id=job.id,
+                 payload={"kind": JobKind.UNLEARN, "model_id": model.id, "requests": request_ids,
+                          "reason": decision.reason, "units": decision.units,
+                          "units_saved": decision.units_saved})
+    log.info("unlearning batch created", extra={"job_id": job.id, "model": model.name, "requests": len(request_ids)})
+    return job
+
+
+# A queued job untouched for this many leases has probably lost its message (a broker
+# restarted without persistence); sending it again is safe, the lease makes it run once.
+QUEUED_PATIENCE_LEASES = 10
+
+
+def resume_stale_jobs(session: Session, now: datetime) -> list[str]:
+    """Running jobs whose holder stopped beating, and queued jobs nobody picked up for long:
+    hand them to the queue again."""
+    lease = timedelta(seconds=lifecycle.lease_seconds())
+    last_touched = func.coalesce(UnlearningJob.heartbeat_at, UnlearningJob.created_at)
+    stale = list(session.scalars(select(UnlearningJob).where(or_(
+        (UnlearningJob.status == JobStatus.RUNNING) & (UnlearningJob.heartbeat_at < now - lease),
+        (UnlearningJob.status == JobStatus.QUEUED) & (last_touched < now - lease * QUEUED_PATIENCE_LEASES),
+    )).order_by(UnlearningJob.created_at).with_for_update()))
+    for job in stale:
+        # Releasing the lease (and restarting its clock) keeps the next tick from sending it twice.
+        job.worker, job.heartbeat_at = None, now
+        enqueue(session, lifecycle.RUN_TASK, job_id=job.id)
+        audit.record(session, actor="scheduler", action="job.requeued", entity_type="unlearning_job",
+                     entity_id=job.id, payload={"status": job.status, "stage": job.stage, "attempts": job.attempts})
+    return [job.id for job in stale]
+
+
+def complete_requests_without_models(session: Session, *, actor: str) -> int:
+    """A request whose records no model version saw only needs its records marked forgotten."""
+    done = 0
+    for scheduled in requests.list_scheduled_without_models(session, limit=500):
+        request = requests.get_for_update(session, scheduled.request_id)
+        if request.status == RequestStatus.SCHEDULED:
+            lifecycle.complete_request(session, request, actor=actor)
+            done += 1
+    return done
+
+
+def flag_deadlines_at_risk(session: Session, now: datetime, *, actor: str) -> list[str]:
+    """One ``deadline.at_risk`` event per request within the margin of its due date and not
+    yet being unlearned."""
+    margin = timedelta(hours=get_settings().deadline_risk_margin_hours)
+    warned = exists().where(AuditEvent.action == "deadline.at_risk", AuditEvent.entity_id == DeletionRequest.id)
+    rows = session.execute(
+        select(DeletionRequest.id, DeletionRequest.due_at, DeletionRequest.status)
+        .where(DeletionRequest.status.in_(NOT_YET_UNLEARNING), DeletionRequest.due_at <= now + margin, ~warned)
+        .order_by(DeletionRequest.due_at).limit(500)
+    ).tuples().all()
+    for request_id, due_at, status in rows:
+        audit.record(session, actor=actor, action="deadline.at_risk", entity_type="deletion_request",
+                     entity_id=request_id, payload={"due_at": due_at.isoformat(), "status": status,
+                                                    "hours_left": round((due_at - now).total_seconds() / 3600, 2)})
+    return [request_id for request_id, _, _ in rows]

@@ -1,0 +1,55 @@
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.jobs.engine import DEFAULT_HELDOUT_FRACTION
+
+
+class TrainBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    seed: int = Field(default=0, ge=0, le=2**31 - 1)
+    heldout_fraction: float = Field(default=DEFAULT_HELDOUT_FRACTION, ge=0.0, lt=0.5)
+
+
+class JobOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    kind: str
+    model_id: str
+    base_version_id: str | None
+    result_version_id: str | None
+    method: str
+    method_used: str | None
+    status: str
+    stage: str | None
+    progress: float
+    forget_count: int
+    cost_units: int
+    attempts: int
+    max_attempts: int
+    error: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    heartbeat_at: datetime | None
+
+
+class JobDetail(JobOut):
+    report: dict[str, Any]
+    request_ids: list[str]
+
+
+class BatchOut(BaseModel):
+    model: str
+    reason: str
+    requests: int
+    units: int
+    units_if_alone: int
+    units_saved: int
+    estimated_seconds: float
+    job: JobOut

@@ -1,0 +1,93 @@
+"""Turning a trained or unlearned model into a registered version: artifact bytes in the
+store, and for every part (whole model, SISA shard, slice checkpoint) a snapshot of exactly
+the records that part saw, so lineage answers per part."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.jobs.engine import ArtifactPart
+from app.registry import artifacts
+from app.registry import service as registry
+from app.registry.models import DataRecord, ModelArtifact, ModelVersion, RecordState, RegisteredModel
+from app.registry.schemas import ArtifactSpec
+
+
+@dataclass(frozen=True)
+class StoredPart:
+    part: ArtifactPart
+    uri: str
+    sha256: str
+
+
+@dataclass(frozen=True)
+class DatasetRecords:
+    """Every record of a dataset by key: its id and whether it is still active."""
+
+    ids: dict[str, int]
+    active: frozenset[str]
+
+    def ids_of(self, keys: Iterable[str]) -> list[int]:
+        return [self.ids[key] for key in keys if key in self.ids]
+
+
+def dataset_records(session: Session, dataset_id: str) -> DatasetRecords:
+    rows = session.execute(
+        select(DataRecord.record_key, DataRecord.id, DataRecord.state).where(DataRecord.dataset_id == dataset_id)
+    ).tuples().all()
+    return DatasetRecords(ids={key: rid for key, rid, _ in rows},
+                          active=frozenset(key for key, _, state in rows if state == RecordState.ACTIVE))
+
+
+def store_parts(parts: list[ArtifactPart]) -> list[StoredPart]:
+    """Bytes first, outside any transaction: content addressing makes a redo write nothing new."""
+    return [StoredPart(part, *artifacts.put_bytes(part.data)) for part in parts]
+
+
+def snapshot_of(session: Session, dataset_id: str, records: DatasetRecords, keys: Iterable[str], actor: str) -> str:
+    """A snapshot of exactly these (active) records; returns its id."""
+    wanted = set(keys)
+    exclude = [rid for key, rid in records.ids.items() if key in records.active and key not in wanted]
+    return registry.create_snapshot(session, dataset_id, exclude_record_ids=exclude, actor=actor).id
+
+
+def register_version(
+    session: Session,
+    *,
+    model: RegisteredModel,
+    stored: list[StoredPart],
+    records: DatasetRecords,
+    parent: ModelVersion | None,
+    origin: str,
+    metrics: dict[str, Any],
+    actor: str,
+    snapshot_id: str | None = None,
+) -> ModelVersion:
+    """One active version from the stored parts (``snapshot_id``: the whole model's snapshot
+    when it was taken earlier). A part byte-identical to one of the parent's (an untouched
+    SISA shard) saw the same records, so it keeps the parent's snapshot."""
+    inherited: dict[str, str] = {}
+    if parent is not None:
+        inherited = {sha: sid for sha, sid in session.execute(
+            select(ModelArtifact.sha256, ModelArtifact.snapshot_id).where(ModelArtifact.version_id == parent.id)
+        ).tuples() if sid is not None}
+    whole = next(s for s in stored if s.part.kind == "model")
+    version_snapshot = snapshot_id or snapshot_of(session, model.dataset_id, records, whole.part.keys, actor)
+    specs = []
+    for item in stored:
+        if item.part.kind == "model":
+            part_snapshot = version_snapshot
+        else:
+            part_snapshot = inherited.get(item.sha256) or snapshot_of(
+                session, model.dataset_id, records, item.part.keys, actor)
+        specs.append(ArtifactSpec(uri=item.uri, sha256=item.sha256, kind=item.part.kind,
+                                  size_bytes=len(item.part.data), shard=item.part.shard, slice=item.part.slice,
+                                  snapshot_id=part_snapshot))
+    snapshot = registry.get_snapshot(session, version_snapshot)
+    return registry.add_version(session, model=model, snapshot=snapshot, parent=parent, artifacts=specs,
+                                state="active", origin=origin, metrics=metrics, actor=actor)

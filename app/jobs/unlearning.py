@@ -1,0 +1,165 @@
+"""One unlearning job: load the base version and its data, forget the batch's records with
+the policy's method (verified, or replaced by the exact method), register the result,
+purge every version that still holds a forgotten record, and complete the requests.
+
+Redone from the start if the worker dies before the result is registered; resumed at
+purging if it dies after, so a job never creates a second result version.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from pyroaring import BitMap
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.core.database import session_scope
+from app.core.errors import Conflict
+from app.jobs import engine, lifecycle, storage
+from app.jobs.models import JobRequest, JobStage, UnlearningJob
+from app.registry import artifacts
+from app.registry import service as registry
+from app.registry.models import (
+    DataRecord,
+    Dataset,
+    DatasetSnapshot,
+    ModelVersion,
+    RegisteredModel,
+    VersionState,
+)
+from app.requests.models import RequestRecord
+
+
+@dataclass(frozen=True)
+class Inputs:
+    base_version_id: str
+    model_bytes: bytes
+    source: tuple[str, str, dict[str, Any]]
+    records: storage.DatasetRecords
+    base_keys: frozenset[str]
+    batch_keys: frozenset[str]
+    method: str
+    thresholds: dict[str, Any]
+    seed: int
+    heldout_fraction: float
+
+
+def active_version(session: Session, model_id: str) -> ModelVersion | None:
+    return session.scalar(select(ModelVersion).where(
+        ModelVersion.model_id == model_id, ModelVersion.state == VersionState.ACTIVE))
+
+
+def _inputs(session: Session, job: UnlearningJob) -> Inputs:
+    model = session.get(RegisteredModel, job.model_id)
+    base = active_version(session, model.id)
+    if base is None or base.artifact_uri is None or base.snapshot_id is None:
+        raise Conflict(f"model '{model.name}' has no active version with a stored model to unlearn from")
+    dataset = session.get(Dataset, model.dataset_id)
+    batch_keys = session.scalars(
+        select(DataRecord.record_key).join(RequestRecord, RequestRecord.record_id == DataRecord.id)
+        .join(JobRequest, JobRequest.request_id == RequestRecord.request_id)
+        .where(JobRequest.job_id == job.id, DataRecord.dataset_id == dataset.id)
+    )
+    job.base_version_id = base.id
+    return Inputs(
+        base_version_id=base.id,
+        model_bytes=artifacts.get_bytes(base.artifact_uri),
+        source=(dataset.uri, dataset.format, dict(dataset.schema)),
+        records=storage.dataset_records(session, dataset.id),
+        base_keys=frozenset(registry.snapshot_record_keys(session, registry.get_snapshot(session, base.snapshot_id))),
+        batch_keys=frozenset(batch_keys),
+        method=job.method,
+        thresholds=dict(model.policy.get("thresholds") or {}),
+        seed=int(base.metrics.get("seed", 0)),
+        heldout_fraction=float(base.metrics.get("heldout_fraction", engine.DEFAULT_HELDOUT_FRACTION)),
+    )
+
+
+def run(job_id: str, worker: str, lease: lifecycle.Lease) -> None:
+    with session_scope() as session:
+        inputs = _inputs(session, lifecycle.owned_job(session, job_id, worker))
+    # Records already forgotten for another model's sake go too: no new version may keep them.
+    forget_keys = inputs.base_keys & (inputs.batch_keys | (inputs.records.ids.keys() - inputs.records.active))
+    if not forget_keys:
+        _finish_unchanged(job_id, worker)
+        return
+    data = engine.load_dataset(*inputs.source)
+    retain_keys = inputs.base_keys - forget_keys
+    _, heldout = engine.training_split(data.select(inputs.records.active), inputs.heldout_fraction, inputs.seed)
+    heldout = heldout.without(inputs.base_keys)
+    base_model = engine.load_model(inputs.model_bytes)
+    thresholds, ignored = engine.thresholds_from_policy(inputs.thresholds)
+    lease.check()
+    lifecycle.set_stage(job_id, worker, JobStage.UNLEARNING)
+    outcome = engine.unlearn_verified(
+        base_model, inputs.method, data.select(retain_keys), data.select(forget_keys), heldout, thresholds,
+        seed=inputs.seed, on_stage=lambda stage: lifecycle.set_stage(job_id, worker, stage),
+    )
+    stored = storage.store_parts(engine.artifact_parts(outcome.model, retain_keys))
+    lease.check()
+    report = {**outcome.report, "forget_records": len(forget_keys), "retain_records": len(retain_keys),
+              "ignored_thresholds": ignored}
+    with session_scope() as session:
+        job = lifecycle.owned_job(session, job_id, worker)
+        model = session.get(RegisteredModel, job.model_id)
+        base = session.get(ModelVersion, inputs.base_version_id)
+        forget_ids = inputs.records.ids_of(forget_keys)
+        stale = _versions_holding(session, model.id, forget_ids)
+        version = storage.register_version(
+            session, model=model, stored=stored, records=inputs.records, parent=base, origin="unlearned",
+            metrics={"seed": inputs.seed, "heldout_fraction": inputs.heldout_fraction,
+                     **engine.json_safe(outcome.report["verification"]["accuracy"])},
+            actor=worker,
+        )
+        job.result_version_id, job.method_used, job.cost_units = version.id, outcome.method_used, outcome.units
+        job.forget_count = len(forget_keys)
+        job.report = {**job.report, **report, "purge_version_ids": stale}
+        job.stage, job.progress = JobStage.PURGING, lifecycle.STAGE_PROGRESS[JobStage.PURGING]
+    purge_and_complete(job_id, worker)
+
+
+def _versions_holding(session: Session, model_id: str, record_ids: list[int]) -> list[str]:
+    """Non-purged versions of the model whose snapshot (or any part's) holds a forgotten record."""
+    rows = BitMap(session.scalars(select(DataRecord.row_index).where(DataRecord.id.in_(record_ids))))
+    candidates = session.execute(
+        select(ModelVersion.id, DatasetSnapshot.members)
+        .join(DatasetSnapshot, DatasetSnapshot.id == ModelVersion.snapshot_id)
+        .where(ModelVersion.model_id == model_id, ModelVersion.state != VersionState.PURGED)
+        .order_by(ModelVersion.number)
+    ).tuples()
+    return [vid for vid, members in candidates if BitMap.deserialize(members).intersection_cardinality(rows)]
+
+
+def purge_and_complete(job_id: str, worker: str) -> None:
+    """Destroy what still remembers (one version per transaction, each idempotent), then
+    complete the job and whichever of its requests have now been forgotten by every model."""
+    with session_scope() as session:
+        stale = list(lifecycle.owned_job(session, job_id, worker).report.get("purge_version_ids", []))
+    for version_id in stale:
+        with session_scope() as session:
+            lifecycle.owned_job(session, job_id, worker)
+            version = session.get(ModelVersion, version_id)
+            if version.state == VersionState.ACTIVE:
+                registry.set_version_state(session, version, VersionState.SUPERSEDED, worker)
+            registry.purge_version(session, version, worker)
+    with session_scope() as session:
+        job = lifecycle.owned_job(session, job_id, worker)
+        lifecycle.succeed_job(session, job, result_version_id=None, report={"purged_versions": len(stale)})
+        _sync_requests(session, job, worker)
+
+
+def _finish_unchanged(job_id: str, worker: str) -> None:
+    """The base version holds none of the batch's records (an earlier job forgot them)."""
+    with session_scope() as session:
+        job = lifecycle.owned_job(session, job_id, worker)
+        job.cost_units, job.forget_count = 0, 0
+        lifecycle.succeed_job(session, job, result_version_id=None,
+                              report={"method_used": None, "reason": "no record of the batch is in the active version"})
+        _sync_requests(session, job, worker)
+
+
+def _sync_requests(session: Session, job: UnlearningJob, actor: str) -> None:
+    for request_id in lifecycle.job_request_ids(session, job.id):
+        lifecycle.sync_request(session, request_id, actor=actor)

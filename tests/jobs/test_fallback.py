@@ -1,0 +1,50 @@
+"""Verify-or-fallback: an approximate result that does not pass, or a refused certified
+removal, is replaced by the exact method, and the report says so."""
+
+from __future__ import annotations
+
+from app.demo import DemoModel
+from tests.jobs.conftest import TINY_MLP, run_inline, submit
+
+
+def _unlearn(api, admin, model: str) -> dict:
+    response = api.post(f"/v1/models/{model}/unlearn-now", headers=admin.headers)
+    assert response.status_code == 202, response.text
+    job_id = response.json()["job"]["id"]
+    assert run_inline(job_id)["status"] == "succeeded"
+    return api.get(f"/v1/jobs/{job_id}", headers=admin.headers).json()
+
+
+def test_impossible_thresholds_fall_back_to_retrain(env, api, make_client, install_demo):
+    admin, portal = make_client("admin"), make_client("portal")
+    impossible = {"default_method": "finetune", "thresholds": {"max_mia_auc": 0.0, "min_mia_auc": 1.0,
+                                                                 "min_forget_size": 1, "unknown_metric": 1.0}}
+    [training] = install_demo(DemoModel("digits-mlp", "mlp", TINY_MLP, impossible))
+    run_inline(training)
+    request = submit(api, portal, "demo-subject-40")["id"]
+    job = _unlearn(api, admin, "digits-mlp")
+
+    report = job["report"]
+    assert job["method"] == "finetune" and job["method_used"] == "retrain" and report["fell_back"] is True
+    first, last = report["attempts"]
+    assert first["method"] == "finetune" and first["outcome"] == "fail" and first["verification"]["reasons"]
+    assert last["method"] == "retrain" and last["fallback"] is True
+    assert report["ignored_thresholds"] == ["unknown_metric"]
+    # The request went back from verifying to unlearning for the fallback, then completed.
+    history = api.get(f"/v1/deletion-requests/{request}", headers=portal.headers).json()["history"]
+    steps = [(h["from_status"], h["to_status"]) for h in history]
+    assert ("verifying", "unlearning") in steps and steps[-1] == ("verifying", "completed")
+
+
+def test_refused_certified_removal_falls_back_to_retrain(env, api, make_client, install_demo):
+    admin, portal = make_client("admin"), make_client("portal")
+    # A residual budget no Newton step can meet: the certified method must refuse.
+    strict = {"l2": 1e-3, "max_iter": 50, "residual_budget": 1e-12}
+    [training] = install_demo(DemoModel("digits-logreg", "logreg", strict, {"default_method": "newton"}))
+    run_inline(training)
+    submit(api, portal, "demo-subject-41")
+    job = _unlearn(api, admin, "digits-logreg")
+    refused, exact = job["report"]["attempts"]
+    assert refused == {"method": "newton", "outcome": "refused", "reason": refused["reason"]}
+    assert "budget" in refused["reason"] and exact["method"] == "retrain"
+    assert job["method_used"] == "retrain"
