@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -142,7 +143,9 @@ def serve(host: str, port: int) -> None:
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True)
-def run(host: str, port: int) -> None:
+@click.option("--demo/--no-demo", default=True, show_default=True,
+              help="Register the bundled digits dataset and train a SISA and a logreg model on it.")
+def run(host: str, port: int, demo: bool) -> None:
     """Embedded default: SQLite and a local queue under the data dir, the API and one worker."""
     import uvicorn
 
@@ -156,8 +159,20 @@ def run(host: str, port: int) -> None:
     migrate.upgrade()
     with session_scope() as session:
         key = create_client(session, name="admin (unlearnd run)", role=Role.ADMIN).api_key
+    if demo:
+        # Before the worker starts: the demo ingests its dataset in this process.
+        from app import demo as demo_data
 
-    worker_process = subprocess.Popen(_worker_command(beat=True), env=os.environ.copy())
+        queued = demo_data.install()
+        names = ", ".join(model.name for model in demo_data.DEMO_MODELS)
+        click.echo(f"demo: dataset '{demo_data.DATASET_NAME}', models {names} ({len(queued)} training job(s) queued)")
+
+    worker_process = subprocess.Popen(
+        _worker_command(beat=True), env=os.environ.copy(), preexec_fn=_terminate_with_parent
+    )
+    # uvicorn re-raises the signal that stopped it once it has shut down; exiting through
+    # SystemExit instead lets the worker be stopped below rather than orphaned.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         click.echo(f"Unlearnd is running at http://{host}:{port}  (API docs: http://{host}:{port}/docs)")
         click.echo(f"data: {settings.data_dir}")
@@ -173,6 +188,16 @@ def run(host: str, port: int) -> None:
             worker_process.kill()
 
 
+def _terminate_with_parent() -> None:
+    """In the embedded worker (Linux): SIGTERM when ``unlearnd run`` dies, even by SIGKILL."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    # Not glibc/Linux: the finally block in ``run`` still stops the worker on a clean exit.
+    with contextlib.suppress(OSError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
 def _register_room_commands() -> None:
     """Each room may offer a click group in ``app/<room>/cli.py`` named ``cli``."""
     import importlib
@@ -185,6 +210,9 @@ def _register_room_commands() -> None:
                 raise
             continue
         main.add_command(module.cli)
+        # A room may also own a top-level group that is not named after it (audit: `keys`).
+        for group in getattr(module, "extra_groups", ()):
+            main.add_command(group)
 
 
 _register_room_commands()

@@ -5,14 +5,21 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from app import __version__
+from app.audit.router import router as audit_router
+from app.audit.router import well_known_router as keys_router
+from app.certificates.router import router as certificates_router
+from app.clients.router import router as clients_router
 from app.core.config import Settings, get_settings
 from app.core.limits import BodySizeLimitMiddleware
 from app.core.logging import RequestIdMiddleware, configure_logging
 from app.core.problems import install_problem_handlers
-from app.clients.router import router as clients_router
 from app.health.router import router as health_router
+from app.jobs.router import router as jobs_router
+from app.lineage.router import router as lineage_router
+from app.registry.router import router as registry_router
+from app.requests.router import router as requests_router
 
-ROUTERS = [health_router, clients_router]
+ROUTERS = [health_router, clients_router, requests_router, registry_router, lineage_router, audit_router, keys_router, certificates_router, jobs_router]
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -1,6 +1,6 @@
 """Imports every ORM model so ``Base.metadata`` is complete (Alembic, tests, ``db upgrade``)."""
 
-from app.audit.models import AuditEvent, SigningKey, TreeHead
+from app.audit.models import AuditEvent, PendingAuditEvent, SigningKey, TreeHead
 from app.certificates.models import Certificate
 from app.core.auth import ApiClient
 from app.core.database import Base
@@ -14,12 +14,12 @@ from app.registry.models import (
     ModelVersion,
     RegisteredModel,
 )
-from app.requests.models import DeletionRequest, RequestRecord, RequestTransition
+from app.requests.models import DeletionRequest, RequestModelVersion, RequestRecord, RequestTransition
 from app.webhooks.models import WebhookDelivery, WebhookEndpoint
 
 __all__ = [
     "ApiClient", "AuditEvent", "Base", "Certificate", "DataRecord", "Dataset", "DatasetSnapshot",
-    "DeletionRequest", "JobRequest", "ModelArtifact", "ModelVersion", "OutboxMessage",
-    "RegisteredModel", "RequestRecord", "RequestTransition", "SigningKey", "TreeHead",
+    "DeletionRequest", "JobRequest", "ModelArtifact", "ModelVersion", "OutboxMessage", "PendingAuditEvent",
+    "RegisteredModel", "RequestModelVersion", "RequestRecord", "RequestTransition", "SigningKey", "TreeHead",
     "UnlearningJob", "WebhookDelivery", "WebhookEndpoint",
 ]

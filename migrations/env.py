@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from alembic import context
+
 import app.models  # noqa: F401 - registers every table on Base.metadata
 from app.core.config import get_settings
 from app.core.database import Base, make_engine

@@ -13,5 +13,6 @@ trap 'mv "$later"/*.py migrations/versions/ 2>/dev/null || true; rmdir "$later";
 rm -f migrations/versions/0001_initial_schema.py
 UNLEARND_DATABASE_URL="postgresql+psycopg://postgres@127.0.0.1/$db" \
   .venv/bin/alembic revision --autogenerate -m "initial schema" --rev-id 0001 >/dev/null
+.venv/bin/ruff check --fix -q migrations/versions/0001_initial_schema.py || true
 .venv/bin/ruff format -q migrations/versions/0001_initial_schema.py || true
 echo "regenerated migrations/versions/0001_initial_schema.py"

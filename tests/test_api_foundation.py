@@ -26,8 +26,9 @@ def test_liveness_and_readiness(api, backend):
 
 
 def test_readiness_reports_unreachable_broker(env, monkeypatch):
-    from app.main import create_app
     from fastapi.testclient import TestClient
+
+    from app.main import create_app
     from tests.conftest import reset_caches
 
     monkeypatch.setenv("UNLEARND_BROKER_URL", "redis://127.0.0.1:1/0")

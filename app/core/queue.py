@@ -11,10 +11,12 @@ from __future__ import annotations
 from functools import lru_cache
 
 from celery import Celery
+from kombu.transport import sqlalchemy as kombu_sqlalchemy
 
 from app.core.config import Settings, get_settings
 
-TASK_MODULES = ["workers.tasks.core"]
+EMBEDDED_POLL_SECONDS = 0.1
+TASK_MODULES = ["workers.tasks.core", "workers.tasks.registry", "workers.tasks.audit", "workers.tasks.certificates", "workers.tasks.jobs"]
 
 
 def _result_backend(settings: Settings) -> str:
@@ -43,11 +45,22 @@ def make_celery(settings: Settings) -> Celery:
         timezone="UTC",
         beat_schedule={
             "relay-outbox": {"task": "unlearnd.relay_outbox", "schedule": 5.0},
+            "unlearnd.schedule_batches": {
+                "task": "unlearnd.schedule_batches", "schedule": settings.scheduler_interval_seconds,
+            },
+            "audit-seal": {"task": "unlearnd.audit.seal", "schedule": 5.0},
+            "audit-tree-head": {"task": "unlearnd.audit.sign_tree_head", "schedule": 300.0},
+            "certificates-sweep": {"task": "unlearnd.certificates.issue_missing", "schedule": 60.0},
         },
     )
     if settings.broker_url.startswith("redis"):
         # Redis redelivers a task a killed worker held once this many seconds have passed.
         app.conf.broker_transport_options = {"visibility_timeout": settings.task_visibility_timeout_seconds}
+    else:
+        # The SQLite queue is polled, and kombu's default of one poll a second caps the embedded
+        # worker at one task a second. Its SQLAlchemy transport hands every transport option to
+        # create_engine, so the interval can only be set on the transport class itself.
+        kombu_sqlalchemy.Transport.polling_interval = EMBEDDED_POLL_SECONDS
     return app
 
 
