@@ -21,7 +21,6 @@ from sqlalchemy import String, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from app.core.config import get_settings
-
 from app.core.database import Base, SessionDep, new_id, utcnow
 from app.core.errors import Forbidden, Unauthenticated
 
