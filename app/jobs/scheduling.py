@@ -30,7 +30,6 @@ from app.requests.models import DeletionRequest, RequestModelVersion, RequestRec
 
 log = logging.getLogger("unlearnd.jobs.scheduler")
 
-MAX_BATCH_SIZE = 100
 # Requests a job may carry while they are in these states (a request with several models
 # is already unlearning for one model while it waits for the next).
 OPEN_STATES = (RequestStatus.SCHEDULED, RequestStatus.UNLEARNING, RequestStatus.VERIFYING)
@@ -132,7 +131,7 @@ def plan_model(session: Session, model: RegisteredModel, *, now: datetime, actor
     pending = [PendingDeletion(request_id=r.id, received_at=r.received_at, due_at=r.due_at, shards=shards[r.id])
                for r in pending_rows]
     policy = BatchPolicy(
-        max_batch_size=MAX_BATCH_SIZE,
+        max_batch_size=int(model.policy.get("max_batch_size", 100)),
         window=timedelta(hours=float(model.policy.get("batching_window_hours", 24.0))),
         risk_margin=timedelta(hours=get_settings().deadline_risk_margin_hours),
         settle=settle_time(),

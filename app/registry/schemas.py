@@ -107,6 +107,8 @@ class UnlearningPolicy(BaseModel):
     # metric name -> bound, e.g. {"max_mia_auc": 0.55, "min_retain_accuracy": 0.9}
     thresholds: dict[str, float] = Field(default_factory=dict)
     batching_window_hours: float = Field(default=24.0, ge=0, le=24 * 30)
+    # A batch runs as soon as this many requests wait, whatever the window says.
+    max_batch_size: int = Field(default=100, ge=1, le=10_000)
 
 
 class ModelCreate(BaseModel):

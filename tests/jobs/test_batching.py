@@ -51,6 +51,21 @@ def test_requests_in_a_window_become_one_job(env, api, make_client, install_demo
         assert api.get(f"/v1/deletion-requests/{request_id}", headers=portal.headers).json()["status"] == "completed"
 
 
+def test_a_full_batch_runs_before_its_window_expires(env, api, make_client, install_demo):
+    from app.core.database import utcnow
+
+    portal = make_client("portal")
+    policy = {**HOURLY, "max_batch_size": 3}
+    [training] = install_demo(DemoModel("digits-sisa", "sisa", TINY_SISA, policy))
+    run_inline(training)
+    ids = [submit(api, portal, f"demo-subject-{i}")["id"] for i in range(30, 34)]
+
+    [(_, reason, job_id, _)] = _tick(utcnow() + timedelta(seconds=10))
+    assert reason == "batch full"
+    # The three earliest due go first; the fourth waits for its own window.
+    assert len(_job_requests(job_id)) == 3 and _job_requests(job_id) < set(ids)
+
+
 def test_a_request_near_its_deadline_triggers_the_batch_early(env, api, make_client, install_demo):
     from app.audit.models import AuditEvent
     from app.core.database import session_scope, utcnow
