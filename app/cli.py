@@ -168,7 +168,8 @@ def run(host: str, port: int, demo: bool) -> None:
         click.echo(f"demo: dataset '{demo_data.DATASET_NAME}', models {names} ({len(queued)} training job(s) queued)")
 
     worker_process = subprocess.Popen(
-        _worker_command(beat=True), env=os.environ.copy(), preexec_fn=_terminate_with_parent
+        # The worker's banner and logs go to stderr, so stdout carries only what `run` says.
+        _worker_command(beat=True), env=os.environ.copy(), stdout=sys.stderr, preexec_fn=_terminate_with_parent
     )
     # uvicorn re-raises the signal that stopped it once it has shut down; exiting through
     # SystemExit instead lets the worker be stopped below rather than orphaned.
