@@ -82,16 +82,6 @@ class LabelledData:
             self._fingerprint.append(digest.hexdigest())
         return self._fingerprint[0]
 
-    @classmethod
-    def concat(cls, parts: Sequence[LabelledData]) -> LabelledData:
-        if not parts:
-            raise DataError("nothing to concatenate")
-        return cls(
-            torch.cat([part.features for part in parts]),
-            torch.cat([part.labels for part in parts]),
-            tuple(key for part in parts for key in part.keys),
-        )
-
 
 def from_arrays(features, labels, keys: Sequence[object] | None = None) -> LabelledData:
     """Wrap in-memory arrays; keys default to the row number as text."""
@@ -129,10 +119,7 @@ def load_table(
     path = Path(path)
     if not path.exists():
         raise DataError(f"no such file: {path}")
-    if fmt == "npz":
-        columns = _read_npz(path)
-    else:
-        columns = _read_frame(path, fmt, key_column)
+    columns = _read_npz(path) if fmt == "npz" else _read_frame(path, fmt, key_column)
     for required in (key_column, label_column):
         if required not in columns:
             raise DataError(f"{path.name}: missing column {required!r}")
@@ -215,8 +202,8 @@ def _build(features: np.ndarray, labels: np.ndarray, keys: list[str], source: st
     if len(set(keys)) != len(keys):
         raise DataError(f"{source}: record keys are not unique")
     return LabelledData(
-        torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32)),
-        torch.from_numpy(np.ascontiguousarray(labels, dtype=np.int64)),
+        torch.from_numpy(np.array(features, dtype=np.float32, order="C")),
+        torch.from_numpy(np.array(labels, dtype=np.int64, order="C")),
         tuple(keys),
     )
 

@@ -80,7 +80,6 @@ class BaseAdapter:
 
     name: ClassVar[str] = ""
     Params: ClassVar[type]
-    differentiable: ClassVar[bool] = False
 
     def __init__(self, **hyperparameters: Any) -> None:
         self.hyperparameters = make_params(self.Params, hyperparameters)
@@ -187,7 +186,6 @@ class TorchClassifier(BaseAdapter):
     methods work on any adapter of this kind through ``module`` and ``logits``.
     """
 
-    differentiable: ClassVar[bool] = True
     dtype: ClassVar[torch.dtype] = torch.float32
 
     def __init__(self, **hyperparameters: Any) -> None:

@@ -69,7 +69,8 @@ class LogRegAdapter(TorchClassifier):
     def __init__(self, **hyperparameters: Any) -> None:
         super().__init__(**hyperparameters)
         self.n_train = 0
-        self.hessian: torch.Tensor | None = None  # sum-scale, (pK, pK), at current W over D
+        # Inverse Hessian (sum scale, (pK, pK)) and gradient at the current W over D.
+        self.hessian_inverse: torch.Tensor | None = None
         self.gradient: torch.Tensor | None = None  # sum-scale, (p, K), at current W over D
         self.residual_bound = 0.0  # accumulated over Newton removals since the last fit
 
@@ -149,14 +150,15 @@ class LogRegAdapter(TorchClassifier):
         if hp.removal_cache and n:
             self.refresh_removal_cache(data)
         else:
-            self.hessian = self.gradient = None
+            self.hessian_inverse = self.gradient = None
         return self
 
     def refresh_removal_cache(self, data: LabelledData) -> None:
-        """Hessian and gradient of the training objective at the current weights.
+        """Inverse Hessian and gradient of the training objective at the current weights.
 
-        O(n (dK)^2) once per fit so that a later Newton removal costs only
-        O(m (dK)^2 + (dK)^3) for m forgotten rows plus one O(n dK) pass.
+        O(n (pK)^2 + (pK)^3) once per fit, so that a later Newton removal of m
+        rows costs a few O((pK)^2) products plus O((m + n) pK) passes: the
+        inverse of the full-data Hessian preconditions the retain-data solve.
         """
         x = self.design(data.features)
         weights = self.weights()
@@ -168,7 +170,18 @@ class LogRegAdapter(TorchClassifier):
         )
         hessian = sum_loss_hessian(x, weights)
         hessian.diagonal().add_(n * self.hyperparameters.l2)
-        self.hessian = hessian
+        self.hessian_inverse = torch.cholesky_inverse(torch.linalg.cholesky(hessian))
+
+    def clone(self) -> LogRegAdapter:
+        # The removal cache is read-only once built: share it rather than copy megabytes.
+        cache = self.hessian_inverse, self.gradient
+        self.hessian_inverse = self.gradient = None
+        try:
+            twin = super().clone()
+        finally:
+            self.hessian_inverse, self.gradient = cache
+        twin.hessian_inverse, twin.gradient = cache
+        return twin
 
     # -- state -------------------------------------------------------------
     def _header(self) -> dict[str, Any]:
@@ -176,8 +189,8 @@ class LogRegAdapter(TorchClassifier):
 
     def _tensors(self) -> dict[str, torch.Tensor]:
         tensors = super()._tensors()
-        if self.hessian is not None:
-            tensors["cache.hessian"] = self.hessian
+        if self.hessian_inverse is not None:
+            tensors["cache.hessian_inverse"] = self.hessian_inverse
             tensors["cache.gradient"] = self.gradient
         return tensors
 
@@ -185,7 +198,7 @@ class LogRegAdapter(TorchClassifier):
         super()._restore(header, tensors, blobs)
         self.n_train = int(header["n_train"])
         self.residual_bound = float(header["residual_bound"])
-        self.hessian = tensors.get("cache.hessian")
+        self.hessian_inverse = tensors.get("cache.hessian_inverse")
         self.gradient = tensors.get("cache.gradient")
 
 
@@ -194,6 +207,12 @@ def sum_loss_gradient(x: torch.Tensor, labels: torch.Tensor, weights: torch.Tens
     residual = torch.softmax(x @ weights, dim=1)
     residual[torch.arange(len(labels)), labels] -= 1.0
     return x.T @ residual
+
+
+def sum_loss_hessian_product(x: torch.Tensor, proba: torch.Tensor, vector: torch.Tensor) -> torch.Tensor:
+    """(sum_i Hessian_i) applied to ``vector`` (p, K), given proba = softmax(x W), unformed."""
+    shift = x @ vector
+    return x.T @ (proba * (shift - (proba * shift).sum(dim=1, keepdim=True)))
 
 
 def sum_loss_hessian(x: torch.Tensor, weights: torch.Tensor, chunk: int = 4096) -> torch.Tensor:

@@ -1,0 +1,118 @@
+import json
+
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+
+from workers.unlearning import Thresholds, get_adapter, split, unlearn, verify
+from workers.unlearning.stats import (
+    auc,
+    auc_confidence_interval,
+    logistic_attack_auc,
+    min_group_size,
+    null_auc_halfwidth,
+)
+
+
+@pytest.fixture(scope="module")
+def memorised(noisy):
+    """An MLP that memorised noisy labels, its retrain, and calibration/test held-out halves."""
+    train, _, _ = split(noisy, [], 0.4, seed=0)
+    retain, forget, heldout = split(noisy, train.keys[::6], 0.4, seed=0)
+    calibration = heldout.take(torch.arange(len(heldout)) % 2 == 0)
+    test = heldout.take(torch.arange(len(heldout)) % 2 == 1)
+    original = get_adapter("mlp", hidden=[64, 64], epochs=40, batch_size=32).fit(train, seed=0)
+    retrained, _ = unlearn("retrain", original, retain, forget, calibration)
+    return original, retrained, retain, forget, calibration, test
+
+
+def test_the_unmodified_original_fails(memorised):
+    original, _, retain, forget, _, test = memorised
+    report = verify(original, original, retain, forget, test)
+    assert report.verdict == "fail"
+    assert report.mia["testable"] and report.mia["auc"] > 0.58
+    assert any("recognisable" in reason for reason in report.reasons)
+    # Accuracy alone would have passed it: the utility check is green.
+    checks = {check.name: check for check in report.checks}
+    assert checks["heldout_accuracy_drop"].passed
+    assert not checks["mia_auc_max"].passed
+    json.dumps(report.to_dict())
+
+
+def test_a_retrained_model_passes_with_a_reference(memorised):
+    original, retrained, retain, forget, _, test = memorised
+    report = verify(original, retrained, retain, forget, test, reference=retrained)
+    assert report.verdict == "pass", report.reasons
+    assert report.divergence == {"forget": pytest.approx(0.0, abs=1e-9), "heldout": pytest.approx(0.0, abs=1e-9)}
+    assert report.mia["auc_ci_low"] <= report.mia["auc"] <= report.mia["auc_ci_high"]
+    assert report.mia["original_auc"] > report.mia["auc"]
+
+
+def test_divergence_threshold_gates_when_set(memorised):
+    original, retrained, retain, forget, _, test = memorised
+    report = verify(original, original, retain, forget, test, thresholds={"max_js_divergence": 1e-6},
+                    reference=retrained)
+    assert "js_divergence_forget" in {check.name for check in report.checks if not check.passed}
+
+
+def test_a_tiny_forget_set_is_inconclusive(memorised):
+    original, retrained, retain, forget, _, test = memorised
+    few = forget.take([0, 1, 2])
+    report = verify(original, retrained, retain, few, test)
+    assert report.verdict == "inconclusive"
+    assert not report.mia["testable"] and report.mia["min_forget_size"] > 3
+    assert "too small" in report.reasons[0]
+    # ...even for the original: never a pass without a membership test.
+    assert verify(original, original, retain, few, test).verdict != "pass"
+
+
+def test_accuracy_loss_fails_even_without_membership_power(memorised):
+    original, _, retain, forget, _, test = memorised
+    broken = get_adapter("mlp", hidden=[8], epochs=0).fit(retain, seed=0)  # untrained
+    report = verify(original, broken, retain, forget.take([0, 1]), test)
+    assert report.verdict == "fail" and "accuracy fell" in report.reasons[0]
+
+
+def test_removed_class_must_be_forgotten(blobs_split):
+    train, _, _, heldout = blobs_split
+    model = get_adapter("mlp", hidden=[32], epochs=20, batch_size=32).fit(train, seed=0)
+    retain, forget, _ = split(train, [k for k, y in zip(train.keys, train.labels.tolist(), strict=True)
+                                      if y == 1], 0.0, seed=0)
+    report = verify(model, model, retain, forget, heldout)
+    assert report.verdict == "fail"
+    assert any(check.name == "removed_class_accuracy" and not check.passed for check in report.checks)
+    retrained = model.fit_fresh(retain, 0)
+    passed = {c.name: c.passed for c in verify(model, retrained, retain, forget, heldout).checks}
+    assert passed["removed_class_accuracy"]
+
+
+def test_thresholds_accept_a_mapping_and_explicit_minimum(memorised):
+    original, retrained, retain, forget, _, test = memorised
+    report = verify(original, retrained, retain, forget, test,
+                    Thresholds(min_forget_size=len(forget) + 1))
+    assert report.verdict == "inconclusive"
+    assert report.thresholds["min_forget_size"] == len(forget) + 1
+
+
+def test_auc_matches_sklearn_including_ties():
+    gen = torch.Generator().manual_seed(0)
+    pos = torch.randint(0, 5, (40,), generator=gen).double()
+    neg = torch.randint(0, 4, (70,), generator=gen).double()
+    expected = roc_auc_score([1] * 40 + [0] * 70, torch.cat([pos, neg]).numpy())
+    assert auc(pos, neg) == pytest.approx(expected)
+    point, low, high = auc_confidence_interval(pos, neg)
+    assert low < point < high and point == pytest.approx(expected)
+
+
+def test_null_interval_and_minimum_size_agree():
+    m = min_group_size(0.08, 1000)
+    assert null_auc_halfwidth(m, 1000) <= 0.08 < null_auc_halfwidth(m - 1, 1000)
+    assert 40 < m < 70
+    assert min_group_size(0.08, 100) > m  # fewer held-out rows need more forget rows
+
+
+def test_logistic_attack_sees_separation_only_when_present():
+    gen = torch.Generator().manual_seed(1)
+    same = logistic_attack_auc(torch.randn(200, 4, generator=gen), torch.randn(400, 4, generator=gen))
+    apart = logistic_attack_auc(torch.randn(200, 4, generator=gen) + 1.0, torch.randn(400, 4, generator=gen))
+    assert abs(same - 0.5) < 0.08 and apart > 0.85

@@ -1,0 +1,210 @@
+"""Did the forgetting work? Accuracy, membership inference and divergence checks.
+
+The membership test asks whether the unlearned model still treats the forget
+set like training data: it compares the forget set's per-sample losses with
+those of held-out records of the same classes (records the model never saw).
+If an attacker can separate the two groups (AUC well above 0.5), the model
+still remembers; well below 0.5 means forgotten rows stand out by being
+*worse* than unseen ones, which betrays them too. Accuracy is reported and
+gated (the model must stay useful), but it can never pass a job on its own.
+
+See docs/unlearning.md for how the default thresholds were measured.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .data import LabelledData
+from .stats import (
+    Z_95,
+    attack_features,
+    auc_confidence_interval,
+    js_divergence,
+    logistic_attack_auc,
+    loss_auc,
+    matched_reference,
+    min_group_size,
+)
+
+PASS, FAIL, INCONCLUSIVE = "pass", "fail", "inconclusive"
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """A model's verification policy. Defaults: see docs/unlearning.md."""
+
+    max_mia_auc: float = 0.58
+    min_mia_auc: float = 0.42
+    max_attack_auc: float = 0.6
+    max_heldout_accuracy_drop: float = 0.03
+    # For classes the retain set no longer has: accuracy on their forget rows
+    # may exceed chance (1 / num_classes) by at most this much.
+    class_chance_margin: float = 0.05
+    max_js_divergence: float | None = None  # to the reference; None: report only
+    # None: the smallest forget set for which a model that forgot perfectly
+    # (AUC 0.5) stays inside the pass band with 95% confidence.
+    min_forget_size: int | None = None
+    attack_folds: int = 5
+    seed: int = 0
+
+
+@dataclass
+class Check:
+    name: str
+    value: float
+    limit: float
+    passed: bool
+
+
+@dataclass
+class VerificationReport:
+    verdict: str
+    reasons: list[str]
+    accuracy: dict[str, float]
+    mia: dict[str, Any]
+    checks: list[Check] = field(default_factory=list)
+    divergence: dict[str, float] | None = None
+    thresholds: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return self.verdict == PASS
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def verify(
+    original: Any,
+    unlearned: Any,
+    retain: LabelledData,
+    forget: LabelledData,
+    heldout: LabelledData,
+    thresholds: Thresholds | dict[str, Any] | None = None,
+    reference: Any = None,
+) -> VerificationReport:
+    """Judge ``unlearned`` against ``original`` (and, optionally, a retrained ``reference``).
+
+    ``heldout`` must be records none of the models trained on. Verdict:
+    ``pass`` only when the membership test had enough data and found nothing;
+    ``fail`` when any check fails; ``inconclusive`` when utility is fine but the
+    forget set is too small for the membership test to mean anything.
+    """
+    limits = _thresholds(thresholds)
+    trained_classes = set(retain.labels.tolist())
+    kept = heldout.take(torch.tensor([y in trained_classes for y in heldout.labels.tolist()],
+                                     dtype=torch.bool))
+    gone = set(forget.labels.tolist()) - trained_classes
+    gone_rows = forget.take(torch.tensor([y in gone for y in forget.labels.tolist()],
+                                         dtype=torch.bool))
+    accuracy = {
+        "retain": unlearned.accuracy(retain),
+        "forget": unlearned.accuracy(forget),
+        "heldout": unlearned.accuracy(heldout),
+        "heldout_kept_classes": unlearned.accuracy(kept),
+        "original_forget": original.accuracy(forget),
+        "original_heldout_kept_classes": original.accuracy(kept),
+    }
+    checks: list[Check] = []
+    reasons: list[str] = []
+
+    def gate(name: str, value: float, limit: float, passed: bool, reason: str) -> None:
+        checks.append(Check(name, float(value), float(limit), bool(passed)))
+        if not passed:
+            reasons.append(reason)
+
+    drop = accuracy["original_heldout_kept_classes"] - accuracy["heldout_kept_classes"]
+    if len(kept):
+        gate("heldout_accuracy_drop", drop, limits.max_heldout_accuracy_drop,
+             drop <= limits.max_heldout_accuracy_drop,
+             f"held-out accuracy fell by {drop:.3f} (limit {limits.max_heldout_accuracy_drop})")
+    if len(gone_rows):
+        chance = 1.0 / unlearned.num_classes
+        class_accuracy = unlearned.accuracy(gone_rows)
+        limit = chance + limits.class_chance_margin
+        gate("removed_class_accuracy", class_accuracy, limit, class_accuracy <= limit,
+             f"removed class(es) still recognised: accuracy {class_accuracy:.3f} > {limit:.3f}")
+
+    mia, mia_checks = _membership(original, unlearned, forget, heldout, limits)
+    divergence = None
+    if reference is not None:
+        divergence = {
+            "forget": float(js_divergence(unlearned.predict_proba(forget.features),
+                                          reference.predict_proba(forget.features)).mean()),
+            "heldout": float(js_divergence(unlearned.predict_proba(heldout.features),
+                                           reference.predict_proba(heldout.features)).mean()),
+        }
+        if limits.max_js_divergence is not None:
+            gate("js_divergence_forget", divergence["forget"], limits.max_js_divergence,
+                 divergence["forget"] <= limits.max_js_divergence,
+                 f"outputs on the forget set differ from the reference (JS {divergence['forget']:.4f})")
+
+    if mia["testable"]:
+        for check, reason in mia_checks:
+            gate(check.name, check.value, check.limit, check.passed, reason)
+    if reasons:
+        verdict = FAIL
+    elif not mia["testable"]:
+        verdict = INCONCLUSIVE
+        reasons.append(
+            f"forget set of {len(forget)} record(s) is too small for the membership test "
+            f"(needs >= {mia['min_forget_size']} against {mia['reference_size']} held-out rows)"
+        )
+    else:
+        verdict = PASS
+    return VerificationReport(
+        verdict=verdict, reasons=reasons, accuracy=accuracy, mia=mia, checks=checks,
+        divergence=divergence, thresholds=dataclasses.asdict(limits),
+    )
+
+
+def _thresholds(value: Thresholds | dict[str, Any] | None) -> Thresholds:
+    if value is None:
+        return Thresholds()
+    if isinstance(value, Thresholds):
+        return value
+    return Thresholds(**value)
+
+
+def _membership(original: Any, unlearned: Any, forget: LabelledData, heldout: LabelledData,
+                limits: Thresholds) -> tuple[dict[str, Any], list[tuple[Check, str]]]:
+    reference = matched_reference(forget, heldout)
+    margin = min(limits.max_mia_auc - 0.5, 0.5 - limits.min_mia_auc)
+    needed = limits.min_forget_size or min_group_size(margin, max(len(reference), 1), Z_95)
+    mia: dict[str, Any] = {
+        "forget_size": len(forget),
+        "reference_size": len(reference),
+        "min_forget_size": needed,
+        "testable": len(forget) >= needed and len(reference) >= 2,
+    }
+    if len(forget) == 0 or len(reference) == 0:
+        return mia, []
+    forget_loss = unlearned.per_sample_loss(forget)
+    reference_loss = unlearned.per_sample_loss(reference)
+    point, low, high = auc_confidence_interval(-forget_loss, -reference_loss)
+    mia.update(auc=point, auc_ci_low=low, auc_ci_high=high,
+               original_auc=loss_auc(original.per_sample_loss(forget),
+                                     original.per_sample_loss(reference)))
+    attack = logistic_attack_auc(
+        attack_features(unlearned.predict_proba(forget.features), forget.labels),
+        attack_features(unlearned.predict_proba(reference.features), reference.labels),
+        folds=limits.attack_folds, seed=limits.seed,
+    )
+    mia["attack_auc"] = attack
+    checks = [
+        (Check("mia_auc_max", point, limits.max_mia_auc, point <= limits.max_mia_auc),
+         f"forget set still recognisable: loss-attack AUC {point:.3f} > {limits.max_mia_auc}"),
+        (Check("mia_auc_min", point, limits.min_mia_auc, point >= limits.min_mia_auc),
+         f"forget set stands out by high loss: AUC {point:.3f} < {limits.min_mia_auc}"),
+    ]
+    if attack == attack:  # NaN when too few rows for the cross-validated attack
+        checks.append((
+            Check("attack_auc_max", attack, limits.max_attack_auc, attack <= limits.max_attack_auc),
+            f"logistic attack separates the forget set: AUC {attack:.3f} > {limits.max_attack_auc}",
+        ))
+    return mia, checks
