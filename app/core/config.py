@@ -30,6 +30,9 @@ class Settings(BaseSettings):
     database_url: str = ""
     broker_url: str = ""
 
+    # Empty: artifacts live in data_dir/artifacts. Otherwise an fsspec URL (s3://bucket/prefix).
+    artifact_store_url: str = ""
+
     # Secret material. In embedded mode missing values are generated once under data_dir.
     subject_pepper: str = ""
     signing_key_path: Path | None = None
