@@ -3,7 +3,10 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install run test services lint bench-quick clean
+.PHONY: install run test test-fast services lint bench-quick clean
+
+# Two pytest processes by default (this machine has two cores); PYTEST_ARGS= runs serially.
+PYTEST_ARGS ?= -n 2
 
 $(BIN)/unlearnd: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,7 +26,11 @@ services:
 	@scripts/ensure-services.sh
 
 test: install services
-	$(BIN)/pytest
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+# The edit loop: everything but the tests marked slow (real worker processes, long trainings).
+test-fast: install services
+	$(BIN)/pytest $(PYTEST_ARGS) -m "not slow"
 
 lint: install
 	$(BIN)/ruff check .

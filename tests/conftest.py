@@ -24,7 +24,6 @@ import pytest
 from fastapi.testclient import TestClient
 
 PG_ADMIN_DSN = os.environ.get("UNLEARND_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
-REDIS_URL = os.environ.get("UNLEARND_TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
 RUN_TAG = f"ut{os.getpid()}_{uuid.uuid4().hex[:6]}"
 
 
@@ -46,6 +45,49 @@ def reset_caches() -> None:
         database.get_engine().dispose()
     for cached in (config.get_settings, database.get_engine, database.get_sessionmaker, queue.get_celery):
         cached.cache_clear()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A redis-server of this test process's own, on a free port.
+
+    The machine's Redis is shared with other runs and must never be flushed; each pytest
+    process (each xdist worker too) brokers its tests through a server it started itself,
+    so workers of one run never take another run's tasks.
+    """
+    import redis
+
+    workdir = tmp_path_factory.mktemp("redis")
+    for _ in range(5):
+        port = _free_port()
+        process = subprocess.Popen(
+            ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(workdir), "--logfile", str(workdir / "redis.log")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        url = f"redis://127.0.0.1:{port}"
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and process.poll() is None:
+            try:
+                redis.Redis.from_url(url).ping()
+                break
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        if process.poll() is None:
+            break
+    else:
+        raise RuntimeError("could not start a private redis-server")
+    yield url
+    process.terminate()
+    process.wait(timeout=10)
 
 
 @pytest.fixture(scope="session")
@@ -106,7 +148,7 @@ def env(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.Monk
         "UNLEARND_MODE": "embedded",
         "UNLEARND_DATA_DIR": str(tmp_path / "var"),
         "UNLEARND_DATABASE_URL": _fresh_database(backend, request, tmp_path),
-        "UNLEARND_BROKER_URL": REDIS_URL,
+        "UNLEARND_BROKER_URL": f"{request.getfixturevalue('redis_server')}/9",
         "UNLEARND_SUBJECT_PEPPER": "test-pepper-not-secret",
         "UNLEARND_LOG_LEVEL": "INFO",
     }
@@ -201,7 +243,7 @@ class WorkerProcess:
 
 @pytest.fixture
 def redis_broker(env: dict[str, str]) -> Iterator[str]:
-    """An empty Redis database as this test's broker (flushed before and after)."""
+    """An empty Redis database as this test's broker (on this process's private server)."""
     import redis
 
     client = redis.Redis.from_url(env["UNLEARND_BROKER_URL"])

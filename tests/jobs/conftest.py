@@ -43,16 +43,13 @@ def wait_job(job_id: str, *, timeout: float = 120.0, status: str = "succeeded") 
     return state
 
 
-JOBS_BROKER_URL = "redis://127.0.0.1:6379/12"
-
-
 @pytest.fixture(autouse=True)
-def _own_broker(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+def _own_broker(env: dict[str, str], redis_server: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """A Redis database of this suite's own, so workers of other suites never take its tasks."""
     from tests.conftest import reset_caches
 
-    env["UNLEARND_BROKER_URL"] = JOBS_BROKER_URL
-    monkeypatch.setenv("UNLEARND_BROKER_URL", JOBS_BROKER_URL)
+    env["UNLEARND_BROKER_URL"] = f"{redis_server}/12"
+    monkeypatch.setenv("UNLEARND_BROKER_URL", env["UNLEARND_BROKER_URL"])
     reset_caches()
 
 
