@@ -264,3 +264,14 @@ def start_worker(env: dict[str, str], redis_broker: str, tmp_path: Path) -> Iter
     yield factory
     for worker in workers:
         worker.stop()
+
+
+# Fixtures that start real worker or server processes: a test that asks for one is slow
+# and left out of `make test-fast`.
+SLOW_FIXTURES = {"start_worker"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
