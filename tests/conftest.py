@@ -268,7 +268,7 @@ def start_worker(env: dict[str, str], redis_broker: str, tmp_path: Path) -> Iter
 
 # Fixtures that start real worker or server processes: a test that asks for one is slow
 # and left out of `make test-fast`.
-SLOW_FIXTURES = {"start_worker"}
+SLOW_FIXTURES = {"start_worker", "processes"}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
