@@ -42,7 +42,7 @@ DEMO_MODELS = (
     DemoModel("digits-sisa", "sisa",
               {"base": "mlp", "base_params": {"hidden": [64], "epochs": 20}, "shards": 4, "slices": 2},
               {"default_method": "sisa", "batching_window_hours": 0.0}),
-    DemoModel("digits-logreg", "logreg", {"l2": 1e-3, "max_iter": 100},
+    DemoModel("digits-logreg", "logreg", {"l2": 1e-3},
               {"default_method": "newton", "batching_window_hours": 0.0}),
 )
 

@@ -72,6 +72,16 @@ def check_recipe(adapter_name: str, hyperparameters: dict[str, Any]) -> Any:
         raise EngineInputError(f"model recipe rejected: {exc}") from exc
 
 
+def recipe_under_policy(adapter_name: str, hyperparameters: dict[str, Any], policy: dict[str, Any]) -> dict[str, Any]:
+    """The hyper-parameters a training run uses: the recipe's own, plus what the model's
+    policy decides for this adapter (a certified model's epsilon and delta) where the recipe
+    is silent."""
+    if adapter_name != "logreg":
+        return dict(hyperparameters)
+    defaults = {name: policy[name] for name in ("epsilon", "delta") if name in policy}
+    return {**defaults, **hyperparameters}
+
+
 def fit(adapter_name: str, hyperparameters: dict[str, Any], data: LabelledData, seed: int) -> Any:
     return check_recipe(adapter_name, hyperparameters).fit(data, seed)
 
@@ -212,7 +222,8 @@ def unlearn_verified(
             verdict = verify(base, unlearned, retain, forget, verification, thresholds)
             attempts.append({"method": method, "outcome": verdict.verdict, "unlearning": report.to_dict(),
                              "verification": verdict.to_dict()})
-            if spec.exact or verdict.verdict == PASS:
+            # A certified removal's claim is its (epsilon, delta) bound, not the statistics.
+            if spec.exact or report.details.get("guarantee") == "certified" or verdict.verdict == PASS:
                 return _outcome(unlearned, method, False, report.details, attempts)
         on_stage("unlearning")
     unlearned, report = unlearn(exact, base, retain, forget, calibration, None)
@@ -238,8 +249,15 @@ def _outcome(model: Any, method: str, fell_back: bool, details: dict[str, Any],
              attempts: list[dict[str, Any]]) -> UnlearningOutcome:
     units = len(details["shards_touched"]) if method == "sisa" else 1
     final = attempts[-1]
-    return UnlearningOutcome(
-        model=model, method_used=method, fell_back=fell_back, units=units,
-        report=json_safe({"method_used": method, "fell_back": fell_back, "attempts": attempts,
-                "verdict": final["outcome"], "verification": final["verification"]}),
-    )
+    report = {"method_used": method, "fell_back": fell_back, "attempts": attempts,
+              "verdict": final["outcome"], "verification": final["verification"]}
+    if details.get("guarantee") == "certified":
+        report["certification"] = {key: details[key] for key in CERTIFICATION_FIELDS}
+    return UnlearningOutcome(model=model, method_used=method, fell_back=fell_back, units=units,
+                             report=json_safe(report))
+
+
+# What a certified removal states (Guo et al.): the (epsilon, delta) pair, the noise scale it
+# rests on, and the lineage's accumulated gradient residual against its budget.
+CERTIFICATION_FIELDS = ("guarantee", "epsilon", "delta", "noise_std", "criterion", "bound", "budget",
+                        "budget_left", "gradient_residual_norm")

@@ -69,7 +69,8 @@ class _Setup:
 def _setup(session: Session, job: UnlearningJob) -> _Setup:
     model = session.get(RegisteredModel, job.model_id)
     dataset = session.get(Dataset, model.dataset_id)
-    return _Setup(model.id, dataset.id, (model.adapter, dict(model.hyperparameters)),
+    hyperparameters = engine.recipe_under_policy(model.adapter, dict(model.hyperparameters), dict(model.policy))
+    return _Setup(model.id, dataset.id, (model.adapter, hyperparameters),
                   (dataset.uri, dataset.format, dict(dataset.schema)), storage.dataset_records(session, dataset.id),
                   TrainingConfig(**job.report.get("config", {})), job.report.get("fanout"))
 

@@ -109,6 +109,13 @@ class UnlearningPolicy(BaseModel):
     batching_window_hours: float = Field(default=24.0, ge=0, le=24 * 30)
     # A batch runs as soon as this many requests wait, whatever the window says.
     max_batch_size: int = Field(default=100, ge=1, le=10_000)
+    # Certified removal (newton on logreg, Guo et al. 2020): the (epsilon, delta) every
+    # removal must meet; training derives the objective perturbation's scale from them.
+    epsilon: float = Field(default=1.0, gt=0, le=100)
+    delta: float = Field(default=1e-4, gt=0, lt=1)
+    # SISA sizing: the ensemble may lose at most this much test accuracy (a fraction,
+    # 0.01 = 1 point) against the monolithic model; training picks shards and slices to match.
+    max_accuracy_loss: float = Field(default=0.01, ge=0, le=1)
 
 
 class ModelCreate(BaseModel):

@@ -3,7 +3,8 @@ removal, is replaced by the exact method, and the report says so."""
 
 from __future__ import annotations
 
-from app.demo import DemoModel
+from app.demo import DEMO_MODELS, DemoModel
+from app.jobs import engine
 from tests.jobs.conftest import TINY_MLP, run_inline, submit
 
 
@@ -48,3 +49,29 @@ def test_refused_certified_removal_falls_back_to_retrain(env, api, make_client, 
     assert refused == {"method": "newton", "outcome": "refused", "reason": refused["reason"]}
     assert "budget" in refused["reason"] and exact["method"] == "retrain"
     assert job["method_used"] == "retrain"
+
+
+def test_demo_logreg_removes_a_subject_with_a_certificate(env, api, make_client, install_demo):
+    admin, portal = make_client("admin"), make_client("portal")
+    [demo_logreg] = [model for model in DEMO_MODELS if model.name == "digits-logreg"]
+    [training] = install_demo(demo_logreg)
+    run_inline(training)
+    submit(api, portal, "demo-subject-43")
+    job = _unlearn(api, admin, "digits-logreg")
+    report = job["report"]
+    assert job["method"] == "newton" and job["method_used"] == "newton" and report["fell_back"] is False
+    certification = report["certification"]
+    assert certification["guarantee"] == "certified"
+    assert certification["epsilon"] == 1.0 and certification["delta"] == 1e-4
+    assert 0 < certification["bound"] <= certification["budget"]
+    assert certification["bound"] == certification["gradient_residual_norm"]  # first removal of the lineage
+    # The statistics are still reported: one subject is too few rows for a membership test.
+    assert report["verdict"] == "inconclusive"
+
+
+def test_policy_epsilon_and_delta_reach_a_logreg_recipe_unless_it_sets_its_own():
+    policy = {"default_method": "newton", "epsilon": 0.5, "delta": 1e-6, "max_accuracy_loss": 0.01}
+    assert engine.recipe_under_policy("logreg", {"l2": 1e-3}, policy) == {"l2": 1e-3, "epsilon": 0.5, "delta": 1e-6}
+    assert engine.recipe_under_policy("logreg", {"epsilon": 2.0}, policy)["epsilon"] == 2.0
+    assert engine.recipe_under_policy("mlp", {"hidden": [8]}, policy) == {"hidden": [8]}
+    assert engine.check_recipe("logreg", engine.recipe_under_policy("logreg", {}, policy)).hyperparameters.epsilon == 0.5

@@ -7,10 +7,21 @@ from Machine Learning Models", ICML 2020) is
 
 with the bias folded into W (shape (d + 1, K)) and regularised too, so L is
 strongly convex and the Newton removal step is well defined. ``b`` is Gaussian
-objective perturbation with std ``noise_std`` drawn from the seed; it is what
-turns a small gradient residual after removal into an (epsilon, delta)
-guarantee. Fitting is full-batch L-BFGS in float64: the Newton step is judged
-against this optimum, so the optimum has to be found precisely.
+objective perturbation drawn from the seed; it is what turns a small gradient
+residual after removal into an (epsilon, delta) guarantee (Guo et al., Theorem 3:
+a residual of at most eps' is absorbed by b ~ N(0, sigma^2) with
+sigma = c * eps' / epsilon, c = sqrt(2 ln(1.5 / delta))). Unless ``noise_std`` is
+given, sigma is derived that way at the first fit from the certificate's epsilon
+and delta and an allowance eps' = residual_allowance * n * l2 (the allowed
+residual of the mean-scale objective, as a fraction of the regulariser, so the
+noise's effect on accuracy does not depend on n); retrains of the same model keep
+that sigma, so every version of a lineage draws its noise from one distribution.
+
+Rows are scaled to unit L2 norm before the bias is appended (``unit_rows``), as
+in the paper: the residual of a removal grows with ||x||^3, and raw pixel values
+(digits: ||x|| ~ 50) made every certificate impossible. Fitting is full-batch
+L-BFGS in float64: the Newton step is judged against this optimum, so the optimum
+has to be found precisely.
 """
 
 from __future__ import annotations
@@ -42,9 +53,13 @@ class LogRegParams:
     l2: float = 1e-3
     max_iter: int = 300
     tol: float = 1e-8
-    noise_std: float = 1.0
+    # None: derived at the first fit from epsilon, delta and residual_allowance.
+    noise_std: float | None = None
     epsilon: float = 1.0
     delta: float = 1e-4
+    residual_allowance: float = 0.15
+    unit_rows: bool = True
+    # Replaces the certificate's budget (the result is then not certified; for tests).
     residual_budget: float | None = None
     removal_cache: bool = True
     # Used only when an approximate method fine-tunes this model by minibatches.
@@ -57,8 +72,15 @@ class LogRegParams:
     def __post_init__(self) -> None:
         if self.l2 <= 0:
             raise ValueError("l2 must be > 0: removal needs a strongly convex objective")
-        if self.noise_std < 0 or self.epsilon <= 0 or not 0 < self.delta < 1:
+        if (self.noise_std is not None and self.noise_std < 0) or self.epsilon <= 0 or not 0 < self.delta < 1:
             raise ValueError("noise_std >= 0, epsilon > 0 and 0 < delta < 1 are required")
+        if self.residual_allowance <= 0:
+            raise ValueError("residual_allowance must be > 0")
+
+
+def certificate_constant(delta: float) -> float:
+    """c = sqrt(2 ln(1.5 / delta)) of Guo et al., Theorem 3."""
+    return math.sqrt(2.0 * math.log(1.5 / delta))
 
 
 class LogRegAdapter(TorchClassifier):
@@ -73,9 +95,16 @@ class LogRegAdapter(TorchClassifier):
         self.hessian_inverse: torch.Tensor | None = None
         self.gradient: torch.Tensor | None = None  # sum-scale, (p, K), at current W over D
         self.residual_bound = 0.0  # accumulated over Newton removals since the last fit
+        self.noise_scale: float | None = None  # sigma of the objective perturbation, fixed per lineage
 
     def _make_module(self, feature_shape: tuple[int, ...], num_classes: int) -> nn.Module:
         return nn.Sequential(nn.Flatten(), nn.Linear(math.prod(feature_shape), num_classes))
+
+    def _inputs(self, features: torch.Tensor) -> torch.Tensor:
+        flat = features.reshape(features.shape[0], -1)
+        if not self.hyperparameters.unit_rows:
+            return flat
+        return flat / flat.norm(dim=1, keepdim=True).clamp_min(torch.finfo(flat.dtype).tiny)
 
     # -- parameters as one (d + 1, K) matrix -----------------------------------
     def weights(self) -> torch.Tensor:
@@ -89,14 +118,27 @@ class LogRegAdapter(TorchClassifier):
             linear.bias.copy_(weights[-1])
 
     def design(self, features: torch.Tensor) -> torch.Tensor:
-        flat = features.reshape(features.shape[0], -1).to(torch.float64)
+        """Rows as the linear layer sees them (unit norm if ``unit_rows``), bias column appended."""
+        flat = self._inputs(features.to(torch.float64))
         return torch.cat([flat, torch.ones(flat.shape[0], 1, dtype=torch.float64)], dim=1)
+
+    def resolve_noise_scale(self, n: int) -> float:
+        """sigma = c * eps' / epsilon with eps' = residual_allowance * n * l2 (sum scale)."""
+        hp = self.hyperparameters
+        if hp.noise_std is not None:
+            return float(hp.noise_std)
+        return certificate_constant(hp.delta) * hp.residual_allowance * n * hp.l2 / hp.epsilon
 
     def objective_noise(self) -> torch.Tensor:
         p = math.prod(self.feature_shape) + 1
         draw = torch.randn(p, self.num_classes, generator=runtime.generator(
             runtime.derive_seed(self.seed, self.name, "objective-noise")), dtype=torch.float64)
-        return draw * self.hyperparameters.noise_std
+        return draw * (self.noise_scale or 0.0)
+
+    @property
+    def certified(self) -> bool:
+        """Whether a removal within budget is an (epsilon, delta) certified removal."""
+        return bool(self.noise_scale) and self.hyperparameters.residual_budget is None
 
     def removal_budget(self) -> float:
         """Largest gradient residual (sum scale) the certificate tolerates.
@@ -109,7 +151,15 @@ class LogRegAdapter(TorchClassifier):
         hp = self.hyperparameters
         if hp.residual_budget is not None:
             return float(hp.residual_budget)
-        return hp.noise_std * hp.epsilon / math.sqrt(2.0 * math.log(1.5 / hp.delta))
+        sigma = self.noise_scale if self.noise_scale is not None else (hp.noise_std or 0.0)
+        return sigma * hp.epsilon / certificate_constant(hp.delta)
+
+    def fresh(self) -> LogRegAdapter:
+        # A retrain keeps the lineage's sigma: the certificate compares the unlearned model
+        # with a retrain under the same noise distribution.
+        twin = super().fresh()
+        twin.noise_scale = self.noise_scale
+        return twin
 
     # -- training ----------------------------------------------------------
     def fit(self, data: LabelledData, seed: int) -> LogRegAdapter:
@@ -117,6 +167,8 @@ class LogRegAdapter(TorchClassifier):
         self.set_weights(torch.zeros(math.prod(self.feature_shape) + 1, self.num_classes,
                                      dtype=torch.float64))
         self.residual_bound = 0.0
+        if self.noise_scale is None:
+            self.noise_scale = self.resolve_noise_scale(len(data))
         return self.partial_fit(data, seed, epochs=1)
 
     def partial_fit(self, data: LabelledData, seed: int, epochs: int) -> LogRegAdapter:
@@ -127,6 +179,8 @@ class LogRegAdapter(TorchClassifier):
         x = self.design(data.features)
         y = data.labels
         n = len(data)
+        if self.noise_scale is None:
+            self.noise_scale = self.resolve_noise_scale(n)
         noise = self.objective_noise()
         weights = self.weights().requires_grad_(True)
         optimizer = torch.optim.LBFGS(
@@ -185,7 +239,7 @@ class LogRegAdapter(TorchClassifier):
 
     # -- state -------------------------------------------------------------
     def _header(self) -> dict[str, Any]:
-        return {"n_train": self.n_train, "residual_bound": self.residual_bound}
+        return {"n_train": self.n_train, "residual_bound": self.residual_bound, "noise_scale": self.noise_scale}
 
     def _tensors(self) -> dict[str, torch.Tensor]:
         tensors = super()._tensors()
@@ -198,6 +252,7 @@ class LogRegAdapter(TorchClassifier):
         super()._restore(header, tensors, blobs)
         self.n_train = int(header["n_train"])
         self.residual_bound = float(header["residual_bound"])
+        self.noise_scale = header.get("noise_scale")
         self.hessian_inverse = tensors.get("cache.hessian_inverse")
         self.gradient = tensors.get("cache.gradient")
 
