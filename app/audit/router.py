@@ -7,6 +7,7 @@ from fastapi import APIRouter, Query, status
 from fastapi.responses import StreamingResponse
 from sqlalchemy.orm import Session
 
+from app.api.deps import AuditorClient, CurrentClient, SessionDep
 from app.audit import events, keys, tree
 from app.audit.models import TreeHead
 from app.audit.schemas import (
@@ -18,8 +19,6 @@ from app.audit.schemas import (
     TreeHeadOut,
 )
 from app.audit.verify import verify_log
-from app.core.auth import AuditorClient, CurrentClient
-from app.core.database import SessionDep
 
 router = APIRouter(prefix="/v1/audit", tags=["audit"])
 well_known_router = APIRouter(tags=["audit"])

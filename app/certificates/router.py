@@ -3,9 +3,8 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import Response
 
+from app.api.deps import CurrentClient, SessionDep
 from app.certificates import service
-from app.core.auth import CurrentClient
-from app.core.database import SessionDep
 
 router = APIRouter(prefix="/v1/deletion-requests", tags=["certificates"])
 

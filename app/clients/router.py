@@ -2,10 +2,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter, status
 
+from app.api.deps import AdminClient, SessionDep
 from app.clients import service
 from app.clients.schemas import ClientCreate, ClientCreated, ClientOut
-from app.core.auth import AdminClient
-from app.core.database import SessionDep
 
 router = APIRouter(prefix="/v1/clients", tags=["clients"])
 

@@ -14,15 +14,13 @@ import threading
 import time
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated
 
-from fastapi import Depends, Header, Request
 from sqlalchemy import String, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from app.core.config import get_settings
-from app.core.database import Base, SessionDep, new_id, utcnow
-from app.core.errors import Forbidden, Unauthenticated
+from app.core.database import Base, new_id, utcnow
+from app.core.errors import Unauthenticated
 
 KEY_PREFIX = "ulk"
 
@@ -119,42 +117,3 @@ def authenticate(session: Session, key: str) -> ApiClient:
     if client.revoked_at is not None:
         raise Unauthenticated("API key revoked")
     return client
-
-
-def get_current_client(
-    request: Request,
-    session: SessionDep,
-    authorization: Annotated[str | None, Header()] = None,
-) -> ApiClient:
-    if not authorization:
-        raise Unauthenticated("missing Authorization: Bearer <key> header")
-    scheme, _, key = authorization.partition(" ")
-    if scheme.lower() != "bearer" or not key.strip():
-        raise Unauthenticated("Authorization header must be 'Bearer <key>'")
-    client = authenticate(session, key.strip())
-    request.state.client_id = client.id
-    return client
-
-
-CurrentClient = Annotated[ApiClient, Depends(get_current_client)]
-
-
-def require_roles(*roles: Role):  # noqa: ANN201 - returns a FastAPI dependency
-    allowed = frozenset(roles)
-
-    def dependency(client: CurrentClient) -> ApiClient:
-        if client.role_enum not in allowed:
-            raise Forbidden(
-                f"role '{client.role}' may not do this; needs one of: "
-                + ", ".join(sorted(r.value for r in allowed))
-            )
-        return client
-
-    return dependency
-
-
-AdminClient = Annotated[ApiClient, Depends(require_roles(Role.ADMIN))]
-PortalClient = Annotated[ApiClient, Depends(require_roles(Role.PORTAL, Role.ADMIN))]
-MLClient = Annotated[ApiClient, Depends(require_roles(Role.ML, Role.ADMIN))]
-ReaderClient = Annotated[ApiClient, Depends(require_roles(Role.ML, Role.AUDITOR, Role.ADMIN))]
-AuditorClient = Annotated[ApiClient, Depends(require_roles(Role.AUDITOR, Role.ADMIN))]

@@ -7,9 +7,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from functools import lru_cache
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import Depends
 from sqlalchemy import JSON, DateTime, Engine, MetaData, String, create_engine, event
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
@@ -111,13 +110,3 @@ def session_scope() -> Iterator[Session]:
         raise
     finally:
         session.close()
-
-
-def get_session() -> Iterator[Session]:
-    with session_scope() as session:
-        yield session
-
-
-# scope="function": commit runs when the endpoint returns and *before* the response is sent,
-# so a failed commit is an error response, never a 2xx for a request that was not stored.
-SessionDep = Annotated[Session, Depends(get_session, scope="function")]

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Query, status
 
-from app.core.auth import AdminClient, MLClient, ReaderClient
-from app.core.database import SessionDep
+from app.api.deps import AdminClient, MLClient, ReaderClient, SessionDep
 from app.jobs import service
 from app.jobs.models import JobKind, JobStatus, UnlearningJob
 from app.jobs.schemas import BatchOut, JobDetail, JobOut, TrainBody

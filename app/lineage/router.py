@@ -4,9 +4,8 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from app.core.auth import ReaderClient
+from app.api.deps import ReaderClient, SessionDep
 from app.core.config import get_settings
-from app.core.database import SessionDep
 from app.core.hashing import subject_hash
 from app.lineage import service
 from app.lineage.schemas import RecordLineage, SubjectLineage, SubjectQuery, VersionLineage

@@ -2,8 +2,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, status
 
-from app.core.auth import MLClient, ReaderClient
-from app.core.database import SessionDep
+from app.api.deps import MLClient, ReaderClient, SessionDep
 from app.registry import service
 from app.registry.schemas import (
     ArtifactOut,

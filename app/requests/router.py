@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
+from fastapi import APIRouter, Header, Query, Request, Response, status
 from pydantic import AwareDatetime
 
-from app.core.auth import AdminClient, ApiClient, PortalClient, Role, require_roles
-from app.core.database import SessionDep
+from app.api.deps import AdminClient, PortalClient, RequestViewer, SessionDep
 from app.requests import service
 from app.requests.models import DeletionRequest, LegalBasis, RequestStatus
 from app.requests.schemas import (
@@ -23,8 +22,6 @@ from app.requests.schemas import (
 
 router = APIRouter(prefix="/v1/deletion-requests", tags=["deletion requests"])
 
-# Who may read requests: portals (their own), auditors and admins (all).
-RequestViewer = Annotated[ApiClient, Depends(require_roles(Role.PORTAL, Role.AUDITOR, Role.ADMIN))]
 IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=service.MAX_IDEMPOTENCY_KEY)]
 
 

@@ -1,0 +1,1 @@
+"""The HTTP face's shared plumbing: FastAPI dependencies every room's router uses."""
