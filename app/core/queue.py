@@ -1,7 +1,9 @@
-"""The Celery application object, configured from settings.
+"""The Celery application object, configured from settings, and the one owner of every task name.
 
 It lives in core so that the outbox can hand tasks to the broker by name without
-importing ``workers`` (tasks import services, never the other way round).
+importing ``workers`` (tasks import services, never the other way round): services
+enqueue ``TaskName.X``, ``workers/tasks`` register under the same constant, and the beat
+schedule below names them too, so no task name is written twice.
 Embedded mode uses kombu's SQLAlchemy transport on a SQLite file: a real queue
 consumed by a real worker process, with no server to install.
 """
@@ -9,6 +11,7 @@ consumed by a real worker process, with no server to install.
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Final
 
 from celery import Celery
 from kombu.transport import sqlalchemy as kombu_sqlalchemy
@@ -17,6 +20,30 @@ from app.core.config import Settings, get_settings
 
 EMBEDDED_POLL_SECONDS = 0.1
 TASK_MODULES = ["workers.tasks.core", "workers.tasks.registry", "workers.tasks.audit", "workers.tasks.certificates", "workers.tasks.jobs"]
+
+
+class TaskName:
+    RELAY_OUTBOX: Final = "unlearnd.relay_outbox"
+    PING: Final = "unlearnd.ping"
+    INGEST_DATASET: Final = "unlearnd.registry.ingest_dataset"
+    RUN_JOB: Final = "unlearnd.run_job"
+    SCHEDULE_BATCHES: Final = "unlearnd.schedule_batches"
+    AUDIT_SEAL: Final = "unlearnd.audit.seal"
+    AUDIT_SIGN_TREE_HEAD: Final = "unlearnd.audit.sign_tree_head"
+    ISSUE_CERTIFICATE: Final = "unlearnd.certificates.issue"
+    ISSUE_MISSING_CERTIFICATES: Final = "unlearnd.certificates.issue_missing"
+
+
+def beat_schedule(settings: Settings) -> dict[str, dict[str, object]]:
+    """The periodic tasks (exactly one beat runs them), keyed by task name."""
+    every = {
+        TaskName.RELAY_OUTBOX: 5.0,
+        TaskName.SCHEDULE_BATCHES: settings.scheduler_interval_seconds,
+        TaskName.AUDIT_SEAL: 5.0,
+        TaskName.AUDIT_SIGN_TREE_HEAD: 300.0,
+        TaskName.ISSUE_MISSING_CERTIFICATES: 60.0,
+    }
+    return {name: {"task": name, "schedule": seconds} for name, seconds in every.items()}
 
 
 def _result_backend(settings: Settings) -> str:
@@ -43,15 +70,7 @@ def make_celery(settings: Settings) -> Celery:
         task_publish_retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5},
         worker_hijack_root_logger=False,
         timezone="UTC",
-        beat_schedule={
-            "relay-outbox": {"task": "unlearnd.relay_outbox", "schedule": 5.0},
-            "unlearnd.schedule_batches": {
-                "task": "unlearnd.schedule_batches", "schedule": settings.scheduler_interval_seconds,
-            },
-            "audit-seal": {"task": "unlearnd.audit.seal", "schedule": 5.0},
-            "audit-tree-head": {"task": "unlearnd.audit.sign_tree_head", "schedule": 300.0},
-            "certificates-sweep": {"task": "unlearnd.certificates.issue_missing", "schedule": 60.0},
-        },
+        beat_schedule=beat_schedule(settings),
     )
     if settings.broker_url.startswith("redis"):
         # Redis redelivers a task a killed worker held once this many seconds have passed.

@@ -23,6 +23,7 @@ from app.core.config import get_settings
 from app.core.database import session_scope, utcnow
 from app.core.errors import NotFound
 from app.core.outbox import enqueue
+from app.core.queue import TaskName
 from app.jobs.models import JobKind, JobRequest, JobStage, JobStatus, UnlearningJob
 from app.registry import service as registry
 from app.requests import service as requests
@@ -30,7 +31,6 @@ from app.requests.models import RequestModelVersion, RequestRecord, RequestStatu
 
 log = logging.getLogger("unlearnd.jobs")
 
-RUN_TASK = "unlearnd.run_job"
 FINISHED = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
 MAX_BACKOFF_SECONDS = 300.0
 # How far each stage has brought a job, for the progress bar.
@@ -227,7 +227,7 @@ def wake_parent(session: Session, child: UnlearningJob) -> None:
     siblings = session.scalars(select(UnlearningJob.status).where(
         UnlearningJob.id.in_(parent.report.get("fanout", {}).get("jobs", []))))
     if parent.status == JobStatus.QUEUED and all(status in FINISHED for status in siblings):
-        enqueue(session, RUN_TASK, job_id=parent.id)
+        enqueue(session, TaskName.RUN_JOB, job_id=parent.id)
 
 
 def succeed_job(session: Session, job: UnlearningJob, *, result_version_id: str | None,

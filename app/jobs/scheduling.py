@@ -19,6 +19,7 @@ from app.core.config import get_settings
 from app.core.database import utcnow
 from app.core.errors import Conflict
 from app.core.outbox import enqueue
+from app.core.queue import TaskName
 from app.jobs import engine, lifecycle
 from app.jobs.models import JobKind, JobRequest, JobStatus, UnlearningJob
 from app.jobs.planner import BatchPolicy, CostModel, Decision, PendingDeletion, decide
@@ -161,7 +162,7 @@ def create_job(session: Session, model: RegisteredModel, decision: Decision, *, 
     session.flush()
     session.add_all(JobRequest(job_id=job.id, request_id=rid) for rid in request_ids)
     session.flush()
-    enqueue(session, lifecycle.RUN_TASK, job_id=job.id)
+    enqueue(session, TaskName.RUN_JOB, job_id=job.id)
     audit.record(session, actor=actor, action="job.created", entity_type="unlearning_job", entity_id=job.id,
                  payload={"kind": JobKind.UNLEARN, "model_id": model.id, "requests": request_ids,
                           "reason": decision.reason, "units": decision.units,
@@ -187,7 +188,7 @@ def resume_stale_jobs(session: Session, now: datetime) -> list[str]:
     for job in stale:
         # Releasing the lease (and restarting its clock) keeps the next tick from sending it twice.
         job.worker, job.heartbeat_at = None, now
-        enqueue(session, lifecycle.RUN_TASK, job_id=job.id)
+        enqueue(session, TaskName.RUN_JOB, job_id=job.id)
         audit.record(session, actor="scheduler", action="job.requeued", entity_type="unlearning_job",
                      entity_id=job.id, payload={"status": job.status, "stage": job.stage, "attempts": job.attempts})
     return [job.id for job in stale]

@@ -16,6 +16,7 @@ from app.audit import service as audit
 from app.core.database import utcnow
 from app.core.errors import IllegalTransition, InvalidInput, NotFound
 from app.core.outbox import enqueue
+from app.core.queue import TaskName
 from app.jobs import lifecycle, training, unlearning
 from app.jobs.lifecycle import LeaseLost
 from app.jobs.models import JobKind, JobRequest, JobStage, JobStatus, UnlearningJob
@@ -111,7 +112,7 @@ def retry_job(session: Session, job_id: str, *, actor: str) -> UnlearningJob:
         request = requests.get_for_update(session, request_id)
         if request.status == RequestStatus.FAILED:
             requests.transition(session, request, RequestStatus.SCHEDULED, actor=actor, reason=f"job {job.id} retried")
-    enqueue(session, lifecycle.RUN_TASK, job_id=job.id)
+    enqueue(session, TaskName.RUN_JOB, job_id=job.id)
     audit.record(session, actor=actor, action="job.retried", entity_type="unlearning_job", entity_id=job.id,
                  payload={"kind": job.kind})
     return job

@@ -12,6 +12,7 @@ from app.audit import service as audit
 from app.core.database import session_scope
 from app.core.errors import Conflict, InvalidInput
 from app.core.outbox import enqueue
+from app.core.queue import TaskName
 from app.jobs import engine, lifecycle, storage
 from app.jobs.models import JobKind, JobStage, JobStatus, UnlearningJob
 from app.registry import artifacts
@@ -49,7 +50,7 @@ def start_training(
                         report={"config": {"seed": config.seed, "heldout_fraction": config.heldout_fraction}})
     session.add(job)
     session.flush()
-    enqueue(session, lifecycle.RUN_TASK, job_id=job.id)
+    enqueue(session, TaskName.RUN_JOB, job_id=job.id)
     audit.record(session, actor=actor, action="job.created", entity_type="unlearning_job", entity_id=job.id,
                  payload={"kind": JobKind.TRAIN, "model_id": model.id})
     return job
@@ -108,7 +109,7 @@ def _fan_out(job_id: str, worker: str, setup: _Setup, train: Any) -> None:
         session.add_all(children)
         session.flush()
         for child in children:
-            enqueue(session, lifecycle.RUN_TASK, job_id=child.id)
+            enqueue(session, TaskName.RUN_JOB, job_id=child.id)
         job.report = {**job.report, "fanout": {**common, "jobs": [child.id for child in children]}}
         job.stage = JobStage.TRAINING
         lifecycle.release(session, job)

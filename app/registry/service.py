@@ -18,6 +18,7 @@ from app.core.config import get_settings
 from app.core.database import utcnow
 from app.core.errors import Conflict, IllegalTransition, InvalidInput, NotFound
 from app.core.outbox import enqueue
+from app.core.queue import TaskName
 from app.registry import artifacts, ingestion
 from app.registry.leaves import SnapshotLeaves, leaf_index
 from app.registry.models import (
@@ -40,7 +41,6 @@ from app.registry.schemas import (
     VersionOrigin,
 )
 
-INGEST_TASK = "unlearnd.registry.ingest_dataset"
 # A version may move forward only; purged is final.
 _VERSION_MOVES = {
     VersionState.TRAINING: {VersionState.ACTIVE, VersionState.SUPERSEDED, VersionState.PURGED},
@@ -103,7 +103,7 @@ def register_dataset(
                       created_by=actor)
     session.add(dataset)
     session.flush()
-    enqueue(session, INGEST_TASK, dataset_id=dataset.id)
+    enqueue(session, TaskName.INGEST_DATASET, dataset_id=dataset.id)
     audit.record(session, actor=actor, action="dataset.registered", entity_type="dataset", entity_id=dataset.id,
                  payload={"name": name, "format": fmt.value})
     return dataset

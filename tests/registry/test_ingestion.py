@@ -153,6 +153,7 @@ def _post(api, caller, **overrides):
 def test_register_over_http_queues_ingestion_and_reports_progress(api, make_client, backend):
     from app.core.database import session_scope
     from app.core.outbox import OutboxMessage
+    from app.core.queue import TaskName
     from app.registry import service
 
     ml = make_client("ml")
@@ -163,7 +164,7 @@ def test_register_over_http_queues_ingestion_and_reports_progress(api, make_clie
     assert body["status"] == "pending" and body["schema"]["record_key"] == "id"
     with session_scope() as session:
         queued = session.scalars(select(OutboxMessage)).all()
-    assert [(m.task_name, m.kwargs) for m in queued] == [(service.INGEST_TASK, {"dataset_id": body["id"]})]
+    assert [(m.task_name, m.kwargs) for m in queued] == [(TaskName.INGEST_DATASET, {"dataset_id": body["id"]})]
     service.ingest_dataset(body["id"])
     shown = api.get("/v1/datasets/people", headers=make_client("auditor").headers).json()
     assert shown["status"] == "ready" and shown["record_count"] == 25 and shown["progress"] == 1.0

@@ -5,19 +5,19 @@ from __future__ import annotations
 
 from app.certificates.service import issue_certificate, requests_missing_certificates
 from app.core.database import session_scope
-from app.core.queue import get_celery
+from app.core.queue import TaskName, get_celery
 
 celery = get_celery()
 
 
-@celery.task(name="unlearnd.certificates.issue", ignore_result=True)
+@celery.task(name=TaskName.ISSUE_CERTIFICATE, ignore_result=True)
 def issue(request_id: str) -> str:
     """Idempotent: a second delivery returns the certificate the first one issued."""
     with session_scope() as session:
         return issue_certificate(session, request_id).id
 
 
-@celery.task(name="unlearnd.certificates.issue_missing", ignore_result=True)
+@celery.task(name=TaskName.ISSUE_MISSING_CERTIFICATES, ignore_result=True)
 def issue_missing(limit: int = 100) -> int:
     with session_scope() as session:
         pending = requests_missing_certificates(session, limit=limit)

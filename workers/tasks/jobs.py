@@ -9,14 +9,13 @@ from __future__ import annotations
 import os
 
 from app.core.database import session_scope
-from app.core.queue import get_celery
-from app.jobs import lifecycle, service
+from app.core.queue import TaskName, get_celery
+from app.jobs import service
 
 celery = get_celery()
-SCHEDULE_TASK = "unlearnd.schedule_batches"
 
 
-@celery.task(name=lifecycle.RUN_TASK, bind=True, max_retries=None, acks_late=True, ignore_result=True)
+@celery.task(name=TaskName.RUN_JOB, bind=True, max_retries=None, acks_late=True, ignore_result=True)
 def run_job(self, job_id: str) -> None:  # noqa: ANN001 - Celery's bound task
     worker = f"{self.request.hostname or 'worker'}:{os.getpid()}"[-64:]
     try:
@@ -27,7 +26,7 @@ def run_job(self, job_id: str) -> None:  # noqa: ANN001 - Celery's bound task
         raise self.retry(countdown=retry_in)
 
 
-@celery.task(name=SCHEDULE_TASK, ignore_result=True)
+@celery.task(name=TaskName.SCHEDULE_BATCHES, ignore_result=True)
 def schedule_batches() -> int:
     """One scheduler tick; returns how many jobs it created."""
     with session_scope() as session:
