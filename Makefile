@@ -32,8 +32,10 @@ test: install services
 test-fast: install services
 	$(BIN)/pytest $(PYTEST_ARGS) -m "not slow"
 
+# ruff for style; lint-imports for the house plan (the import contracts in pyproject.toml).
 lint: install
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 bench-quick: install services
 	for b in benchmarks/*.py; do $(BIN)/python $$b --quick || exit 1; done
