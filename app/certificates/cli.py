@@ -63,7 +63,8 @@ def verify(file: Path, public_key: str | None, keys_url: str | None) -> None:
         sys.exit(1)
     click.echo(
         f"valid: certificate {verified.certificate_id} for request {verified.request_id}, signed by "
-        f"{verified.key_id}, anchored at audit event {verified.audit_seq} of a signed tree of {verified.tree_size}"
+        f"{verified.key_id}, anchored at audit event {verified.audit_seq} of a signed tree of {verified.tree_size}; "
+        f"{verified.lineage_proofs_checked} non-inclusion proof(s) checked against the stated snapshot roots"
     )
 
 

@@ -12,8 +12,12 @@ from typing import Any
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
+from app.certificates.models import Certificate
 from app.core import merkle
+from app.core.errors import Conflict
 from app.jobs.models import JobRequest, JobStatus, UnlearningJob
+from app.lineage import proofs
+from app.lineage import service as lineage
 from app.registry.leaves import leaf_hash
 from app.registry.models import DataRecord, DatasetSnapshot, ModelArtifact, ModelVersion, RegisteredModel, VersionState
 from app.requests.models import DeletionRequest, RequestModelVersion, RequestOutcome, RequestRecord
@@ -55,6 +59,7 @@ def request_facts(request: DeletionRequest) -> dict[str, Any]:
         "due_at": _iso(request.due_at),
         "completed_at": _iso(request.completed_at or request.updated_at),
         "outcome": request.outcome or RequestOutcome.FORGOTTEN.value,
+        "guarantee": request.guarantee,
         "request_hash": request.request_hash,
     }
 
@@ -94,11 +99,75 @@ def _purged_artifacts(session: Session, version: ModelVersion) -> list[dict[str,
     return sorted(purged, key=lambda a: (a["kind"], a["shard"] or 0, a["slice"] or 0, a["sha256"]))
 
 
-def _unlearning(session: Session, job: UnlearningJob) -> dict[str, Any]:
+GUARANTEE_BASIS = {
+    "exact": (
+        "lineage: the result version (and every retrained part) was trained on a snapshot whose Merkle "
+        "root provably excludes each of the request's record keys (lineage_proofs); the membership "
+        "figures under verification are information, not the basis of this claim"
+    ),
+    "certified": (
+        "a certified-removal bound: the (epsilon, delta) and residual bound stated under verification"
+    ),
+    "approximate": (
+        "a qualified approximate method: the qualification study cited under verification, plus this "
+        "job's own checks, which passed with the power stated there"
+    ),
+}
+
+
+def _request_keys(session: Session, request_id: str, dataset_id: str) -> list[str]:
+    return sorted(session.scalars(
+        select(DataRecord.record_key).join(RequestRecord, RequestRecord.record_id == DataRecord.id)
+        .where(RequestRecord.request_id == request_id, DataRecord.dataset_id == dataset_id)
+    ))
+
+
+def _proof_block(session: Session, snapshot_id: str, part: dict[str, Any], keys: list[str]) -> dict[str, Any]:
+    """Non-inclusion of every key in one snapshot, compacted: the shared root and size once."""
+    found = lineage.membership_proofs(session, snapshot_id, keys) if keys else []
+    if any(p["kind"] != proofs.NON_INCLUSION for p in found):
+        raise Conflict(f"snapshot {snapshot_id} still includes a record of this request: no certificate")
+    snapshot = session.get(DatasetSnapshot, snapshot_id)
+    return {
+        "part": part, "snapshot_id": snapshot_id, "merkle_root": snapshot.merkle_root,
+        "tree_size": found[0]["tree_size"] if found else snapshot.record_count,
+        "proofs": [{"record_key": p["record_key"], "kind": p["kind"], "left": p["left"], "right": p["right"]}
+                   for p in found],
+    }
+
+
+def lineage_proofs(session: Session, request_id: str, base: ModelVersion | None,
+                   result: ModelVersion | None) -> list[dict[str, Any]]:
+    """For the version a job left live (its result, or the untouched base) and for every part
+    of it that was retrained (its snapshot is not one of the base's parts'), a non-inclusion
+    proof of each of the request's record keys in that dataset."""
+    live = result or base
+    if live is None or live.snapshot_id is None:
+        return []
+    dataset_id = session.get(DatasetSnapshot, live.snapshot_id).dataset_id
+    keys = _request_keys(session, request_id, dataset_id)
+    blocks = [_proof_block(session, live.snapshot_id, {"kind": "version", "number": live.number}, keys)]
+    if result is None or base is None:
+        return blocks
+    inherited = set(session.scalars(select(ModelArtifact.snapshot_id).where(ModelArtifact.version_id == base.id)))
+    seen = {live.snapshot_id}
+    parts = session.scalars(select(ModelArtifact).where(ModelArtifact.version_id == result.id)
+                            .order_by(ModelArtifact.shard, ModelArtifact.slice, ModelArtifact.kind))
+    for part in parts:
+        if part.snapshot_id is None or part.snapshot_id in inherited or part.snapshot_id in seen:
+            continue
+        seen.add(part.snapshot_id)
+        blocks.append(_proof_block(session, part.snapshot_id,
+                                   {"kind": part.kind, "shard": part.shard, "slice": part.slice}, keys))
+    return blocks
+
+
+def _unlearning(session: Session, job: UnlearningJob, request_id: str) -> dict[str, Any]:
     base = session.get(ModelVersion, job.base_version_id) if job.base_version_id else None
     result = session.get(ModelVersion, job.result_version_id) if job.result_version_id else None
     report = job.report or {}
-    return {
+    guarantee = report.get("guarantee") or "approximate"
+    described = {
         "job_id": job.id,
         "base_version": _version_ref(base),
         "result_version": _version_ref(result),
@@ -106,7 +175,18 @@ def _unlearning(session: Session, job: UnlearningJob) -> dict[str, Any]:
         "method_used": job.method_used,
         "fallback": job.method_used is not None and job.method_used != job.method,
         "verification": finite(report.get("verification", report)),
+        "guarantee": guarantee,
+        "guarantee_basis": GUARANTEE_BASIS[guarantee],
+        # Deterministic fits could be re-run and compared by sha256; Unlearnd does not do that
+        # yet, and says so rather than leaving it to be assumed.
+        "result_refit_checked": False,
     }
+    counts = (report.get("records_by_request") or {}).get(request_id)
+    if counts is not None:
+        described["records"] = counts
+    if guarantee == "exact":
+        described["lineage_proofs"] = lineage_proofs(session, request_id, base, result)
+    return described
 
 
 def models(session: Session, request_id: str) -> list[dict[str, Any]]:
@@ -139,7 +219,8 @@ def models(session: Session, request_id: str) -> list[dict[str, Any]]:
                     {"version": _version_ref(v), "purged_artifacts": _purged_artifacts(session, v)}
                     for v in sorted(affected[model_id], key=lambda v: v.number)
                 ],
-                "unlearning": [_unlearning(session, j) for j in sorted(jobs[model_id], key=lambda j: j.created_at)],
+                "unlearning": [_unlearning(session, j, request_id)
+                               for j in sorted(jobs[model_id], key=lambda j: j.created_at)],
             }
         )
     return described
@@ -156,6 +237,35 @@ def non_inclusion(session: Session) -> dict[str, Any]:
     }
 
 
+def already_forgotten(session: Session, request: DeletionRequest) -> dict[str, Any] | None:
+    """Records the request named that an earlier request had already forgotten, and where
+    that was proven (its certificate, once issued)."""
+    earlier = (request.affected or {}).get("already_forgotten")
+    if not earlier:
+        return None
+    certificates = dict(session.execute(
+        select(Certificate.request_id, Certificate.id).where(Certificate.request_id.in_(earlier["earlier_request_ids"]))
+    ).tuples().all())
+    return {
+        "record_count": earlier["record_count"],
+        "earlier": [{"request_id": rid, "certificate_id": certificates.get(rid)} for rid in earlier["earlier_request_ids"]],
+    }
+
+
+def _held(described: list[dict[str, Any]]) -> str:
+    parts = []
+    for model in described:
+        for job in model["unlearning"]:
+            counts = job.get("records")
+            if counts:
+                parts.append(
+                    f"model '{model['model_name']}' was trained on {counts['trained_on']} of them "
+                    f"({counts['held_out']} held out, never trained on; {counts['not_in_snapshot']} not in its "
+                    f"training snapshot) and holds none now, guarantee {job['guarantee']}"
+                )
+    return "; ".join(parts)
+
+
 def claim(request: DeletionRequest, records: dict[str, Any], described: list[dict[str, Any]]) -> str:
     if request.outcome == RequestOutcome.NO_DATA_FOUND:
         return (
@@ -163,12 +273,20 @@ def claim(request: DeletionRequest, records: dict[str, Any], described: list[dic
             "in any dataset it manages, so none of the listed snapshots, and no model version trained on "
             "them, contains one. It asserts nothing about data held outside Unlearnd's registry."
         )
+    if request.outcome == RequestOutcome.ALREADY_FORGOTTEN:
+        return (
+            f"Unlearnd asserts that every training record matching deletion request {request.id} had already "
+            "been forgotten for the earlier request(s) listed under already_forgotten, whose certificates carry "
+            "the proofs; no live model version was trained on them. It asserts nothing about data held outside "
+            "Unlearnd's registry."
+        )
     versions = sum(len(m["affected_versions"]) for m in described)
+    held = _held(described)
     return (
         f"Unlearnd asserts that the {records['count']} training records resolved for deletion request "
-        f"{request.id} (committed to by forgotten_records.merkle_root) were removed from the "
-        f"{len(described)} models listed: each listed job produced its result version without them, "
-        f"verified as stated, and each of the {versions} affected versions' artifacts listed as purged "
-        "was deleted from the Unlearnd artifact store. It asserts nothing about copies outside that "
-        "store, such as backups, exports, caches or models trained elsewhere."
+        f"{request.id} (committed to by forgotten_records.merkle_root) are in none of the "
+        f"{len(described)} models listed" + (f" ({held})" if held else "") + ": each listed job produced its "
+        f"result version without them, under the guarantee it states, and each of the {versions} affected "
+        "versions' artifacts listed as purged was deleted from the Unlearnd artifact store. It asserts nothing "
+        "about copies outside that store, such as backups, exports, caches or models trained elsewhere."
     )

@@ -49,6 +49,7 @@ def _content(session: Session, request: DeletionRequest, certificate_id: str, ke
         "forgotten_records": records,
         "models": described,
         "non_inclusion": evidence.non_inclusion(session) if facts["outcome"] == "no_data_found" else None,
+        "already_forgotten": evidence.already_forgotten(session, request),
         "claim": evidence.claim(request, records, described),
     }
 

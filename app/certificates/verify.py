@@ -1,7 +1,8 @@
 """Offline verification of a certificate file: no database, no network unless asked for keys.
 
 Every check must pass: the bytes are the one canonical spelling, the document matches
-the shipped schema, the signature holds under the named key, the anchoring audit event
+the shipped schema, every exact job's non-inclusion proofs lead to the snapshot roots it
+states, the signature holds under the named key, the anchoring audit event
 hashes to itself and commits to the certificate's content, the event is included in the
 signed tree head, and that head's own signature holds.
 """
@@ -22,6 +23,7 @@ from app.certificates.document import content_digest
 from app.core.hashing import canonical_json
 from app.core.merkle import ProofError
 from app.core.signing import SignatureInvalid, verify_signature
+from app.lineage.proofs import verify_proof
 
 ANCHOR_EVENT_FIELDS = ("seq", "occurred_at", "actor", "action", "entity_type", "entity_id", "payload")
 
@@ -38,6 +40,7 @@ class VerifiedCertificate:
     audit_seq: int
     tree_size: int
     document: dict[str, Any]
+    lineage_proofs_checked: int = 0
 
 
 @lru_cache
@@ -87,10 +90,40 @@ def _check_anchor(document: dict[str, Any], keys: dict[str, bytes]) -> None:
         raise CertificateInvalid("tree head signature does not verify") from None
 
 
+def _check_lineage_proofs(document: dict[str, Any]) -> int:
+    """Every exact job must carry, for the version it left live, a valid non-inclusion proof
+    of each record key it was asked to forget, against the root it states. Returns how
+    many proofs were checked."""
+    checked = 0
+    for model in document["models"]:
+        for job in model["unlearning"]:
+            if job.get("guarantee") != "exact":
+                continue
+            blocks = job.get("lineage_proofs") or []
+            if not blocks:
+                raise CertificateInvalid(f"job {job['job_id']} claims an exact guarantee without lineage proofs")
+            counts = job.get("records")
+            for block in blocks:
+                if counts is not None and len(block["proofs"]) != sum(counts.values()):
+                    raise CertificateInvalid(
+                        f"job {job['job_id']}: {len(block['proofs'])} proofs for {sum(counts.values())} records")
+                for proof in block["proofs"]:
+                    full = {**proof, "merkle_root": block["merkle_root"], "tree_size": block["tree_size"]}
+                    try:
+                        verify_proof(full)
+                    except ProofError as exc:
+                        raise CertificateInvalid(
+                            f"job {job['job_id']}: non-inclusion proof for '{proof['record_key']}' in snapshot "
+                            f"{block['snapshot_id']} does not verify: {exc}") from None
+                    checked += 1
+    return checked
+
+
 def verify_certificate(raw: bytes, keys: dict[str, bytes]) -> VerifiedCertificate:
     """``keys`` maps key id to raw Ed25519 public key. Raise CertificateInvalid with the reason."""
     envelope = _parse(raw)
     document, signature = envelope["certificate"], envelope["signature"]
+    proofs_checked = _check_lineage_proofs(document)
     if signature["key_id"] != document["key_id"]:
         raise CertificateInvalid("signature key id differs from the certificate's key id")
     public_key = keys.get(signature["key_id"])
@@ -104,5 +137,5 @@ def verify_certificate(raw: bytes, keys: dict[str, bytes]) -> VerifiedCertificat
     return VerifiedCertificate(
         certificate_id=document["certificate_id"], request_id=document["request"]["id"], key_id=document["key_id"],
         audit_seq=document["anchor"]["event"]["seq"], tree_size=document["anchor"]["tree_head"]["tree_size"],
-        document=document,
+        document=document, lineage_proofs_checked=proofs_checked,
     )

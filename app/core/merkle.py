@@ -45,19 +45,32 @@ def root(leaves: Sequence[bytes]) -> bytes:
     return level[0]
 
 
+def levels(leaves: Sequence[bytes]) -> list[list[bytes]]:
+    """Every level of the tree, leaves first: build once, then take many audit paths."""
+    built = [list(leaves)]
+    while len(built[-1]) > 1:
+        built.append(_next_level(built[-1]))
+    return built
+
+
+def path_from_levels(built: Sequence[Sequence[bytes]], index: int) -> list[bytes]:
+    """Audit path for leaf ``index`` of a tree given by :func:`levels`, bottom-up."""
+    if not 0 <= index < len(built[0]):
+        raise IndexError(f"leaf {index} outside a tree of {len(built[0])}")
+    proof: list[bytes] = []
+    for level in built[:-1]:
+        sibling = index ^ 1
+        if sibling < len(level):
+            proof.append(level[sibling])
+        index //= 2
+    return proof
+
+
 def inclusion_proof(leaves: Sequence[bytes], index: int) -> list[bytes]:
     """Audit path for ``leaves[index]`` (hashed leaves), bottom-up."""
     if not 0 <= index < len(leaves):
         raise IndexError(f"leaf {index} outside a tree of {len(leaves)}")
-    proof: list[bytes] = []
-    level = list(leaves)
-    while len(level) > 1:
-        sibling = index ^ 1
-        if sibling < len(level):
-            proof.append(level[sibling])
-        level = _next_level(level)
-        index //= 2
-    return proof
+    return path_from_levels(levels(leaves), index)
 
 
 def verify_inclusion(

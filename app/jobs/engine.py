@@ -25,6 +25,7 @@ from workers.unlearning import (
     verify,
 )
 from workers.unlearning.adapters import SisaAdapter
+from workers.unlearning.data import is_held_out
 from workers.unlearning.methods import METHODS, UnsupportedModel
 
 # Share of a dataset's records never trained on, chosen by a keyed hash of the record key,
@@ -54,6 +55,17 @@ def training_split(data: LabelledData, heldout_fraction: float, seed: int) -> tu
     """(train, heldout): the held-out rows are fixed by key and seed, so retrains agree on them."""
     train, _, heldout = split(data, [], heldout_fraction, seed)
     return train, heldout
+
+
+def record_counts(keys: Iterable[str], trained_keys: frozenset[str], heldout_fraction: float,
+                  seed: int) -> dict[str, int]:
+    """What a model held of these records: trained on; held out by the split (never in any
+    model of this recipe and seed); or neither (not in its training snapshot at all)."""
+    keys = set(keys)
+    absent = keys - trained_keys
+    held_out = sum(is_held_out(key, heldout_fraction, seed) for key in absent)
+    return {"trained_on": len(keys & trained_keys), "held_out": held_out,
+            "not_in_snapshot": len(absent) - held_out}
 
 
 def verification_halves(heldout: LabelledData, seed: int) -> tuple[LabelledData, LabelledData]:
@@ -220,10 +232,14 @@ def unlearn_verified(
         else:
             on_stage("verifying")
             verdict = verify(base, unlearned, retain, forget, verification, thresholds)
-            attempts.append({"method": method, "outcome": verdict.verdict, "unlearning": report.to_dict(),
+            outcome = verdict.verdict
+            if not spec.exact and report.details.get("steps") == 0:
+                outcome = "fail"
+                verdict.reasons.append("the method made no update (0 steps): nothing was unlearned")
+            attempts.append({"method": method, "outcome": outcome, "unlearning": report.to_dict(),
                              "verification": verdict.to_dict()})
             # A certified removal's claim is its (epsilon, delta) bound, not the statistics.
-            if spec.exact or report.details.get("guarantee") == "certified" or verdict.verdict == PASS:
+            if spec.exact or report.details.get("guarantee") == "certified" or outcome == PASS:
                 return _outcome(unlearned, method, False, report.details, attempts)
         on_stage("unlearning")
     unlearned, report = unlearn(exact, base, retain, forget, calibration, None)
@@ -249,7 +265,10 @@ def _outcome(model: Any, method: str, fell_back: bool, details: dict[str, Any],
              attempts: list[dict[str, Any]]) -> UnlearningOutcome:
     units = len(details["shards_touched"]) if method == "sisa" else 1
     final = attempts[-1]
-    report = {"method_used": method, "fell_back": fell_back, "attempts": attempts,
+    guarantee = METHODS[method].guarantee
+    if guarantee == "certified" and details.get("guarantee") != "certified":
+        guarantee = "approximate"  # a Newton step without its certificate is only an approximation
+    report = {"method_used": method, "guarantee": guarantee, "fell_back": fell_back, "attempts": attempts,
               "verdict": final["outcome"], "verification": final["verification"]}
     if details.get("guarantee") == "certified":
         report["certification"] = {key: details[key] for key in CERTIFICATION_FIELDS}

@@ -27,7 +27,7 @@ from app.core.queue import TaskName
 from app.jobs.models import JobKind, JobRequest, JobStage, JobStatus, UnlearningJob
 from app.registry import service as registry
 from app.requests import service as requests
-from app.requests.models import RequestModelVersion, RequestRecord, RequestStatus
+from app.requests.models import Guarantee, RequestModelVersion, RequestRecord, RequestStatus, weakest
 
 log = logging.getLogger("unlearnd.jobs")
 
@@ -205,12 +205,23 @@ def sync_request(session: Session, request_id: str, *, actor: str) -> None:
                             reason="verification failed; falling back to an exact method")
 
 
+def request_guarantee(session: Session, request_id: str) -> str:
+    """The weakest guarantee among the succeeded jobs that forgot the request; with no job
+    (no model trained on its records) lineage alone shows that, which is exact."""
+    reports = session.scalars(
+        select(UnlearningJob.report).join(JobRequest, JobRequest.job_id == UnlearningJob.id)
+        .where(JobRequest.request_id == request_id, UnlearningJob.status == JobStatus.SUCCEEDED)
+    )
+    return weakest([r.get("guarantee") or Guarantee.APPROXIMATE for r in reports]) or Guarantee.EXACT.value
+
+
 def complete_request(session: Session, request: Any, *, actor: str) -> None:
     """Every record the request named becomes forgotten (no future snapshot takes it) as it completes."""
     record_ids = list(session.scalars(select(RequestRecord.record_id).where(RequestRecord.request_id == request.id)))
     if record_ids:
         registry.mark_records_forgotten(session, record_ids, actor)
-    requests.transition(session, request, RequestStatus.COMPLETED, actor=actor)
+    requests.transition(session, request, RequestStatus.COMPLETED, actor=actor,
+                        guarantee=request_guarantee(session, request.id))
 
 
 def release(session: Session, job: UnlearningJob) -> None:

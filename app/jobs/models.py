@@ -69,3 +69,36 @@ class JobRequest(Base):
 
     job_id: Mapped[str] = mapped_column(ForeignKey("unlearning_jobs.id", ondelete="CASCADE"), primary_key=True)
     request_id: Mapped[str] = mapped_column(ForeignKey("deletion_requests.id"), primary_key=True, index=True)
+
+
+class QualificationStatus(StrEnum):
+    RUNNING = "running"
+    QUALIFIED = "qualified"
+    NOT_QUALIFIED = "not_qualified"
+    FAILED = "failed"
+
+
+class MethodQualification(Base):
+    """A study of one approximate method on one model version and forget-size band: many
+    unlearned models against many exact retrains, per-example. An approximate method may
+    run on a job only inside a band whose study says ``qualified``; the signed report is
+    what a certificate cites."""
+
+    __tablename__ = "method_qualifications"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    model_id: Mapped[str] = mapped_column(ForeignKey("registered_models.id"), index=True)
+    version_id: Mapped[str] = mapped_column(ForeignKey("model_versions.id"), index=True)
+    method: Mapped[str] = mapped_column(String(32))
+    band_min: Mapped[int]  # forget-set sizes covered, inclusive
+    band_max: Mapped[int]
+    status: Mapped[str] = mapped_column(String(16), default=QualificationStatus.RUNNING)
+    settings: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    report: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    report_sha256: Mapped[str | None] = mapped_column(String(64), default=None)
+    signature: Mapped[str | None] = mapped_column(String(128), default=None)
+    key_id: Mapped[str | None] = mapped_column(String(64), default=None)
+    error: Mapped[str | None] = mapped_column(default=None)
+    created_by: Mapped[str] = mapped_column(String(64), default="system")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(default=None)

@@ -29,7 +29,7 @@ from app.registry.models import (
     RegisteredModel,
     VersionState,
 )
-from app.requests.models import RequestRecord
+from app.requests.models import Guarantee, RequestRecord
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,12 @@ class Inputs:
     thresholds: dict[str, Any]
     seed: int
     heldout_fraction: float
+    request_keys: dict[str, frozenset[str]]
+
+    def records_by_request(self) -> dict[str, dict[str, int]]:
+        """Per request, what this model held of its records (the certificate's counts)."""
+        return {rid: engine.record_counts(keys, self.base_keys, self.heldout_fraction, self.seed)
+                for rid, keys in sorted(self.request_keys.items())}
 
 
 def active_version(session: Session, model_id: str) -> ModelVersion | None:
@@ -57,11 +63,14 @@ def _inputs(session: Session, job: UnlearningJob) -> Inputs:
     if base is None or base.artifact_uri is None or base.snapshot_id is None:
         raise Conflict(f"model '{model.name}' has no active version with a stored model to unlearn from")
     dataset = session.get(Dataset, model.dataset_id)
-    batch_keys = session.scalars(
-        select(DataRecord.record_key).join(RequestRecord, RequestRecord.record_id == DataRecord.id)
+    request_keys: dict[str, set[str]] = {}
+    for request_id, key in session.execute(
+        select(RequestRecord.request_id, DataRecord.record_key)
+        .join(RequestRecord, RequestRecord.record_id == DataRecord.id)
         .join(JobRequest, JobRequest.request_id == RequestRecord.request_id)
         .where(JobRequest.job_id == job.id, DataRecord.dataset_id == dataset.id)
-    )
+    ).tuples():
+        request_keys.setdefault(request_id, set()).add(key)
     job.base_version_id = base.id
     return Inputs(
         base_version_id=base.id,
@@ -69,11 +78,12 @@ def _inputs(session: Session, job: UnlearningJob) -> Inputs:
         source=(dataset.uri, dataset.format, dict(dataset.schema)),
         records=storage.dataset_records(session, dataset.id),
         base_keys=frozenset(registry.snapshot_record_keys(session, registry.get_snapshot(session, base.snapshot_id))),
-        batch_keys=frozenset(batch_keys),
+        batch_keys=frozenset().union(*request_keys.values()),
         method=job.method,
         thresholds=dict(model.policy.get("thresholds") or {}),
         seed=int(base.metrics.get("seed", 0)),
         heldout_fraction=float(base.metrics.get("heldout_fraction", engine.DEFAULT_HELDOUT_FRACTION)),
+        request_keys={rid: frozenset(keys) for rid, keys in request_keys.items()},
     )
 
 
@@ -83,7 +93,7 @@ def run(job_id: str, worker: str, lease: lifecycle.Lease) -> None:
     # Records already forgotten for another model's sake go too: no new version may keep them.
     forget_keys = inputs.base_keys & (inputs.batch_keys | (inputs.records.ids.keys() - inputs.records.active))
     if not forget_keys:
-        _finish_unchanged(job_id, worker)
+        _finish_unchanged(job_id, worker, inputs.records_by_request())
         return
     data = engine.load_dataset(*inputs.source)
     retain_keys = inputs.base_keys - forget_keys
@@ -100,7 +110,7 @@ def run(job_id: str, worker: str, lease: lifecycle.Lease) -> None:
     stored = storage.store_parts(engine.artifact_parts(outcome.model, retain_keys))
     lease.check()
     report = {**outcome.report, "forget_records": len(forget_keys), "retain_records": len(retain_keys),
-              "ignored_thresholds": ignored}
+              "records_by_request": inputs.records_by_request(), "ignored_thresholds": ignored}
     with session_scope() as session:
         job = lifecycle.owned_job(session, job_id, worker)
         model = session.get(RegisteredModel, job.model_id)
@@ -150,13 +160,16 @@ def purge_and_complete(job_id: str, worker: str) -> None:
         _sync_requests(session, job, worker)
 
 
-def _finish_unchanged(job_id: str, worker: str) -> None:
-    """The base version holds none of the batch's records (an earlier job forgot them)."""
+def _finish_unchanged(job_id: str, worker: str, records_by_request: dict[str, dict[str, int]]) -> None:
+    """The base version holds none of the batch's records (an earlier job forgot them, or
+    they were held out): its own snapshot proves that, so the claim is exact."""
     with session_scope() as session:
         job = lifecycle.owned_job(session, job_id, worker)
         job.cost_units, job.forget_count = 0, 0
         lifecycle.succeed_job(session, job, result_version_id=None,
-                              report={"method_used": None, "reason": "no record of the batch is in the active version"})
+                              report={"method_used": None, "guarantee": Guarantee.EXACT.value,
+                                      "records_by_request": records_by_request,
+                                      "reason": "no record of the batch is in the active version"})
         _sync_requests(session, job, worker)
 
 

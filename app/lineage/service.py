@@ -9,6 +9,7 @@ stale); versions and artifacts are then found by their indexed snapshot ids.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -317,29 +318,43 @@ def _content_hashes(session: Session, dataset_id: str, row_indexes: list[int]) -
     ).tuples().all())
 
 
-def membership_proof(session: Session, snapshot_id: str, record_key: str) -> dict[str, Any]:
-    """An inclusion proof if the key is in the snapshot, else a non-inclusion proof."""
-    if not record_key:
+def membership_proofs(session: Session, snapshot_id: str, record_keys: Iterable[str]) -> list[dict[str, Any]]:
+    """For each key, an inclusion proof if it is in the snapshot, else a non-inclusion proof.
+    The tree is built once for all keys."""
+    keys_wanted = sorted(set(record_keys))
+    if not all(keys_wanted):
         raise InvalidInput("record key is empty", field="record_key")
     snapshot = registry.get_snapshot(session, snapshot_id)
     leaves = registry.snapshot_leaves(session, snapshot)
     keys = np.asarray(leaves.record_key.to_numpy(zero_copy_only=False), dtype=object)
-    position = int(np.searchsorted(keys, record_key)) if len(keys) else 0
-    hashes = leaves.hashes()
+    positions = {key: int(np.searchsorted(keys, key)) if len(keys) else 0 for key in keys_wanted}
+    tree = merkle.levels(leaves.hashes()) if len(leaves) else [[]]
+    neighbours = sorted({i for p in positions.values() for i in (p - 1, p) if 0 <= i < len(leaves)})
+    content = _content_hashes(session, snapshot.dataset_id, [int(leaves.row_index[i]) for i in neighbours])
     document: dict[str, Any] = {
         "snapshot_id": snapshot.id, "dataset_id": snapshot.dataset_id, "merkle_root": snapshot.merkle_root,
-        "tree_size": len(leaves), "record_key": record_key,
+        "tree_size": len(leaves),
     }
-    neighbours = [i for i in (position - 1, position) if 0 <= i < len(leaves)]
-    content = _content_hashes(session, snapshot.dataset_id, [int(leaves.row_index[i]) for i in neighbours])
 
     def leaf_at(i: int) -> dict[str, Any]:
-        return proofs.leaf_proof(str(keys[i]), content[int(leaves.row_index[i])], i, merkle.inclusion_proof(hashes, i))
+        return proofs.leaf_proof(str(keys[i]), content[int(leaves.row_index[i])], i, merkle.path_from_levels(tree, i))
 
-    if position < len(leaves) and keys[position] == record_key:
-        return {**document, "kind": proofs.INCLUSION, "leaf": leaf_at(position)}
-    return {
-        **document, "kind": proofs.NON_INCLUSION,
-        "left": leaf_at(position - 1) if position > 0 else None,
-        "right": leaf_at(position) if position < len(leaves) else None,
-    }
+    found = []
+    for key in keys_wanted:
+        position = positions[key]
+        if position < len(leaves) and keys[position] == key:
+            found.append({**document, "record_key": key, "kind": proofs.INCLUSION, "leaf": leaf_at(position)})
+        else:
+            found.append({
+                **document, "record_key": key, "kind": proofs.NON_INCLUSION,
+                "left": leaf_at(position - 1) if position > 0 else None,
+                "right": leaf_at(position) if position < len(leaves) else None,
+            })
+    return found
+
+
+def membership_proof(session: Session, snapshot_id: str, record_key: str) -> dict[str, Any]:
+    """An inclusion proof if the key is in the snapshot, else a non-inclusion proof."""
+    if not record_key:
+        raise InvalidInput("record key is empty", field="record_key")
+    return membership_proofs(session, snapshot_id, [record_key])[0]

@@ -35,6 +35,22 @@ class LegalBasis(StrEnum):
 class RequestOutcome(StrEnum):
     NO_DATA_FOUND = "no_data_found"
     FORGOTTEN = "forgotten"
+    # Every record the request names was forgotten before it arrived (by an earlier request).
+    ALREADY_FORGOTTEN = "already_forgotten"
+
+
+class Guarantee(StrEnum):
+    """What a completed request's claim rests on, strongest first (the engine's vocabulary)."""
+
+    EXACT = "exact"
+    CERTIFIED = "certified"
+    APPROXIMATE = "approximate"
+
+
+def weakest(guarantees: list[str | None]) -> str | None:
+    order = list(Guarantee)
+    known = [Guarantee(g) for g in guarantees if g]
+    return max(known, key=order.index).value if known else None
 
 
 class DeletionRequest(Base):
@@ -65,6 +81,8 @@ class DeletionRequest(Base):
     extension_reason: Mapped[str | None] = mapped_column(default=None)
     status: Mapped[str] = mapped_column(String(20), default=RequestStatus.RECEIVED)
     outcome: Mapped[str | None] = mapped_column(String(32), default=None)
+    # exact | certified | approximate: the weakest claim among the jobs that completed it.
+    guarantee: Mapped[str | None] = mapped_column(String(16), default=None)
     # source system, IP, user agent, identity verification attestation.
     provenance: Mapped[dict[str, Any]] = mapped_column(default=dict)
     # resolved lineage: records and model versions affected, filled at resolution.

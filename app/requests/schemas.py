@@ -83,6 +83,11 @@ class DeletionRequestOut(BaseModel):
     client_id: str
     status: RequestStatus
     outcome: str | None
+    guarantee: str | None = Field(
+        default=None,
+        description="What a completed request's claim rests on: exact (lineage-proven retrain or SISA), "
+        "certified ((eps, delta) removal) or approximate (a qualified method that passed its checks).",
+    )
     external_ref: str | None
     legal_basis: LegalBasis
     jurisdiction: str | None

@@ -37,6 +37,7 @@ from app.requests.models import (
     RequestRecord,
     RequestStatus,
     RequestTransition,
+    weakest,
 )
 from app.requests.schemas import DeletionRequestCreate
 
@@ -170,7 +171,12 @@ def submit(
     steps = [RequestTransition(request_id=request.id, from_status=None, to_status=S.RECEIVED.value, actor=client.id, at=received_at)]
     version_ids = _store_resolution(session, request, resolution)
     if not request.affected["record_count"] and not version_ids:
-        steps.append(_apply(request, S.COMPLETED, actor="system", outcome=RequestOutcome.NO_DATA_FOUND))
+        # Records found but all forgotten already: that is not "no data found", it is done, and
+        # the earlier request's certificate holds the proof.
+        outcome = RequestOutcome.ALREADY_FORGOTTEN if "already_forgotten" in request.affected \
+            else RequestOutcome.NO_DATA_FOUND
+        steps.append(_apply(request, S.COMPLETED, actor="system", outcome=outcome,
+                            guarantee=_earlier_guarantee(session, request)))
     elif client.requires_approval:
         steps.append(_apply(request, S.PENDING_APPROVAL, actor="system", reason="client policy requires approval"))
     else:
@@ -276,10 +282,11 @@ def _store_resolution(session: Session, request: DeletionRequest, resolution: li
     """Write what the request touches; return the affected version ids. Records already
     forgotten by an earlier request need nothing more."""
     record_ids = sorted({r.id for r in resolution.records if r.state == RecordState.ACTIVE})
+    forgotten_ids = sorted({r.id for r in resolution.records if r.state != RecordState.ACTIVE})
     versions = sorted(resolution.model_versions, key=lambda v: v.id)
     session.add_all(RequestRecord(request_id=request.id, record_id=rid) for rid in record_ids)
     session.add_all(RequestModelVersion(request_id=request.id, version_id=v.id, model_id=v.model_id) for v in versions)
-    request.affected = {
+    affected: dict[str, Any] = {
         "record_count": len(record_ids),
         "unknown_record_count": len(resolution.unknown_records),
         "model_versions": [
@@ -287,7 +294,34 @@ def _store_resolution(session: Session, request: DeletionRequest, resolution: li
             for v in versions
         ],
     }
+    if forgotten_ids:
+        affected["already_forgotten"] = {
+            "record_count": len(forgotten_ids), "earlier_request_ids": _requests_that_forgot(session, forgotten_ids),
+        }
+    # Assigned whole: a JSON column does not notice changes made in place after a flush.
+    request.affected = affected
     return [v.id for v in versions]
+
+
+def _earlier_guarantee(session: Session, request: DeletionRequest) -> str | None:
+    earlier = request.affected.get("already_forgotten", {}).get("earlier_request_ids", [])
+    if not earlier:
+        return None
+    return weakest(list(session.scalars(select(DeletionRequest.guarantee).where(DeletionRequest.id.in_(earlier)))))
+
+
+def _requests_that_forgot(session: Session, record_ids: list[int]) -> list[str]:
+    """Completed requests that named any of these records, oldest first."""
+    found: dict[str, Any] = {}
+    for start in range(0, len(record_ids), 1000):
+        for request_id, completed_at in session.execute(
+            select(DeletionRequest.id, DeletionRequest.completed_at)
+            .join(RequestRecord, RequestRecord.request_id == DeletionRequest.id)
+            .where(RequestRecord.record_id.in_(record_ids[start : start + 1000]),
+                   DeletionRequest.status == S.COMPLETED.value)
+        ).tuples():
+            found[request_id] = completed_at
+    return sorted(found, key=lambda rid: (found[rid], rid))
 
 
 def _provenance_document(
@@ -325,13 +359,16 @@ def transition(
     actor: str,
     reason: str | None = None,
     outcome: RequestOutcome | str | None = None,
+    guarantee: str | None = None,
 ) -> RequestTransition:
     """Move a request to ``to_status``: checks the lifecycle, writes history and an audit event.
 
-    Completing without an outcome means the records were forgotten. Lock the row first
+    Completing without an outcome means the records were forgotten; ``guarantee`` (exact,
+    certified, approximate) is what that claim rests on. Lock the row first
     (``get_for_update``) when another process may move the same request.
     """
-    step = _apply(request, RequestStatus(to_status), actor=actor, reason=reason, outcome=outcome)
+    step = _apply(request, RequestStatus(to_status), actor=actor, reason=reason, outcome=outcome,
+                  guarantee=guarantee)
     session.add(step)
     session.flush()
     _audit_transition(session, request, step)
@@ -345,6 +382,7 @@ def _apply(
     actor: str,
     reason: str | None = None,
     outcome: RequestOutcome | str | None = None,
+    guarantee: str | None = None,
 ) -> RequestTransition:
     """Change the status in memory and return the history row; the caller writes the audit event."""
     current = RequestStatus(request.status)
@@ -358,9 +396,10 @@ def _apply(
     request.updated_at = now
     if to_status is S.COMPLETED:
         request.outcome = RequestOutcome(outcome or RequestOutcome.FORGOTTEN).value
+        request.guarantee = guarantee
         request.completed_at = now
     elif to_status is S.SCHEDULED:
-        request.outcome = None
+        request.outcome, request.guarantee = None, None
     return RequestTransition(
         request_id=request.id, from_status=current.value, to_status=to_status.value, actor=actor, reason=reason, at=now
     )
@@ -370,7 +409,7 @@ def _audit_transition(session: Session, request: DeletionRequest, step: RequestT
     # The reason is free text an operator typed, so it stays in the history table, not the chain.
     payload: dict[str, Any] = {"from": step.from_status, "to": step.to_status, "has_reason": step.reason is not None}
     if step.to_status == S.COMPLETED:
-        payload["outcome"] = request.outcome
+        payload["outcome"], payload["guarantee"] = request.outcome, request.guarantee
     audit.record(
         session, actor=step.actor, action=f"request.{step.to_status}", entity_type="deletion_request",
         entity_id=request.id, payload=payload,

@@ -190,3 +190,22 @@ def test_approximate_methods_are_seeded(mlp, blobs_split, sha):
         first, _ = unlearn(method, mlp, retain, forget, heldout)
         second, _ = unlearn(method, mlp, retain, forget, heldout)
         assert sha(first.state_bytes()) == sha(second.state_bytes()), method
+
+
+def test_calibrated_methods_always_edit_and_never_stop_on_the_gates_statistic(mlp, blobs_split, sha):
+    """The stop is never checked before the first edit steps, and what it reads is a mean-loss
+    bound on the calibration rows, not the rank AUC the verifier gates on."""
+    _, retain, forget, heldout = blobs_split
+    for method in ("neggrad_plus", "scrub", "salun"):
+        edited, report = unlearn(method, mlp, retain, forget, heldout)
+        details = report.details
+        assert details["steps"] >= 1 and sha(edited.state_bytes()) != sha(mlp.state_bytes()), method
+        assert "mean loss gap" in details["stop_statistic"]
+        assert details["calibration_gap_lower_bound"] is not None
+
+
+def test_every_method_states_its_guarantee_class():
+    assert {name: spec.guarantee for name, spec in METHODS.items()} == {
+        "retrain": "exact", "sisa": "exact", "newton": "certified", "finetune": "approximate",
+        "neggrad_plus": "approximate", "scrub": "approximate", "salun": "approximate",
+    }

@@ -116,3 +116,28 @@ def test_logistic_attack_sees_separation_only_when_present():
     same = logistic_attack_auc(torch.randn(200, 4, generator=gen), torch.randn(400, 4, generator=gen))
     apart = logistic_attack_auc(torch.randn(200, 4, generator=gen) + 1.0, torch.randn(400, 4, generator=gen))
     assert abs(same - 0.5) < 0.08 and apart > 0.85
+
+
+# Bands wide enough that the membership checks alone would pass anything.
+_OPEN_BANDS = {"max_mia_auc": 1.0, "min_mia_auc": 0.0, "max_attack_auc": 1.0, "min_power": 0.0}
+
+
+def test_a_result_whose_parameters_equal_the_base_never_passes(memorised):
+    original, _, retain, forget, _, test = memorised
+    report = verify(original, original.clone(), retain, forget, test, _OPEN_BANDS)
+    assert report.verdict == "fail"
+    assert {c.name: c.passed for c in report.checks}["parameters_changed"] is False
+    assert any("nothing was unlearned" in reason for reason in report.reasons)
+
+
+def test_a_membership_test_that_would_not_catch_the_original_is_inconclusive(memorised):
+    original, retrained, retain, forget, _, test = memorised
+    # With the upper band edge far above the original's AUC, the original itself would pass:
+    # the test has no power, so the retrain cannot pass either.
+    lenient = {"max_mia_auc": 0.99, "max_attack_auc": 1.0}
+    report = verify(original, retrained, retain, forget, test, lenient)
+    assert report.mia["original_auc"] < 0.9 and report.mia["power"] < 0.05
+    assert report.verdict == "inconclusive" and "no power" in report.reasons[0]
+    # At the default band the same forget set has power against the original, and the retrain passes.
+    powered = verify(original, retrained, retain, forget, test)
+    assert powered.mia["power"] >= 0.8 and powered.verdict == "pass", powered.reasons

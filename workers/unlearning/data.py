@@ -173,11 +173,16 @@ def split(
             raise DataError(f"{len(unknown)} forget key(s) not in the data, e.g. {min(unknown)!r}")
     forget_mask = data.mask(forget_keys)
     heldout_mask = torch.tensor(
-        [_unit_hash(seed, key) < heldout_fraction for key in data.keys], dtype=torch.bool
+        [is_held_out(key, heldout_fraction, seed) for key in data.keys], dtype=torch.bool
     )
     heldout_mask &= ~forget_mask
     retain_mask = ~(forget_mask | heldout_mask)
     return data.take(retain_mask), data.take(forget_mask), data.take(heldout_mask)
+
+
+def is_held_out(key: str, heldout_fraction: float, seed: int) -> bool:
+    """Whether ``split`` holds this key out (never trains on it), from the key alone."""
+    return _unit_hash(seed, str(key)) < heldout_fraction
 
 
 def _unit_hash(seed: int, key: str) -> float:

@@ -85,6 +85,29 @@ def min_group_size(margin: float, n: int, z: float = Z_95) -> int:
     return 1_000_000
 
 
+def normal_cdf(x: float) -> float:
+    return 0.5 * (1.0 + math.erf(x / math.sqrt(2.0)))
+
+
+def auc_power(alternative: float, limit: float, m: int, n: int) -> float:
+    """Probability that an estimated AUC lands above ``limit`` when the true AUC is
+    ``alternative`` (m positives, n negatives; the null variance stands in for the
+    alternative's, which is close to it for the modest AUCs that matter here)."""
+    if m == 0 or n == 0 or alternative != alternative:
+        return 0.0
+    se = math.sqrt((m + n + 1) / (12.0 * m * n))
+    return normal_cdf((alternative - limit) / se)
+
+
+def mean_gap(first: torch.Tensor, second: torch.Tensor) -> tuple[float, float]:
+    """(mean(first) - mean(second), its standard error), Welch style."""
+    a, b = first.double(), second.double()
+    if len(a) < 2 or len(b) < 2:
+        return float(a.mean() - b.mean()) if len(a) and len(b) else math.nan, math.inf
+    se = math.sqrt(float(a.var() / len(a) + b.var() / len(b)))
+    return float(a.mean() - b.mean()), se
+
+
 def attack_features(proba: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Per-row features an attacker sees: loss, confidence, margin, entropy."""
     proba = proba.double().clamp_min(1e-12)

@@ -24,6 +24,7 @@ from .stats import (
     Z_95,
     attack_features,
     auc_confidence_interval,
+    auc_power,
     js_divergence,
     logistic_attack_auc,
     loss_auc,
@@ -51,6 +52,9 @@ class Thresholds:
     min_forget_size: int | None = None
     attack_folds: int = 5
     seed: int = 0
+    # A pass needs a test that would have caught the untouched original: the probability
+    # that its (measured) membership AUC lands above max_mia_auc must reach this.
+    min_power: float = 0.8
 
 
 @dataclass
@@ -91,9 +95,10 @@ def verify(
     """Judge ``unlearned`` against ``original`` (and, optionally, a retrained ``reference``).
 
     ``heldout`` must be records none of the models trained on. Verdict:
-    ``pass`` only when the membership test had enough data and found nothing;
-    ``fail`` when any check fails; ``inconclusive`` when utility is fine but the
-    forget set is too small for the membership test to mean anything.
+    ``pass`` only when the membership test had enough data and power (it would have
+    caught the original) and found nothing; ``fail`` when any check fails, including a
+    result whose parameters equal the original's; ``inconclusive`` when utility is fine
+    but the test could not have told forgetting from remembering.
     """
     limits = _thresholds(thresholds)
     trained_classes = set(retain.labels.tolist())
@@ -144,6 +149,9 @@ def verify(
                  divergence["forget"] <= limits.max_js_divergence,
                  f"outputs on the forget set differ from the reference (JS {divergence['forget']:.4f})")
 
+    unchanged = original.state_bytes() == unlearned.state_bytes()
+    gate("parameters_changed", 0.0 if unchanged else 1.0, 1.0, not unchanged,
+         "the result's parameters equal the original's: nothing was unlearned")
     if mia["testable"]:
         for check, reason in mia_checks:
             gate(check.name, check.value, check.limit, check.passed, reason)
@@ -154,6 +162,13 @@ def verify(
         reasons.append(
             f"forget set of {len(forget)} record(s) is too small for the membership test "
             f"(needs >= {mia['min_forget_size']} against {mia['reference_size']} held-out rows)"
+        )
+    elif mia["power"] < limits.min_power:
+        verdict = INCONCLUSIVE
+        reasons.append(
+            f"the membership test has no power here: the untouched original (AUC {mia['original_auc']:.3f}) "
+            f"would be caught with probability {mia['power']:.2f} only (needs {limits.min_power}), "
+            "so a pass would not show that anything was forgotten"
         )
     else:
         verdict = PASS
@@ -177,6 +192,7 @@ def _membership(original: Any, unlearned: Any, forget: LabelledData, heldout: La
     margin = min(limits.max_mia_auc - 0.5, 0.5 - limits.min_mia_auc)
     needed = limits.min_forget_size or min_group_size(margin, max(len(reference), 1), Z_95)
     mia: dict[str, Any] = {
+        "power": 0.0,
         "forget_size": len(forget),
         "reference_size": len(reference),
         "min_forget_size": needed,
@@ -196,6 +212,9 @@ def _membership(original: Any, unlearned: Any, forget: LabelledData, heldout: La
         folds=limits.attack_folds, seed=limits.seed,
     )
     mia["attack_auc"] = attack
+    # Power against the one alternative we can measure: the original model, which certainly
+    # remembers. If even it would pass, a pass says nothing.
+    mia["power"] = auc_power(mia["original_auc"], limits.max_mia_auc, len(forget), len(reference))
     checks = [
         (Check("mia_auc_max", point, limits.max_mia_auc, point <= limits.max_mia_auc),
          f"forget set still recognisable: loss-attack AUC {point:.3f} > {limits.max_mia_auc}"),

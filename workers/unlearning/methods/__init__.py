@@ -44,12 +44,19 @@ class MethodSpec:
     # newton does not claim it: removing a class moves the optimum too far for
     # one Newton step, and its residual bound refuses such requests anyway.
     forgets_classes: bool
+    # What a result of this method can claim: "exact" (the retained data's own fit, proven by
+    # lineage), "certified" (an (eps, delta) removal bound) or "approximate" (only as good as
+    # the evidence gathered for it).
+    guarantee: str = "approximate"
 
+
+EXACT, CERTIFIED, APPROXIMATE = "exact", "certified", "approximate"
+GUARANTEES = (EXACT, CERTIFIED, APPROXIMATE)  # strongest first
 
 METHODS: dict[str, MethodSpec] = {
-    "retrain": MethodSpec(retrain, RetrainConfig, exact=True, forgets_classes=True),
-    "sisa": MethodSpec(sisa, SisaConfig, exact=True, forgets_classes=True),
-    "newton": MethodSpec(newton, NewtonConfig, exact=False, forgets_classes=False),
+    "retrain": MethodSpec(retrain, RetrainConfig, exact=True, forgets_classes=True, guarantee=EXACT),
+    "sisa": MethodSpec(sisa, SisaConfig, exact=True, forgets_classes=True, guarantee=EXACT),
+    "newton": MethodSpec(newton, NewtonConfig, exact=False, forgets_classes=False, guarantee=CERTIFIED),
     "finetune": MethodSpec(finetune, FinetuneConfig, exact=False, forgets_classes=False),
     "neggrad_plus": MethodSpec(neggrad_plus, NegGradPlusConfig, exact=False, forgets_classes=True),
     "scrub": MethodSpec(scrub, ScrubConfig, exact=False, forgets_classes=True),
@@ -97,7 +104,8 @@ def unlearn(
 
 
 __all__ = [
-    "METHODS", "CertifiedBudgetExceeded", "FinetuneConfig", "MethodSpec", "NegGradPlusConfig",
+    "APPROXIMATE", "CERTIFIED", "EXACT", "GUARANTEES", "METHODS", "CertifiedBudgetExceeded", "FinetuneConfig",
+    "MethodSpec", "NegGradPlusConfig",
     "NewtonConfig", "RetrainConfig", "SalunConfig", "ScrubConfig", "SisaConfig",
     "UnlearningError", "UnlearningReport", "UnsupportedModel", "available_methods", "unlearn",
 ]

@@ -5,8 +5,8 @@ promise nothing by construction; every result must go through ``verify``.
 
 All but ``finetune`` stop on a calibration rule (the "rewind" idea of SCRUB+R,
 Kurmanji et al., NeurIPS 2023): the data passed as ``heldout`` stands for
-records the model never saw, and the edit stops as soon as a loss-threshold
-attack can no longer tell the forget set from those records (AUC <= target).
+records the model never saw, and the edit stops once the forget set's mean loss
+is confidently no lower than theirs (see :class:`CalibratedStop`).
 Going further makes forgotten records conspicuous by their *high* loss, which
 an attacker detects just as well. Pass a calibration set that is disjoint from
 the held-out set later given to ``verify``, or the check grades its own homework.
@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from .. import runtime
 from ..adapters.base import TorchClassifier
 from ..data import LabelledData
-from ..stats import loss_auc, matched_reference
+from ..stats import loss_auc, matched_reference, mean_gap
 from .base import UnsupportedModel
 
 # An edit that costs about as much as retraining has lost its point: by default the
@@ -59,7 +59,6 @@ class NegGradPlusConfig:
     # Cap each forget row's ascent at the held-out loss of the same rank (our
     # addition to NegGrad+; False gives the original unbounded ascent).
     match_heldout: bool = True
-    target_auc: float = 0.5
     check_every: int = 5
     # Retain-only descent after the stop, run only when whole classes were removed:
     # it repairs the other classes, while after scattered records it would undo the forgetting.
@@ -76,7 +75,6 @@ class ScrubConfig:
     forget_batch_size: int = 128
     temperature: float = 4.0
     ce_weight: float = 1.0  # gamma: retain cross-entropy next to the retain distillation term
-    target_auc: float = 0.5
     check_every: int = 5
     # Retain-only descent after the stop, run only when whole classes were removed:
     # it repairs the other classes, while after scattered records it would undo the forgetting.
@@ -91,7 +89,6 @@ class SalunConfig:
     batch_size: int = 128
     forget_batch_size: int = 128
     saliency_fraction: float = 0.5  # share of weights, by |forget gradient|, allowed to move
-    target_auc: float = 0.5
     check_every: int = 5
     # Retain-only descent after the stop, run only when whole classes were removed:
     # it repairs the other classes, while after scattered records it would undo the forgetting.
@@ -119,16 +116,27 @@ def _batches(data: LabelledData, batch_size: int, seed: int
             yield features[batch], labels[batch], batch
 
 
-class CalibratedStop:
-    """Stops an edit once the forget set's losses look like unseen records' losses.
+# The stop's confidence margin: it fires only when a one-sided 95% bound says the forget
+# rows' mean loss is no more than STOP_TOLERANCE of the unseen rows' mean loss below it.
+STOP_Z = 1.6448536269514722
+STOP_TOLERANCE = 0.25
 
-    When the forget set takes a class out of the retain set entirely, a model
-    retrained without it would not predict that class at all, so the edit must
+
+class CalibratedStop:
+    """Stops an edit once the forget set's losses are confidently no lower than unseen
+    records' losses.
+
+    The statistic is the mean loss gap (forget minus matched unseen rows) with a one-sided
+    95% bound, not the rank AUC ``verify`` gates on, and it is computed on the calibration
+    rows, which ``verify`` never sees: a method cannot stop on the very noise the gate then
+    reads. It is never checked before the first ``check_every`` steps, so a calibrated
+    method always edits. When the forget set takes a class out of the retain set entirely,
+    a model retrained without it would not predict that class at all, so the edit must
     also bring accuracy on those rows down to chance before it may stop.
     """
 
     def __init__(self, model: TorchClassifier, retain: LabelledData, forget: LabelledData,
-                 heldout: LabelledData, target_auc: float, check_every: int) -> None:
+                 heldout: LabelledData, check_every: int) -> None:
         self.model = model
         self.retain = retain
         self.forget = forget
@@ -137,9 +145,8 @@ class CalibratedStop:
         self.gone_class_mask = torch.tensor([y in gone for y in forget.labels.tolist()],
                                             dtype=torch.bool)
         self.gone_class_rows = forget.take(self.gone_class_mask)
-        self.target_auc = target_auc
         self.check_every = max(1, check_every)
-        self.history: list[tuple[int, float]] = []
+        self.history: list[dict[str, float]] = []
         self.calibrated = False
         self.targets: torch.Tensor | None = None
 
@@ -152,20 +159,20 @@ class CalibratedStop:
             return False
         forget_losses = self.model.per_sample_loss(self.forget)
         reference_losses = self.model.per_sample_loss(self.reference)
-        auc = loss_auc(forget_losses, reference_losses)
-        self.history.append((step, auc))
-        # Every row at (or, within 1%, near) the loss of the unseen row of equal rank
-        # means the forget set is stochastically no better fitted than unseen data:
-        # the same goal as AUC <= 0.5, but reachable when losses only approach
-        # their targets, and meaningful for a forget set of one.
-        dominated = self.targets is not None and bool(
-            (forget_losses >= 0.99 * self.targets - 1e-3).all())
-        # Each forget row's target: the held-out loss of the same rank, i.e. where
-        # the row would sit had it never been trained on (1-D optimal transport).
+        # Each forget row's target: the held-out loss of the same rank, i.e. where the row
+        # would sit had it never been trained on (1-D optimal transport); NegGrad+ caps its
+        # ascent there. Refreshed at every check, step 0 included.
         ranks = forget_losses.argsort().argsort().double()
         quantiles = (ranks + 0.5) / len(forget_losses)
         self.targets = torch.quantile(reference_losses.double(), quantiles).float()
-        done = auc <= self.target_auc or dominated
+        gap, se = mean_gap(forget_losses, reference_losses)
+        tolerance = STOP_TOLERANCE * float(reference_losses.double().mean())
+        bound = gap - STOP_Z * se
+        self.history.append({"step": step, "mean_loss_gap": gap, "gap_lower_bound": bound,
+                             "tolerance": tolerance, "auc": loss_auc(forget_losses, reference_losses)})
+        if step == 0:
+            return False
+        done = bound >= -tolerance
         if len(self.gone_class_rows):
             class_forgotten = self.model.accuracy(self.gone_class_rows) <= 1.0 / self.model.num_classes
             if not class_forgotten:
@@ -177,11 +184,15 @@ class CalibratedStop:
         return done
 
     def details(self, steps: int) -> dict[str, Any]:
+        last = self.history[-1] if self.history else {}
         return {
             "steps": steps,
             "calibration_size": len(self.reference),
             "calibrated": self.calibrated,
-            "calibration_auc": self.history[-1][1] if self.history else None,
+            "stop_statistic": "mean loss gap (forget - unseen), one-sided 95% lower bound >= -tolerance",
+            "calibration_gap_lower_bound": last.get("gap_lower_bound"),
+            "calibration_tolerance": last.get("tolerance"),
+            "calibration_auc": last.get("auc"),
         }
 
 
@@ -201,11 +212,11 @@ def _edit_loop(
 
     model.module.train()
     done = 0
-    if not stop.reached(0):
-        for done in range(1, _step_budget(model, stop.retain, config.max_steps) + 1):
-            descend(step(done))
-            if stop.reached(done):
-                break
+    stop.reached(0)  # sets the per-row targets; never stops before an edit
+    for done in range(1, _step_budget(model, stop.retain, config.max_steps) + 1):
+        descend(step(done))
+        if stop.reached(done):
+            break
     repairs = config.repair_steps if len(stop.gone_class_rows) else 0
     for _ in range(repairs):
         features, labels, _ = next(retain_batches)
@@ -258,7 +269,7 @@ def neggrad_plus(model: Any, retain: LabelledData, forget: LabelledData, heldout
             forget_loss = torch.minimum(forget_loss, stop.targets.to(forget_loss.device)[rows])
         return beta * F.cross_entropy(student.logits(rx), ry) - (1 - beta) * forget_loss.mean()
 
-    stop = CalibratedStop(student, retain, forget, heldout, config.target_auc, config.check_every)
+    stop = CalibratedStop(student, retain, forget, heldout, config.check_every)
     return student, _edit_loop(student, retain_batches, config, stop, step)
 
 
@@ -293,7 +304,7 @@ def scrub(model: Any, retain: LabelledData, forget: LabelledData, heldout: Label
         logits = student.logits(rx)
         return _distill(logits, target, temperature) + config.ce_weight * F.cross_entropy(logits, ry)
 
-    stop = CalibratedStop(student, retain, forget, heldout, config.target_auc, config.check_every)
+    stop = CalibratedStop(student, retain, forget, heldout, config.check_every)
     return student, _edit_loop(student, retain_batches, config, stop, step)
 
 
@@ -327,7 +338,7 @@ def salun(model: Any, retain: LabelledData, forget: LabelledData, heldout: Label
             if parameter.grad is not None:
                 parameter.grad.mul_(mask)
 
-    stop = CalibratedStop(student, retain, forget, heldout, config.target_auc, config.check_every)
+    stop = CalibratedStop(student, retain, forget, heldout, config.check_every)
     details = _edit_loop(student, retain_batches, config, stop, step, parameters, mask_gradients)
     details["saliency_fraction"] = config.saliency_fraction
     return student, details
