@@ -106,7 +106,7 @@ GUARANTEE_BASIS = {
         "figures under verification are information, not the basis of this claim"
     ),
     "certified": (
-        "a certified-removal bound: the (epsilon, delta) and residual bound stated under verification"
+        "a certified-removal bound: the (epsilon, delta), noise scale and residual bound stated under certification"
     ),
     "approximate": (
         "a qualified approximate method: the qualification study cited under verification, plus this "
@@ -181,6 +181,8 @@ def _unlearning(session: Session, job: UnlearningJob, request_id: str) -> dict[s
         # yet, and says so rather than leaving it to be assumed.
         "result_refit_checked": False,
     }
+    if report.get("certification"):
+        described["certification"] = finite(report["certification"])
     counts = (report.get("records_by_request") or {}).get(request_id)
     if counts is not None:
         described["records"] = counts
