@@ -10,6 +10,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
+from tests.jobs.conftest import wait_for
 from tests.requests.conftest import submission
 
 URL = "/v1/deletion-requests"
@@ -39,7 +40,8 @@ def _database_dump(url: str) -> str:
     ).stdout
 
 
-def test_no_raw_identifier_in_database_logs_or_responses(api, make_client, seed_model, env, backend):
+def test_no_raw_identifier_in_database_logs_or_responses(api, make_client, seed_model, env, backend, start_worker,
+                                                        tmp_path):
     from app.core.logging import JsonFormatter
     from app.requests.cli import cli
 
@@ -85,17 +87,26 @@ def test_no_raw_identifier_in_database_logs_or_responses(api, make_client, seed_
         call("POST", f"{URL}/{first['id']}/retry", admin)
 
         runner = CliRunner()
-        for args in (
-            ["submit", "--client", "pii-portal", "--email", RAW["email"], "--phone", RAW["phone"],
-             "--legal-basis", "ccpa_1798_105"],
-            ["submit", "--client", "pii-portal", "--email", MALFORMED_EMAIL, "--legal-basis", "gdpr_art17"],
-            ["list"],
-            ["show", first["id"]],
+        for args, exit_code in (
+            (["submit", "--client", "pii-portal", "--email", RAW["email"], "--phone", RAW["phone"],
+              "--legal-basis", "ccpa_1798_105"], 0),
+            (["submit", "--client", "pii-portal", "--email", MALFORMED_EMAIL, "--legal-basis", "gdpr_art17"], 1),
+            (["list"], 0),
+            (["show", first["id"]], 0),
         ):
             result = runner.invoke(cli, args)
+            assert result.exit_code == exit_code and result.output.strip(), (args, result.output)
             responses.append(result.output)
         assert '"status": "scheduled"' in responses[-4]
         assert "subject.0.value" in responses[-3]
+        assert first["id"] in responses[-2] and first["id"] in responses[-1]
+
+        # A real worker process takes the model's batch: its job fails on the seeded model's
+        # missing artifact, so the worker logs the task, the job and its errors and retries.
+        start_worker()
+        job = call("POST", f"/v1/models/{seeded.model_name}/unlearn-now", admin)["job"]
+        wait_for(lambda: call("GET", f"/v1/jobs/{job['id']}", admin)["status"] == "failed", timeout=120,
+                 what="the seeded model's job to fail for good")
     finally:
         root.removeHandler(handler)
         root.setLevel(saved[0])
@@ -103,9 +114,12 @@ def test_no_raw_identifier_in_database_logs_or_responses(api, make_client, seed_
 
     logs = captured.getvalue()
     assert "deletion_requests" in logs  # the statements really were captured
+    worker_logs = "".join(path.read_text() for path in tmp_path.glob("worker-*.log"))
+    assert job["id"] in worker_logs and "job attempt failed" in worker_logs  # the worker's log is in the scan
     haystacks = {
         "database": _database_dump(env["UNLEARND_DATABASE_URL"]).lower(),
         "logs": logs.lower(),
+        "worker logs": worker_logs.lower(),
         "responses": "\n".join(responses).lower(),
     }
     assert "deletion_request_history" in haystacks["database"] or "deletion_requests" in haystacks["database"]
