@@ -42,11 +42,18 @@ def test_concurrent_writers_keep_one_verifiable_chain(env, backend):
     context = multiprocessing.get_context("spawn")
     start = context.Barrier(WRITERS)
     processes = [context.Process(target=_write, args=(w, EVENTS_PER_WRITER, start)) for w in range(WRITERS)]
-    for process in processes:
-        process.start()
-    for process in processes:
-        process.join(200)
-        assert process.exitcode == 0
+    try:
+        for process in processes:
+            process.start()
+        for process in processes:
+            process.join(200)
+        assert [process.exitcode for process in processes] == [0] * WRITERS
+    finally:
+        # A writer that failed breaks the barrier for the rest; none may outlive the test.
+        for process in processes:
+            if process.is_alive():
+                process.kill()
+                process.join(30)
     total = WRITERS * EVENTS_PER_WRITER
     with session_scope() as session:
         written = select(func.count()).select_from(AuditEvent).where(AuditEvent.action == "thing.changed")

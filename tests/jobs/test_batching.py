@@ -74,8 +74,10 @@ def test_a_request_near_its_deadline_triggers_the_batch_early(env, api, make_cli
     [training] = install_demo(DemoModel("digits-sisa", "sisa", TINY_SISA, HOURLY))
     run_inline(training)
     relaxed = submit(api, portal, "demo-subject-20")["id"]
-    # Received 29 days after the subject asked: the GDPR month runs out within the risk margin.
-    urgent = submit(api, portal, "demo-subject-21", requested_at=(utcnow() - timedelta(days=29)).isoformat())["id"]
+    # Asked 44 days ago under CCPA (45 days, whatever the calendar month): due in one day,
+    # within the 72 h risk margin.
+    urgent = submit(api, portal, "demo-subject-21", legal_basis="ccpa_1798_105",
+                    requested_at=(utcnow() - timedelta(days=44)).isoformat())["id"]
 
     [(_, reason, job_id, decision)] = _tick(utcnow())
     assert reason == "deadline at risk" and [p.request_id for p in decision.at_risk] == [urgent]

@@ -21,8 +21,10 @@ def test_sigkilled_worker_during_unlearning_is_resumed_once(env, api, make_clien
     from app.requests.models import RequestTransition
     from tests.conftest import reset_caches
 
-    # A short broker visibility timeout shortens the job lease (half of it) and the beat tick.
-    for key, value in {"UNLEARND_TASK_VISIBILITY_TIMEOUT_SECONDS": "6", "UNLEARND_SCHEDULER_INTERVAL_SECONDS": "1"}.items():
+    # A short broker visibility timeout shortens the job lease (half of it: 10 s) and the beat
+    # tick. Not shorter: the survivor's heartbeat (every lease/4) must stay fresh on a loaded
+    # machine, or a redelivered message would take the job over a second time (attempt 3).
+    for key, value in {"UNLEARND_TASK_VISIBILITY_TIMEOUT_SECONDS": "20", "UNLEARND_SCHEDULER_INTERVAL_SECONDS": "1"}.items():
         env[key] = value
         monkeypatch.setenv(key, value)
     reset_caches()

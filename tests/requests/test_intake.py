@@ -234,7 +234,9 @@ def test_concurrent_duplicates_create_one_request(env, make_client):
     portal = make_client("portal")
     headers = {**portal.headers, "Idempotency-Key": "race"}
     answers: list = []
-    barrier = threading.Barrier(4)
+    # A thread that dies before the barrier breaks it for the others (BrokenBarrierError)
+    # instead of leaving them waiting for ever.
+    barrier = threading.Barrier(4, timeout=120)
 
     def post() -> None:
         with TestClient(create_app()) as client:
@@ -245,7 +247,8 @@ def test_concurrent_duplicates_create_one_request(env, make_client):
     for thread in threads:
         thread.start()
     for thread in threads:
-        thread.join()
+        thread.join(180)
+    assert not any(thread.is_alive() for thread in threads)
     assert sorted(a.status_code for a in answers) == [200, 200, 200, 202]
     assert len({a.json()["id"] for a in answers}) == 1
     assert _count(DeletionRequest) == 1
