@@ -85,14 +85,20 @@ def clients_create(name: str, role: str, requires_approval: bool, as_json: bool)
 
 
 @clients.command("list")
-def clients_list() -> None:
+@click.option("--json", "as_json", is_flag=True, help="One JSON array, for machines.")
+def clients_list(as_json: bool) -> None:
+    """Every client, with its role and whether it is revoked (keys are never shown again)."""
     from app.clients.service import list_clients
     from app.core.database import session_scope
 
     with session_scope() as session:
-        for c in list_clients(session):
-            state = "revoked" if c.revoked_at else "active"
-            click.echo(f"{c.id}  {c.role:8} {state:8} {c.name}")
+        rows = [{"id": c.id, "name": c.name, "role": c.role, "revoked": c.revoked_at is not None}
+                for c in list_clients(session)]
+    if as_json:
+        click.echo(json.dumps(rows))
+        return
+    for row in rows:
+        click.echo(f"{row['id']}  {row['role']:8} {'revoked' if row['revoked'] else 'active':8} {row['name']}")
 
 
 # --- processes --------------------------------------------------------------------------------

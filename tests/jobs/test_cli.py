@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from click.testing import CliRunner
 
 from app.demo import DemoModel
@@ -27,3 +29,26 @@ def test_jobs_commands(env, api, make_client, install_demo):
     assert missing.exit_code == 1 and "no model named 'nope'" in missing.output
     refused = runner.invoke(main, ["jobs", "retry", training])
     assert refused.exit_code == 1 and "status: only a failed job can be retried" in refused.output
+
+
+def test_jobs_cancel_withdraws_a_queued_job_and_refuses_a_finished_one(env, api, make_client, install_demo):
+    from app.cli import main
+
+    admin, portal = make_client("admin"), make_client("portal")
+    [training] = install_demo(DemoModel("digits-mlp", "mlp", TINY_MLP, {"default_method": "retrain"}))
+    run_inline(training)
+    request = submit(api, portal, "demo-subject-71")
+    runner = CliRunner()
+    job_id = json.loads(runner.invoke(main, ["jobs", "unlearn-now", "digits-mlp"]).output)["id"]
+
+    cancelled = runner.invoke(main, ["jobs", "cancel", job_id])
+    assert cancelled.exit_code == 0, cancelled.output
+    assert json.loads(cancelled.output)["status"] == "cancelled"
+    # Withdrawn before unlearning started: the request waits for the next batch.
+    assert api.get(f"/v1/deletion-requests/{request['id']}", headers=admin.headers).json()["status"] == "scheduled"
+    again = runner.invoke(main, ["jobs", "cancel", job_id])
+    assert again.exit_code == 1 and "can be cancelled only before unlearning starts" in again.output
+    finished = runner.invoke(main, ["jobs", "cancel", training])
+    assert finished.exit_code == 1 and "this one is succeeded" in finished.output, finished.output
+    missing = runner.invoke(main, ["jobs", "cancel", "no-such-job"])
+    assert missing.exit_code == 1 and "no job no-such-job" in missing.output

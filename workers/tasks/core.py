@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 from app.core import outbox
 from app.core.queue import TaskName, get_celery
@@ -18,5 +19,8 @@ def relay_outbox() -> int:
 
 @celery.task(name=TaskName.PING)
 def ping(value: str) -> dict[str, object]:
-    """Round-trip probe: proves a real worker process consumed the queue."""
-    return {"echo": value, "worker_pid": os.getpid()}
+    """Round-trip probe: proves a real worker process consumed the queue, and reports the
+    PyTorch thread count the worker process set up (None where torch is not loaded)."""
+    # Only the engine wing imports torch; the worker process loaded it at start-up.
+    torch = sys.modules.get("torch")
+    return {"echo": value, "worker_pid": os.getpid(), "torch_threads": torch.get_num_threads() if torch else None}
