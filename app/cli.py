@@ -134,6 +134,20 @@ def beat() -> None:
     )
 
 
+def _share_metrics(*, fresh: bool) -> None:
+    """API processes on one data dir write their Prometheus samples to one folder, so a scrape
+    of any of them sums all. prometheus_client picks its storage when it is first imported,
+    so this runs before app.main is. ``fresh`` empties the folder: ``unlearnd run`` starts a
+    whole deployment, and samples of an earlier run's processes would be summed too."""
+    import shutil
+
+    folder = get_settings().data_dir / "metrics"
+    if fresh and folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
+
+
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True)
@@ -141,6 +155,7 @@ def serve(host: str, port: int) -> None:
     """Run the API only (production; workers run separately)."""
     import uvicorn
 
+    _share_metrics(fresh=False)
     from app.main import create_app
 
     uvicorn.run(create_app(), host=host, port=port, log_config=None)
@@ -154,6 +169,8 @@ def serve(host: str, port: int) -> None:
 def run(host: str, port: int, demo: bool) -> None:
     """Embedded default: SQLite and a local queue under the data dir, the API and one worker."""
     import uvicorn
+
+    _share_metrics(fresh=True)
 
     from app.clients.service import create_client
     from app.core import migrate

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from app import __version__
 from app.audit.router import router as audit_router
@@ -12,27 +13,33 @@ from app.clients.router import router as clients_router
 from app.core.config import Settings, get_settings
 from app.core.limits import BodySizeLimitMiddleware
 from app.core.logging import RequestIdMiddleware, configure_logging
+from app.core.metrics import HttpMetricsMiddleware
 from app.core.problems import install_problem_handlers
 from app.health.router import router as health_router
 from app.jobs.router import router as jobs_router
 from app.lineage.router import router as lineage_router
+from app.metrics.router import router as metrics_router
 from app.registry.router import router as registry_router
 from app.requests.router import router as requests_router
 
-ROUTERS = [health_router, clients_router, requests_router, registry_router, lineage_router, audit_router, keys_router, certificates_router, jobs_router]
+ROUTERS = [health_router, clients_router, requests_router, registry_router, lineage_router, audit_router, keys_router, certificates_router, jobs_router, metrics_router]
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     configure_logging(settings.log_level)
-    app = FastAPI(
+    # Swagger UI and ReDoc from assets in the package: the docs work without internet, and
+    # no online validator is asked about the schema.
+    app = FastAPIOffline(
         title="Unlearnd",
         version=__version__,
         description="Deletion requests in; unlearned models and signed proofs out.",
+        swagger_ui_parameters={"validatorUrl": None},
     )
     install_problem_handlers(app)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(HttpMetricsMiddleware)
     for router in ROUTERS:
         app.include_router(router)
     return app

@@ -6,9 +6,10 @@ import secrets
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, IPvAnyNetwork, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class Mode(StrEnum):
@@ -55,6 +56,17 @@ class Settings(BaseSettings):
     torch_threads: int = 1
     # Redis redelivers an unacknowledged task after this long; jobs also keep a heartbeat lease.
     task_visibility_timeout_seconds: int = 3600
+
+    # Addresses that may read /metrics without an admin key (comma-separated CIDRs, e.g. the
+    # Prometheus server's network); empty: an admin key is always needed.
+    metrics_allow_cidrs: Annotated[list[IPvAnyNetwork], NoDecode] = Field(default_factory=list)
+
+    @field_validator("metrics_allow_cidrs", mode="before")
+    @classmethod
+    def _split_cidrs(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
 
     @model_validator(mode="after")
     def _derive_defaults(self) -> Settings:

@@ -9,10 +9,10 @@ message sent twice does its work once.
 from __future__ import annotations
 
 import logging
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import String, event, select
+from sqlalchemy import String, event, func, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from app.core.database import Base, get_sessionmaker, new_id, utcnow
@@ -82,3 +82,14 @@ def relay(ids: list[str] | None = None, limit: int = 500) -> int:
             sent += 1
         session.commit()
     return sent
+
+
+def backlog(session: Session, now: datetime | None = None) -> tuple[int, float]:
+    """Messages committed but not yet handed to the broker, and the oldest one's age in seconds."""
+    count, oldest = session.execute(
+        select(func.count(), func.min(OutboxMessage.created_at)).where(OutboxMessage.dispatched_at.is_(None))
+    ).one()
+    if oldest is None:
+        return 0, 0.0
+    oldest = oldest if oldest.tzinfo else oldest.replace(tzinfo=UTC)
+    return count, max(0.0, ((now or utcnow()) - oldest).total_seconds())

@@ -1,0 +1,1 @@
+"""Prometheus exposition: process samples from every process plus the database's state."""
