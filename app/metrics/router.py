@@ -4,8 +4,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Request, Response
 
+from app.api.deps import SessionDep
 from app.core.config import get_settings
-from app.core.database import SessionDep
 from app.metrics import service
 
 router = APIRouter(tags=["metrics"])
