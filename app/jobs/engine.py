@@ -27,6 +27,7 @@ from workers.unlearning import (
 from workers.unlearning.adapters import SisaAdapter
 from workers.unlearning.data import is_held_out
 from workers.unlearning.methods import METHODS, UnsupportedModel
+from workers.unlearning.sizing import size_sisa
 
 # Share of a dataset's records never trained on, chosen by a keyed hash of the record key,
 # so the same rows stay out at every retrain and can stand for non-members when verifying.
@@ -120,6 +121,26 @@ def shard_assigner(adapter_name: str, hyperparameters: dict[str, Any], seed: int
     layout = SisaAdapter(**hyperparameters)
     layout.seed = seed
     return layout.shard_of
+
+
+def needs_sizing(adapter_name: str, hyperparameters: dict[str, Any]) -> bool:
+    """A SISA recipe that leaves the shard count open is sized to its data at training."""
+    return adapter_name == SisaAdapter.name and "shards" not in hyperparameters
+
+
+def sisa_sizing(hyperparameters: dict[str, Any], train: LabelledData, heldout: LabelledData, seed: int,
+                max_accuracy_loss: float) -> dict[str, Any]:
+    """The base recipe's learning curve and the shards and slices it affords (engine ``sizing``)."""
+    recipe = SisaAdapter(**hyperparameters).hyperparameters
+    layout = size_sisa(recipe.base, dict(recipe.base_params), train, heldout, seed, max_accuracy_loss)
+    return json_safe(layout.to_dict())
+
+
+def sized(hyperparameters: dict[str, Any], sizing: dict[str, Any] | None) -> dict[str, Any]:
+    """The recipe with the shard and slice counts a sizing chose (unchanged without one)."""
+    if not sizing:
+        return dict(hyperparameters)
+    return {**hyperparameters, "shards": sizing["shards"], "slices": sizing["slices"]}
 
 
 def shard_count(adapter_name: str, hyperparameters: dict[str, Any]) -> int:

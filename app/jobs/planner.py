@@ -35,6 +35,10 @@ class BatchPolicy:
     # Once the window has expired, still wait while requests keep arriving this close
     # together: a burst submitted at once then goes out as one batch, not split by a tick.
     settle: timedelta = timedelta(0)
+    # How long a batch that costs a full retrain anyway (every shard touched, or an
+    # unsharded model retrained) may keep collecting requests: more of them cost nothing
+    # more. None: the ordinary window. Deadlines and a full batch still start it.
+    full_retrain_window: timedelta | None = None
 
 
 @dataclass(frozen=True)
@@ -72,6 +76,7 @@ class Decision:
     units_if_alone: int = 0
     estimated_seconds: float = 0.0
     at_risk: list[PendingDeletion] = field(default_factory=list)
+    full_retrain: bool = False
 
     @property
     def units_saved(self) -> int:
@@ -85,13 +90,23 @@ def decide(
     now: datetime,
     *,
     force: bool = False,
+    full_units: int | None = None,
 ) -> Decision:
-    """Whether to run a batch for one model now, and which requests it takes (earliest due first)."""
+    """Whether to run a batch for one model now, and which requests it takes (earliest due first).
+
+    ``full_units`` is what a full retrain costs in units (a SISA model's shard count; 1
+    for an unsharded model whose method is an exact retrain; None when a batch is not a
+    retrain, e.g. a Newton step). A batch that reaches it is planned as a full retrain.
+    """
     if not pending:
         return Decision(run=False, reason="nothing pending")
     ordered = sorted(pending, key=lambda p: (p.due_at, p.received_at))
     batch = ordered[: policy.max_batch_size]
     units = units_of(batch)
+    full_retrain = full_units is not None and units >= full_units
+    window = policy.window
+    if full_retrain and policy.full_retrain_window is not None:
+        window = max(window, policy.full_retrain_window)
     alone = sum(units_of([p]) for p in batch)
     estimate = cost.seconds(units)
     needed = timedelta(seconds=estimate * policy.safety_factor) + policy.risk_margin
@@ -105,10 +120,18 @@ def decide(
         reason = "batch full"
     elif at_risk:
         reason = "deadline at risk"
-    elif now - oldest >= policy.window and now - newest >= policy.settle:
+    elif now - oldest >= window and now - newest >= policy.settle:
         reason = "window expired"
     else:
         return Decision(run=False, reason="waiting for more requests", batch=batch, units=units,
-                        units_if_alone=alone, estimated_seconds=estimate)
+                        units_if_alone=alone, estimated_seconds=estimate, full_retrain=full_retrain)
     return Decision(run=True, reason=reason, batch=batch, units=units, units_if_alone=alone,
-                    estimated_seconds=estimate, at_risk=at_risk)
+                    estimated_seconds=estimate, at_risk=at_risk, full_retrain=full_retrain)
+
+
+def retrains_per_request(batches: Sequence[tuple[int, bool]]) -> dict[str, float | int]:
+    """From (requests, was a full retrain) of past batches: what batching bought."""
+    requests = sum(count for count, _ in batches)
+    retrains = sum(1 for _, retrain in batches if retrain)
+    return {"batches": len(batches), "requests": requests, "retrains": retrains,
+            "retrains_per_request": retrains / requests if requests else 0.0}

@@ -22,10 +22,10 @@ from app.core.outbox import enqueue
 from app.core.queue import TaskName
 from app.jobs import engine, lifecycle
 from app.jobs.models import JobKind, JobRequest, JobStatus, UnlearningJob
-from app.jobs.planner import BatchPolicy, CostModel, Decision, PendingDeletion, decide
+from app.jobs.planner import BatchPolicy, CostModel, Decision, PendingDeletion, decide, retrains_per_request
 from app.jobs.unlearning import active_version
 from app.registry import service as registry
-from app.registry.models import DataRecord, RegisteredModel
+from app.registry.models import DataRecord, ModelVersion, RegisteredModel
 from app.requests import service as requests
 from app.requests.models import DeletionRequest, RequestModelVersion, RequestRecord, RequestStatus
 
@@ -88,8 +88,9 @@ def models_with_pending(session: Session) -> list[RegisteredModel]:
 
 
 def _shards_by_request(session: Session, model: RegisteredModel, request_ids: list[str],
-                       seed: int) -> dict[str, frozenset[int] | None]:
-    assign = engine.shard_assigner(model.adapter, dict(model.hyperparameters), seed)
+                       base: ModelVersion) -> dict[str, frozenset[int] | None]:
+    recipe = engine.sized(dict(model.hyperparameters), base.metrics.get("sisa_sizing"))
+    assign = engine.shard_assigner(model.adapter, recipe, int(base.metrics.get("seed", 0)))
     if assign is None:
         return dict.fromkeys(request_ids)
     keys: dict[str, set[int]] = defaultdict(set)
@@ -128,19 +129,54 @@ def plan_model(session: Session, model: RegisteredModel, *, now: datetime, actor
     if base is None:
         return BatchOutcome(model.name, Decision(run=False, reason="no active version yet"), None)
     pending_rows = list(session.scalars(_pending_query(model.id)))
-    shards = _shards_by_request(session, model, [r.id for r in pending_rows], int(base.metrics.get("seed", 0)))
+    shards = _shards_by_request(session, model, [r.id for r in pending_rows], base)
     pending = [PendingDeletion(request_id=r.id, received_at=r.received_at, due_at=r.due_at, shards=shards[r.id])
                for r in pending_rows]
+    full_retrain_hours = model.policy.get("full_retrain_window_hours")
     policy = BatchPolicy(
         max_batch_size=int(model.policy.get("max_batch_size", 100)),
         window=timedelta(hours=float(model.policy.get("batching_window_hours", 24.0))),
         risk_margin=timedelta(hours=get_settings().deadline_risk_margin_hours),
         settle=settle_time(),
+        full_retrain_window=None if full_retrain_hours is None else timedelta(hours=float(full_retrain_hours)),
     )
-    decision = decide(pending, policy, learned_cost(session, model.id), now, force=force)
+    decision = decide(pending, policy, learned_cost(session, model.id), now, force=force,
+                      full_units=_full_retrain_units(model, base))
     if not decision.run:
         return BatchOutcome(model.name, decision, None)
     return BatchOutcome(model.name, decision, create_job(session, model, decision, actor=actor))
+
+
+def _full_retrain_units(model: RegisteredModel, base: ModelVersion) -> int | None:
+    """Units a full retrain costs: every shard of a SISA model; one job of an unsharded model
+    whose method is an exact retrain; None where a batch is no retrain (newton, approximate)."""
+    recipe = engine.sized(dict(model.hyperparameters), base.metrics.get("sisa_sizing"))
+    if engine.shard_assigner(model.adapter, recipe, 0) is not None:
+        return engine.shard_count(model.adapter, recipe)
+    return 1 if model.policy.get("default_method", "retrain") == "retrain" else None
+
+
+# Batches the planner's report looks back over.
+HISTORY_BATCHES = 20
+
+
+def retrain_history(session: Session, model_id: str) -> dict[str, float | int]:
+    """Retrains per request over the model's last finished batches: a job that retrained the
+    whole model (method ``retrain``, a fallback included, or SISA touching every shard)."""
+    jobs = session.execute(
+        select(UnlearningJob.id, UnlearningJob.method_used, UnlearningJob.report)
+        .where(UnlearningJob.model_id == model_id, UnlearningJob.kind == JobKind.UNLEARN,
+               UnlearningJob.status == JobStatus.SUCCEEDED)
+        .order_by(UnlearningJob.finished_at.desc()).limit(HISTORY_BATCHES)
+    ).tuples().all()
+    counts = dict(session.execute(
+        select(JobRequest.job_id, func.count()).where(JobRequest.job_id.in_([job_id for job_id, _, _ in jobs]))
+        .group_by(JobRequest.job_id)
+    ).tuples().all())
+    return retrains_per_request([
+        (counts.get(job_id, 0), method == "retrain" or (method == "sisa" and bool(report.get("plan", {}).get("full_retrain"))))
+        for job_id, method, report in jobs
+    ])
 
 
 def create_job(session: Session, model: RegisteredModel, decision: Decision, *, actor: str) -> UnlearningJob:
@@ -156,7 +192,9 @@ def create_job(session: Session, model: RegisteredModel, decision: Decision, *, 
         report={"plan": {"reason": decision.reason, "requests": len(request_ids), "units": decision.units,
                          "units_if_alone": decision.units_if_alone, "units_saved": decision.units_saved,
                          "estimated_seconds": round(decision.estimated_seconds, 3),
-                         "at_risk": [p.request_id for p in decision.at_risk]}},
+                         "at_risk": [p.request_id for p in decision.at_risk],
+                         "full_retrain": decision.full_retrain,
+                         "history": retrain_history(session, model.id)}},
     )
     session.add(job)
     session.flush()

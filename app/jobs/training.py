@@ -3,6 +3,7 @@ model's recipe fitted on it by the engine, the result registered as the active v
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +19,9 @@ from app.jobs.models import JobKind, JobStage, JobStatus, UnlearningJob
 from app.registry import artifacts
 from app.registry import service as registry
 from app.registry.models import Dataset, DatasetStatus, RegisteredModel
+
+# The policy's default (registry schema): the ensemble may lose one accuracy point.
+DEFAULT_MAX_ACCURACY_LOSS = 0.01
 
 
 @dataclass(frozen=True)
@@ -65,15 +69,31 @@ class _Setup:
     records: storage.DatasetRecords
     config: TrainingConfig
     fanout: dict[str, Any] | None
+    sizing: dict[str, Any] | None
+    max_accuracy_loss: float
 
 
 def _setup(session: Session, job: UnlearningJob) -> _Setup:
     model = session.get(RegisteredModel, job.model_id)
     dataset = session.get(Dataset, model.dataset_id)
     hyperparameters = engine.recipe_under_policy(model.adapter, dict(model.hyperparameters), dict(model.policy))
-    return _Setup(model.id, dataset.id, (model.adapter, hyperparameters),
+    sizing = job.report.get("sizing")
+    return _Setup(model.id, dataset.id, (model.adapter, engine.sized(hyperparameters, sizing)),
                   (dataset.uri, dataset.format, dict(dataset.schema)), storage.dataset_records(session, dataset.id),
-                  TrainingConfig(**job.report.get("config", {})), job.report.get("fanout"))
+                  TrainingConfig(**job.report.get("config", {})), job.report.get("fanout"), sizing,
+                  float(model.policy.get("max_accuracy_loss", DEFAULT_MAX_ACCURACY_LOSS)))
+
+
+def _size(job_id: str, worker: str, setup: _Setup, train: Any, heldout: Any) -> _Setup:
+    """Pick SISA's shards and slices from the base recipe's learning curve, once per job:
+    the choice is stored on the job before any shard is queued, so shards and the merge agree."""
+    lifecycle.set_stage(job_id, worker, JobStage.TRAINING)
+    calibration, _ = engine.verification_halves(heldout, setup.config.seed)
+    sizing = engine.sisa_sizing(setup.recipe[1], train, calibration, setup.config.seed, setup.max_accuracy_loss)
+    with session_scope() as session:
+        job = lifecycle.owned_job(session, job_id, worker)
+        job.report = {**job.report, "sizing": sizing}
+    return dataclasses.replace(setup, recipe=(setup.recipe[0], engine.sized(setup.recipe[1], sizing)), sizing=sizing)
 
 
 def run(job_id: str, worker: str, lease: lifecycle.Lease) -> None:
@@ -87,6 +107,9 @@ def run(job_id: str, worker: str, lease: lifecycle.Lease) -> None:
     data = engine.load_dataset(*setup.source).select(setup.records.active)
     train, heldout = engine.training_split(data, setup.config.heldout_fraction, setup.config.seed)
     lease.check()
+    if setup.sizing is None and engine.needs_sizing(*setup.recipe):
+        setup = _size(job_id, worker, setup, train, heldout)
+        lease.check()
     if engine.shard_count(*setup.recipe) > 1:
         _fan_out(job_id, worker, setup, train)
         return
@@ -175,6 +198,7 @@ def _register(job_id: str, worker: str, setup: _Setup, fitted: Any, train: Any, 
     metrics: dict[str, Any] = engine.json_safe({
         "seed": setup.config.seed, "heldout_fraction": setup.config.heldout_fraction, "train_records": len(train),
         "train_accuracy": fitted.accuracy(train), "heldout_accuracy": fitted.accuracy(heldout),
+        **({"sisa_sizing": setup.sizing} if setup.sizing else {}),
     })
     stored = storage.store_parts(engine.artifact_parts(fitted, train.keys))
     with session_scope() as session:

@@ -45,6 +45,7 @@ class Inputs:
     seed: int
     heldout_fraction: float
     request_keys: dict[str, frozenset[str]]
+    lineage_metrics: dict[str, Any]  # what every version of the lineage carries forward
 
     def records_by_request(self) -> dict[str, dict[str, int]]:
         """Per request, what this model held of its records (the certificate's counts)."""
@@ -84,6 +85,7 @@ def _inputs(session: Session, job: UnlearningJob) -> Inputs:
         seed=int(base.metrics.get("seed", 0)),
         heldout_fraction=float(base.metrics.get("heldout_fraction", engine.DEFAULT_HELDOUT_FRACTION)),
         request_keys={rid: frozenset(keys) for rid, keys in request_keys.items()},
+        lineage_metrics={key: base.metrics[key] for key in ("sisa_sizing",) if key in base.metrics},
     )
 
 
@@ -119,7 +121,7 @@ def run(job_id: str, worker: str, lease: lifecycle.Lease) -> None:
         stale = _versions_holding(session, model.id, forget_ids)
         version = storage.register_version(
             session, model=model, stored=stored, records=inputs.records, parent=base, origin="unlearned",
-            metrics={"seed": inputs.seed, "heldout_fraction": inputs.heldout_fraction,
+            metrics={"seed": inputs.seed, "heldout_fraction": inputs.heldout_fraction, **inputs.lineage_metrics,
                      **engine.json_safe(outcome.report["verification"]["accuracy"])},
             actor=worker,
         )

@@ -109,6 +109,10 @@ class UnlearningPolicy(BaseModel):
     batching_window_hours: float = Field(default=24.0, ge=0, le=24 * 30)
     # A batch runs as soon as this many requests wait, whatever the window says.
     max_batch_size: int = Field(default=100, ge=1, le=10_000)
+    # A batch that costs a full retrain anyway (every SISA shard touched, or an unsharded
+    # model retrained) may keep collecting requests this long (deadlines still start it);
+    # None: the ordinary window.
+    full_retrain_window_hours: float | None = Field(default=None, ge=0, le=24 * 30)
     # Certified removal (newton on logreg, Guo et al. 2020): the (epsilon, delta) every
     # removal must meet; training derives the objective perturbation's scale from them.
     epsilon: float = Field(default=1.0, gt=0, le=100)

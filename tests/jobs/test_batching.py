@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import pytest
 from sqlalchemy import select
 
 from app.demo import DemoModel
@@ -128,3 +129,37 @@ def test_a_request_for_records_already_forgotten_completes_without_a_new_version
     assert api.get(f"/v1/deletion-requests/{second}", headers=portal.headers).json()["status"] == "completed"
     with session_scope() as session:
         assert session.query(ModelVersion).count() == 2
+
+
+@pytest.mark.slow
+def test_sisa_without_a_shard_count_is_sized_to_its_data(env, api, make_client, install_demo):
+    from app.core.database import utcnow
+
+    admin, portal = make_client("admin"), make_client("portal")
+    recipe = {"base": "mlp", "base_params": {"hidden": [16], "epochs": 4}}
+    [training] = install_demo(DemoModel("digits-auto", "sisa", recipe, {**HOURLY, "max_accuracy_loss": 0.01}))
+    assert run_inline(training)["status"] == "succeeded"
+    [version] = api.get("/v1/models/digits-auto/versions", headers=admin.headers).json()
+    sizing = version["metrics"]["sisa_sizing"]
+    assert sizing["max_accuracy_loss"] == 0.01 and len(sizing["curve"]) == 5
+    assert sizing["curve"][0]["rows"] == version["metrics"]["train_records"]
+    # Whatever was chosen meets the limit by the measured curve, or is the monolithic fallback.
+    assert sizing["predicted_loss"] <= 0.01
+    assert sizing["shards"] > 1 or sizing["reason"].startswith(("no S > 1", "too few rows"))
+    shard_jobs = api.get("/v1/jobs?kind=train_shard", headers=admin.headers).json()
+    assert len(shard_jobs) == (sizing["shards"] if sizing["shards"] > 1 else 0)
+
+    submit(api, portal, "demo-subject-17")
+    [(_, reason, job_id, decision)] = _tick(utcnow() + timedelta(minutes=61))
+    assert reason == "window expired"
+    plan = api.get(f"/v1/jobs/{job_id}", headers=admin.headers).json()["report"]["plan"]
+    # One subject's ~13 records land in every shard of a small layout: planned as a full retrain.
+    assert plan["full_retrain"] == (decision.units == sizing["shards"])
+    assert plan["history"] == {"batches": 0, "requests": 0, "retrains": 0, "retrains_per_request": 0.0}
+    assert run_inline(job_id)["status"] == "succeeded"
+    # The next batch's plan reports what the last ones cost.
+    submit(api, portal, "demo-subject-18")
+    [(_, _, next_job, _)] = _tick(utcnow() + timedelta(minutes=61))
+    history = api.get(f"/v1/jobs/{next_job}", headers=admin.headers).json()["report"]["plan"]["history"]
+    retrained = int(plan["full_retrain"])
+    assert history == {"batches": 1, "requests": 1, "retrains": retrained, "retrains_per_request": retrained}

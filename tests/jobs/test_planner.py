@@ -67,3 +67,31 @@ def test_an_expired_window_waits_for_a_burst_to_settle():
     assert decide(burst, settling, COST, NOW + timedelta(seconds=2)).reason == "window expired"
     full = [pending(i, age_min=0.01) for i in range(10)]
     assert decide(full, settling, COST, NOW).reason == "batch full"
+
+
+def test_a_batch_touching_every_shard_is_a_full_retrain_and_may_wait_longer():
+    from dataclasses import replace
+
+    holding = replace(POLICY, full_retrain_window=timedelta(days=7))
+    every_shard = [pending(0, age_min=31, shards={0, 1}), pending(1, shards={2, 3})]
+    decision = decide(every_shard, holding, COST, NOW, full_units=4)
+    assert decision.full_retrain and not decision.run  # more requests cost nothing more
+    some_shards = [pending(0, age_min=31, shards={0}), pending(1, shards={2})]
+    decision = decide(some_shards, holding, COST, NOW, full_units=4)
+    assert not decision.full_retrain and decision.run and decision.reason == "window expired"
+    # Deadlines still start a held full retrain.
+    decision = decide([*every_shard, pending(2, due_days=1 / 24 + 0.001, shards={0})], holding, COST, NOW,
+                      full_units=4)
+    assert decision.full_retrain and decision.run and decision.reason == "deadline at risk"
+    # Without a longer full-retrain window the ordinary window applies.
+    assert decide(every_shard, POLICY, COST, NOW, full_units=4).run
+    # A Newton-style batch (no retrain) is never a full retrain.
+    assert not decide([pending(0)], POLICY, COST, NOW, full_units=None).full_retrain
+
+
+def test_retrains_per_request_over_past_batches():
+    from app.jobs.planner import retrains_per_request
+
+    assert retrains_per_request([(30, True), (20, False), (50, True)]) == {
+        "batches": 3, "requests": 100, "retrains": 2, "retrains_per_request": 0.02}
+    assert retrains_per_request([])["retrains_per_request"] == 0.0
