@@ -31,6 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from workers.unlearning import configure, get_adapter, split, unlearn, verify  # noqa: E402
 from workers.unlearning.data import LabelledData, from_arrays  # noqa: E402
+from workers.unlearning.methods import CertifiedBudgetExceeded  # noqa: E402
+from workers.unlearning.sizing import size_sisa  # noqa: E402
 from workers.unlearning.stats import loss_auc, matched_reference  # noqa: E402
 
 APPROXIMATE = ("finetune", "neggrad_plus", "scrub", "salun")
@@ -353,6 +355,127 @@ def targets(results: dict) -> list[str]:
     return lines + [""]
 
 
+# -- certified removal under the default policy (issue 12) ---------------------------------
+
+SUBJECT_ROWS = 13  # the demo's subjects hold 11-17 training rows each
+SEQUENTIAL_MEASURED = 40  # single-record removals run one by one before extrapolating
+
+
+def newton_removals(ds: Dataset, seed: int, quick: bool) -> dict[str, Any]:
+    """The default certified logreg: which removals it accepts, at what cost and distance
+    to the exact retrain, and how many single records in a row its budget allows."""
+    train, _, heldout = split(ds.data, [], HELDOUT_FRACTION, seed)
+    model, fit_cpu, _ = timed(get_adapter("logreg").fit, train, seed)
+    rng = np.random.default_rng(seed)
+    rows: dict[str, Row] = {}
+    sizes = {"1 record": 1, "1 subject (13 rows)": SUBJECT_ROWS, "1%": max(1, len(train) // 100)}
+    for name, size in sizes.items():
+        row = rows.setdefault(name, Row())
+        for _ in range(2 if quick else 3):
+            keys = [train.keys[i] for i in rng.choice(len(train), size, replace=False)]
+            retain, forget, _ = split(train, keys, 0.0, seed)
+            exact, retrain_cpu, _ = timed(model.fit_fresh, retain, seed)
+            try:
+                (unlearned, report), cpu, _ = timed(unlearn, "newton", model, retain, forget, heldout,
+                                                    {"refresh_cache": False})
+            except CertifiedBudgetExceeded as refused:
+                row.add(accepted=0.0, bound=refused.bound, budget=refused.budget)
+                continue
+            _, total_cpu, _ = timed(unlearn, "newton", model, retain, forget, heldout)
+            relative = float((unlearned.weights() - exact.weights()).norm() / exact.weights().norm())
+            row.add(accepted=1.0, ratio=cpu / retrain_cpu, total_ratio=total_cpu / retrain_cpu,
+                    relative=relative, bound=report.details["bound"], budget=report.details["budget"],
+                    test=unlearned.accuracy(heldout), test_exact=exact.accuracy(heldout))
+    # Sequential single-record removals on one lineage until the budget refuses one.
+    current, data, spent, measured = model, train, [], 0
+    for step in range(SEQUENTIAL_MEASURED if not quick else 15):
+        key = data.keys[int(rng.integers(len(data)))]
+        retain, forget, _ = split(data, [key], 0.0, seed)
+        try:
+            current, report = unlearn("newton", current, retain, forget, heldout)
+        except CertifiedBudgetExceeded:
+            break
+        spent.append(report.details["gradient_residual_norm"])
+        data, measured = retain, step + 1
+    else:
+        measured = None  # budget not spent within the measured steps
+    budget = model.removal_budget()
+    mean_charge = statistics.mean(spent) if spent else math.nan
+    return {"rows": rows, "n": len(train), "sigma": model.noise_scale, "budget": budget, "fit_cpu": fit_cpu,
+            "test": model.accuracy(heldout), "sequential": measured if measured is not None else len(spent),
+            "exhausted": measured is not None,
+            "extrapolated": int(budget / mean_charge) if spent and measured is None else None,
+            "mean_charge": mean_charge}
+
+
+def render_newton(results: dict[str, dict[str, Any]]) -> list[str]:
+    lines = ["## Certified removal under the default policy (`newton`, ε = 1, δ = 1e-4)", "",
+             "| dataset | train rows | σ | budget | test acc | forget set | accepted | step / retrain "
+             "(incl. cache refresh) | rel. L2 to retrain | accumulated bound |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, result in results.items():
+        for set_name, row in result["rows"].items():
+            v = row.values
+            accepted = v.get("accepted", [])
+            lines.append(
+                f"| {name} | {result['n']} | {result['sigma']:.3g} | {result['budget']:.3g} | "
+                f"{result['test'] * 100:.1f} | {set_name} | {int(sum(accepted))}/{len(accepted)} | "
+                f"{fmt(v.get('ratio', []), 4)} ({fmt(v.get('total_ratio', []), 3)}) | "
+                f"{fmt(v.get('relative', []), 3, True)}% | {fmt(v.get('bound', []), 4)} |")
+    lines += ["", "| dataset | sequential single-record removals before the budget refuses one | "
+              "mean charge per removal |", "|---|---|---|"]
+    for name, result in results.items():
+        if result["exhausted"]:
+            count = f"{result['sequential']} (measured)"
+        else:
+            count = (f"> {result['sequential']} measured; ≈ {result['extrapolated']} at the mean charge "
+                     "(extrapolated)")
+        lines.append(f"| {name} | {count} | {result['mean_charge']:.3g} |")
+    return lines + [""]
+
+
+def sized_sisa(ds: Dataset, seed: int, quick: bool, max_accuracy_loss: float = 0.01) -> dict[str, Any]:
+    """SISA with the S, R the learning curve picks: accuracy vs monolithic, deletion cost."""
+    train, _, heldout = split(ds.data, [], HELDOUT_FRACTION, seed)
+    calibration, _, test = split(heldout, [], 0.5, seed + 1000)
+    layout, sizing_cpu, _ = timed(size_sisa, "mlp", ds.mlp, train, calibration, seed, max_accuracy_loss)
+    mono, mono_cpu, _ = timed(get_adapter("mlp", **ds.mlp).fit, train, seed)
+    model = get_adapter("sisa", base="mlp", base_params=ds.mlp, shards=layout.shards,
+                        slices=layout.slices).fit(train, seed)
+    rng = np.random.default_rng(seed)
+    ratios = []
+    for _ in range(2 if quick else 3):
+        retain, forget, _ = split(train, [train.keys[int(rng.integers(len(train)))]], 0.0, seed)
+        _, cpu, _ = timed(unlearn, "sisa", model, retain, forget, calibration)
+        ratios.append(cpu / mono_cpu)
+    return {"layout": layout, "sizing_ratio": sizing_cpu / mono_cpu, "mono_test": mono.accuracy(test),
+            "sisa_test": model.accuracy(test), "delete_ratio": statistics.mean(ratios), "n": len(train)}
+
+
+def render_sized(results: dict[str, dict[str, Any]]) -> list[str]:
+    lines = ["## SISA sized to the data (max_accuracy_loss = 1 point)", "",
+             "| dataset | chosen S × R | why | sizing cost / monolithic fit | test acc SISA / monolithic | "
+             "Δ points (target ≥ −1) | 1-record deletion / retrain (target ≤ 0.15) |",
+             "|---|---|---|---|---|---|---|"]
+    for name, r in results.items():
+        layout = r["layout"]
+        delta = (r["sisa_test"] - r["mono_test"]) * 100
+        lines.append(f"| {name} | {layout.shards} × {layout.slices} | {layout.reason} | {r['sizing_ratio']:.2f} | "
+                     f"{r['sisa_test'] * 100:.1f} / {r['mono_test'] * 100:.1f} | {delta:+.1f} | "
+                     f"{r['delete_ratio']:.3f} |")
+    lines += ["", "Frontier (from the learning curve: predicted accuracy loss vs expected deletion cost):", "",
+              "| dataset | S | shard rows | shard acc (calibration) | predicted loss, points | "
+              "deletion cost ≈ 1/S | meets the limit |", "|---|---|---|---|---|---|---|"]
+    for name, r in results.items():
+        for c in r["layout"].candidates:
+            if "shards" not in c:
+                continue
+            lines.append(f"| {name} | {c['shards']} | {c['shard_rows']} | {c['shard_accuracy'] * 100:.1f} | "
+                         f"{c['predicted_loss'] * 100:.1f} | {c['deletion_cost']:.3f} | "
+                         f"{'yes' if c['meets_limit'] else 'no'} |")
+    return lines + [""]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, same code path")
@@ -361,6 +484,9 @@ def main() -> None:
     parser.add_argument("--datasets", nargs="+", default=None, help="subset of dataset names")
     parser.add_argument("--no-grid", action="store_true", help="skip the SISA S x R table")
     parser.add_argument("--out", type=Path, default=None, help="also write the markdown here")
+    parser.add_argument("--section", choices=("methods", "newton", "sisa"), default="methods",
+                        help="methods: every method (issue 5); newton: certified removal under the default "
+                             "policy; sisa: SISA sized to the data (issue 12)")
     args = parser.parse_args()
     args.seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
     configure(threads=args.threads, device="cpu")
@@ -372,6 +498,22 @@ def main() -> None:
     for method in ("retrain", *APPROXIMATE):
         unlearn(method, get_adapter("mlp", hidden=[8], epochs=1).fit(warm, 0), warm.take(list(range(48))),
                 warm.take(list(range(48, 56))), warm.take(list(range(56, 64))))
+    if args.section != "methods":
+        started_section = time.perf_counter()
+        if args.section == "newton":
+            text = "\n".join(render_newton({ds.name: newton_removals(ds, args.seeds[0], args.quick)
+                                            for ds in datasets}))
+        else:
+            text = "\n".join(render_sized({ds.name: sized_sisa(ds, args.seeds[0], args.quick)
+                                           for ds in datasets if not ds.name.startswith("digits")}))
+        text = (f"# Unlearning benchmark, section {args.section}{' (quick)' if args.quick else ''}\n\n"
+                f"Seed {args.seeds[0]}; torch threads {args.threads}; ratios of CPU seconds; wall "
+                f"{(time.perf_counter() - started_section) / 60:.1f} min.\n\n{text}")
+        print(text)
+        if args.out:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(text + "\n")
+        return
     results: dict = {}
     grids: dict = {}
     for ds in datasets:
