@@ -13,8 +13,9 @@ from tests.e2e.conftest import clean_environment, http_ready, wait_until
 from tests.e2e.walkthrough import Api, wait_for_training, walk_through
 
 SUBJECT = "demo-subject-42"
-# README: a Newton step the certified bound refuses falls back to retraining.
-DEMO_METHODS = {"digits-sisa": {"sisa"}, "digits-logreg": {"newton", "retrain"}}
+# README: the demo's first single-subject removal for digits-logreg is a certified Newton step
+# (a fresh lineage's budget holds about a dozen of them before a retrain).
+DEMO_METHODS = {"digits-sisa": {"sisa"}, "digits-logreg": {"newton"}}
 
 
 @pytest.mark.timeout(900)
@@ -33,8 +34,13 @@ def test_unlearnd_run_takes_the_readme_walkthrough_to_a_verified_certificate(pro
 
     api = Api(base_url, key)
     wait_for_training(api, 2, watch=(service,))
-    walk_through(api, SUBJECT, models=DEMO_METHODS,
-                 cli_env=env, workdir=tmp_path, watch=(service,))
+    request = walk_through(api, SUBJECT, models=DEMO_METHODS,
+                           cli_env=env, workdir=tmp_path, watch=(service,))
+    # README: the digits-logreg job states its certificate.
+    [newton] = [job for job in api.call("GET", f"/v1/jobs?request_id={request['id']}") if job["method_used"] == "newton"]
+    certification = api.call("GET", f"/v1/jobs/{newton['id']}")["report"]["certification"]
+    assert (certification["guarantee"], certification["epsilon"], certification["delta"]) == ("certified", 1.0, 1e-4)
+    assert 0 < certification["bound"] <= certification["budget"], certification
 
     # Generated on first use (the first signed tree head), under the data dir.
     assert (tmp_path / "var" / "secrets" / "signing_key.pem").exists()
