@@ -67,6 +67,9 @@ def put_bytes(data: bytes) -> tuple[str, str]:
     if remote := _remote_location(uri):
         fs, path = remote
         if not fs.exists(path):
+            # Object stores have no folders, but a file:// store (a shared mount) does, and
+            # fsspec's local filesystem does not create them on write.
+            fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
             fs.pipe_file(path, data)  # one object write: readers never see part of it
         return uri, digest
     target = _path(uri)
