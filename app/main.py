@@ -11,10 +11,11 @@ from app.audit.router import well_known_router as keys_router
 from app.certificates.router import router as certificates_router
 from app.clients.router import router as clients_router
 from app.core.config import Settings, get_settings
+from app.core.inputs import InputGuardMiddleware
 from app.core.limits import BodySizeLimitMiddleware
 from app.core.logging import RequestIdMiddleware, configure_logging
 from app.core.metrics import HttpMetricsMiddleware
-from app.core.problems import install_problem_handlers
+from app.core.problems import install_problem_handlers, install_problem_openapi
 from app.health.router import router as health_router
 from app.jobs.router import router as jobs_router
 from app.lineage.router import router as lineage_router
@@ -37,6 +38,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         swagger_ui_parameters={"validatorUrl": None},
     )
     install_problem_handlers(app)
+    install_problem_openapi(app)
+    # Added first, so innermost: the guard buffers only bodies the size limit has let through.
+    app.add_middleware(InputGuardMiddleware)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestIdMiddleware)
     app.add_middleware(HttpMetricsMiddleware)

@@ -12,6 +12,7 @@ from app.audit.models import AuditEvent
 from app.audit.service import event_body
 from app.core.database import session_scope
 from app.core.errors import InvalidInput
+from app.core.fields import INT64_MAX
 from app.core.hashing import canonical_json
 
 MAX_PAGE = 1000
@@ -27,7 +28,8 @@ def parse_cursor(cursor: str | None) -> int:
     """Cursors are the last ``seq`` a reader has seen; the next page starts after it."""
     if cursor is None or cursor == "":
         return 0
-    if not cursor.isdigit():
+    # isdigit alone admits "²" and "٣", which int() then refuses.
+    if not (cursor.isascii() and cursor.isdigit()) or int(cursor) > INT64_MAX:
         raise InvalidInput("cursor must be the next_cursor of a previous page", field="cursor")
     return int(cursor)
 

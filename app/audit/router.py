@@ -3,7 +3,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, status
+from fastapi import APIRouter, Path, Query, status
 from fastapi.responses import StreamingResponse
 from sqlalchemy.orm import Session
 
@@ -19,6 +19,7 @@ from app.audit.schemas import (
     TreeHeadOut,
 )
 from app.audit.verify import verify_log
+from app.core.fields import INT64_MAX
 
 router = APIRouter(prefix="/v1/audit", tags=["audit"])
 well_known_router = APIRouter(tags=["audit"])
@@ -60,7 +61,10 @@ def list_events(
 
 @router.get("/events/{seq}/inclusion-proof", response_model=InclusionProofOut)
 def inclusion_proof(
-    seq: int, session: SessionDep, _: CurrentClient, tree_size: Annotated[int | None, Query(ge=1)] = None
+    seq: Annotated[int, Path(ge=1, le=INT64_MAX)],
+    session: SessionDep,
+    _: CurrentClient,
+    tree_size: Annotated[int | None, Query(ge=1, le=INT64_MAX)] = None,
 ) -> InclusionProofOut:
     return InclusionProofOut(**asdict(tree.inclusion_proof(session, seq, tree_size)))
 
@@ -69,8 +73,8 @@ def inclusion_proof(
 def consistency_proof(
     session: SessionDep,
     _: CurrentClient,
-    first: Annotated[int, Query(ge=1)],
-    second: Annotated[int | None, Query(ge=1)] = None,
+    first: Annotated[int, Query(ge=1, le=INT64_MAX)],
+    second: Annotated[int | None, Query(ge=1, le=INT64_MAX)] = None,
 ) -> ConsistencyProofOut:
     return ConsistencyProofOut(**asdict(tree.consistency_proof(session, first, second)))
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import json
-
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.core.inputs import send_problem
 
 
 class BodyTooLarge(Exception):
@@ -49,20 +49,7 @@ class BodySizeLimitMiddleware:
                 await self._refuse(scope, send)
 
     async def _refuse(self, scope: Scope, send: Send) -> None:
-        body = json.dumps(
-            {
-                "type": "https://unlearnd.dev/problems/payload-too-large",
-                "title": "Payload too large",
-                "status": 413,
-                "detail": f"request body exceeds {self.max_bytes} bytes",
-                "instance": scope["path"],
-            }
-        ).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [(b"content-type", b"application/problem+json"), (b"content-length", str(len(body)).encode())],
-            }
+        await send_problem(
+            scope, send, status=413, slug="payload-too-large", title="Payload too large",
+            detail=f"request body exceeds {self.max_bytes} bytes",
         )
-        await send({"type": "http.response.body", "body": body})

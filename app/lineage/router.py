@@ -1,11 +1,12 @@
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Path
 
 from app.api.deps import ReaderClient, SessionDep
 from app.core.config import get_settings
+from app.core.fields import INT32_MAX
 from app.core.hashing import subject_hash
 from app.lineage import service
 from app.lineage.schemas import RecordLineage, SubjectLineage, SubjectQuery, VersionLineage
@@ -30,5 +31,5 @@ def membership_proof(snapshot_id: str, record_key: str, session: SessionDep, _: 
 
 
 @router.get("/models/{name}/versions/{number}/lineage", response_model=VersionLineage)
-def version_lineage(name: str, number: int, session: SessionDep, _: ReaderClient) -> VersionLineage:
+def version_lineage(name: str, number: Annotated[int, Path(ge=1, le=INT32_MAX)], session: SessionDep, _: ReaderClient) -> VersionLineage:
     return service.version_lineage(session, name, number)

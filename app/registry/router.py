@@ -1,8 +1,11 @@
 from __future__ import annotations
 
-from fastapi import APIRouter, status
+from typing import Annotated
+
+from fastapi import APIRouter, Path, status
 
 from app.api.deps import MLClient, ReaderClient, SessionDep
+from app.core.fields import INT32_MAX
 from app.registry import service
 from app.registry.schemas import (
     ArtifactOut,
@@ -19,6 +22,7 @@ from app.registry.schemas import (
 )
 
 router = APIRouter(prefix="/v1", tags=["registry"])
+VersionNumber = Annotated[int, Path(ge=1, le=INT32_MAX)]
 
 
 @router.post("/datasets", status_code=status.HTTP_202_ACCEPTED, response_model=DatasetOut)
@@ -91,11 +95,11 @@ def list_versions(name: str, session: SessionDep, _: ReaderClient) -> list[Versi
 
 
 @router.get("/models/{name}/versions/{number}", response_model=VersionOut)
-def get_version(name: str, number: int, session: SessionDep, _: ReaderClient) -> VersionOut:
+def get_version(name: str, number: VersionNumber, session: SessionDep, _: ReaderClient) -> VersionOut:
     return VersionOut.model_validate(service.get_version(session, service.get_model(session, name), number))
 
 
 @router.get("/models/{name}/versions/{number}/artifacts", response_model=list[ArtifactOut])
-def list_artifacts(name: str, number: int, session: SessionDep, _: ReaderClient) -> list[ArtifactOut]:
+def list_artifacts(name: str, number: VersionNumber, session: SessionDep, _: ReaderClient) -> list[ArtifactOut]:
     version = service.get_version(session, service.get_model(session, name), number)
     return [ArtifactOut.model_validate(a) for a in service.version_artifacts(session, version)]

@@ -7,6 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from app.core.fields import FiniteFloat, NonNegativeInt32, NonNegativeInt64, PositiveInt32
 from app.core.hashing import IdentifierType
 from app.registry.models import VersionState
 
@@ -105,8 +106,8 @@ class UnlearningPolicy(BaseModel):
 
     default_method: str = Field(default="retrain", pattern=SLUG, max_length=64)
     # metric name -> bound, e.g. {"max_mia_auc": 0.55, "min_retain_accuracy": 0.9}
-    thresholds: dict[str, float] = Field(default_factory=dict)
-    batching_window_hours: float = Field(default=24.0, ge=0, le=24 * 30)
+    thresholds: dict[str, FiniteFloat] = Field(default_factory=dict, max_length=100)
+    batching_window_hours: float = Field(default=24.0, ge=0, le=24 * 30, allow_inf_nan=False)
     # A batch runs as soon as this many requests wait, whatever the window says.
     max_batch_size: int = Field(default=100, ge=1, le=10_000)
     # A batch that costs a full retrain anyway (every SISA shard touched, or an unsharded
@@ -150,9 +151,9 @@ class ArtifactIn(BaseModel):
     kind: ArtifactKind = ArtifactKind.MODEL
     uri: str = Field(min_length=1, max_length=2000)
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
-    size_bytes: int = Field(default=0, ge=0)
-    shard: int | None = Field(default=None, ge=0)
-    slice: int | None = Field(default=None, ge=0)
+    size_bytes: NonNegativeInt64 = 0
+    shard: NonNegativeInt32 | None = None
+    slice: NonNegativeInt32 | None = None
     snapshot_id: str | None = None
 
 
@@ -162,10 +163,10 @@ class VersionImport(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     snapshot_id: str
-    parent: int | None = Field(default=None, ge=1)
+    parent: PositiveInt32 | None = None
     artifacts: list[ArtifactIn] = Field(min_length=1, max_length=1000)
     state: VersionState = VersionState.ACTIVE
-    metrics: dict[str, float] = Field(default_factory=dict)
+    metrics: dict[str, FiniteFloat] = Field(default_factory=dict, max_length=1000)
 
 
 class ArtifactOut(BaseModel):

@@ -74,11 +74,14 @@ def resolve_dataset_uri(uri: str) -> str:
     root = data_root().resolve()
     candidate = raw if raw.is_absolute() else root / raw
     # realpath follows every symlink, so a link inside the root pointing out is caught here.
-    real = Path(candidate).resolve()
-    if not real.is_relative_to(root):
-        raise InvalidInput(f"dataset path must be under the data root {root}", field="uri")
-    if not real.is_file():
-        raise InvalidInput("no such file under the data root", field="uri")
+    try:
+        real = Path(candidate).resolve()
+        if not real.is_relative_to(root):
+            raise InvalidInput(f"dataset path must be under the data root {root}", field="uri")
+        if not real.is_file():
+            raise InvalidInput("no such file under the data root", field="uri")
+    except OSError as exc:  # a name longer than the filesystem allows, say
+        raise InvalidInput(f"dataset path cannot be opened: {exc.strerror}", field="uri") from None
     return str(real)
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request, Response, status
-from pydantic import AwareDatetime
 
 from app.api.deps import AdminClient, PortalClient, RequestViewer, SessionDep
+from app.core.fields import BoundedDatetime
 from app.requests import service
 from app.requests.models import DeletionRequest, LegalBasis, RequestStatus
 from app.requests.schemas import (
@@ -67,7 +67,7 @@ def list_requests(
     viewer: RequestViewer,
     status_: Annotated[RequestStatus | None, Query(alias="status")] = None,
     legal_basis: LegalBasis | None = None,
-    due_before: AwareDatetime | None = None,
+    due_before: BoundedDatetime | None = None,
     external_ref: Annotated[str | None, Query(max_length=255)] = None,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,

@@ -13,8 +13,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from app.core.fields import BoundedDatetime
 from app.core.hashing import IdentifierType
 from app.requests.models import LegalBasis, RequestStatus
 
@@ -42,7 +43,7 @@ class IdentityVerification(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     method: ShortText
-    verified_at: AwareDatetime | None = None
+    verified_at: BoundedDatetime | None = None
 
 
 class RequestScope(BaseModel):
@@ -60,7 +61,7 @@ class DeletionRequestCreate(BaseModel):
     legal_basis: LegalBasis
     jurisdiction: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64)] | None = None
     external_ref: ShortText | None = None
-    requested_at: AwareDatetime | None = None
+    requested_at: BoundedDatetime | None = None
     identity_verification: IdentityVerification | None = None
     scope: RequestScope | None = None
     source_system: ShortText | None = None
@@ -138,4 +139,4 @@ class ExtensionBody(BaseModel):
 
     reason: Reason
     # Omitted: the furthest the law allows.
-    due_at: AwareDatetime | None = None
+    due_at: BoundedDatetime | None = None

@@ -1,0 +1,157 @@
+"""What every request must be before a route sees it: no NUL anywhere, JSON bodies only, and
+JSON that is JSON (RFC 8259 has no NaN or Infinity, which Python's parser would let through).
+
+PostgreSQL text cannot hold U+0000 and JSON columns refuse non-finite numbers, so these used
+to surface as 500s deep in a service. Checking once here covers every route, every nested
+``dict[str, Any]`` and every path and query parameter alike.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from urllib.parse import unquote_to_bytes
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.core.problems import PROBLEM_BASE, PROBLEM_MEDIA_TYPE
+
+BODY_METHODS = {"POST", "PUT", "PATCH"}
+
+
+async def send_problem(
+    scope: Scope, send: Send, *, status: int, slug: str, title: str, detail: str,
+    headers: list[tuple[bytes, bytes]] | None = None, **extensions: Any,
+) -> None:
+    """An RFC 9457 response from ASGI middleware, shaped like ``problems.problem_response``."""
+    body: dict[str, Any] = {
+        "type": PROBLEM_BASE + slug, "title": title, "status": status, "detail": detail,
+        "instance": scope.get("path", ""), **extensions,
+    }
+    request_id = scope.get("state", {}).get("request_id")
+    if request_id:
+        body["request_id"] = request_id
+    encoded = json.dumps(body).encode()
+    await send({
+        "type": "http.response.start",
+        "status": status,
+        "headers": [
+            (b"content-type", PROBLEM_MEDIA_TYPE.encode()), (b"content-length", str(len(encoded)).encode()),
+            *(headers or []),
+        ],
+    })
+    await send({"type": "http.response.body", "body": encoded})
+
+
+class NotJson(ValueError):
+    """Valid to Python's parser, invalid as JSON or as input to this API."""
+
+    def __init__(self, detail: str, field: str = "") -> None:
+        super().__init__(detail)
+        self.detail, self.field = detail, field
+
+
+def _refuse_constant(name: str) -> Any:
+    raise NotJson(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise NotJson(f"number {text[:40]} is too large to represent")
+    return value
+
+
+def _find_nul(value: Any, where: str = "") -> str | None:
+    """The location of the first string (or object key) holding U+0000, if any."""
+    if isinstance(value, str):
+        return where if "\x00" in value else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            inner = f"{where}.{key}" if where else str(key)
+            if "\x00" in key:
+                return inner
+            found = _find_nul(item, inner)
+            if found is not None:
+                return found
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            found = _find_nul(item, f"{where}.{index}" if where else str(index))
+            if found is not None:
+                return found
+    return None
+
+
+def check_json(body: bytes) -> None:
+    """Raise ``NotJson`` for NaN, Infinity, overflowing numbers and NUL; leave syntax errors to FastAPI."""
+    try:
+        parsed = json.loads(body, parse_constant=_refuse_constant, parse_float=_finite_float)
+    except json.JSONDecodeError:
+        return
+    except NotJson:
+        raise
+    except ValueError as exc:  # e.g. an integer with more digits than Python converts
+        raise NotJson(str(exc)) from None
+    found = _find_nul(parsed)
+    if found is not None:
+        raise NotJson("strings may not contain NUL (U+0000)", field=found.replace("\x00", "\\u0000"))
+
+
+def is_json_media_type(content_type: str) -> bool:
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
+class InputGuardMiddleware:
+    """Refuse NUL in the path or query (422), non-JSON bodies (415) and non-JSON JSON (422).
+
+    Sits inside the body-size limit, so buffering a body here holds at most that many bytes.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if "\x00" in scope["path"] or b"\x00" in unquote_to_bytes(scope.get("query_string", b"")):
+            await send_problem(scope, send, status=422, slug="invalid-input", title="Invalid input",
+                               detail="the path and query may not contain NUL (U+0000)")
+            return
+        if scope["method"] not in BODY_METHODS:
+            await self.app(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunks.append(message.get("body", b""))
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+        if body:
+            content_type = dict(scope["headers"]).get(b"content-type", b"").decode("latin-1")
+            if not is_json_media_type(content_type):
+                await send_problem(
+                    scope, send, status=415, slug="unsupported-media-type", title="Unsupported media type",
+                    detail=f"send the body as application/json, not {content_type or 'an undeclared type'}",
+                )
+                return
+            try:
+                check_json(body)
+            except NotJson as exc:
+                await send_problem(scope, send, status=422, slug="invalid-input", title="Invalid input",
+                                   detail=f"{exc.field}: {exc.detail}" if exc.field else exc.detail, field=exc.field)
+                return
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
