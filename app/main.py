@@ -16,6 +16,7 @@ from app.core.limits import BodySizeLimitMiddleware
 from app.core.logging import RequestIdMiddleware, configure_logging
 from app.core.metrics import HttpMetricsMiddleware
 from app.core.problems import install_problem_handlers, install_problem_openapi
+from app.core.transient import TransientDatabaseErrorMiddleware
 from app.health.router import router as health_router
 from app.jobs.router import router as jobs_router
 from app.lineage.router import router as lineage_router
@@ -41,6 +42,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_problem_openapi(app)
     # Added first, so innermost: the guard buffers only bodies the size limit has let through.
     app.add_middleware(InputGuardMiddleware)
+    app.add_middleware(TransientDatabaseErrorMiddleware)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestIdMiddleware)
     app.add_middleware(HttpMetricsMiddleware)

@@ -73,7 +73,9 @@ def relay(ids: list[str] | None = None, limit: int = 500) -> int:
         for message in session.scalars(query):
             message.attempts += 1
             try:
-                celery.send_task(message.task_name, kwargs=message.kwargs, task_id=message.id)
+                # ignore_result: no task's result is read, and registering for one makes Celery
+                # wait on the result backend for ~20 s when Redis is down, inside a request.
+                celery.send_task(message.task_name, kwargs=message.kwargs, task_id=message.id, ignore_result=True)
             except Exception as exc:  # broker down: leave pending for the periodic relay
                 message.last_error = f"{type(exc).__name__}: {exc}"[:500]
                 log.warning("outbox relay failed", extra={"message_id": message.id, "error": message.last_error})

@@ -110,6 +110,7 @@ def install_problem_handlers(app: FastAPI) -> None:
         return problem_response(
             request, status=500, slug="internal-error", title="Internal error",
             detail="An unexpected error occurred; it has been logged with the request id.",
+            headers={"Connection": "close"},  # the server closes it after re-raising; say so
         )
 
 

@@ -19,6 +19,7 @@ from kombu.transport import sqlalchemy as kombu_sqlalchemy
 from app.core.config import Settings, get_settings
 
 EMBEDDED_POLL_SECONDS = 0.1
+BROKER_CONNECT_TIMEOUT_SECONDS = 0.5
 TASK_MODULES = ["workers.tasks.core", "workers.tasks.registry", "workers.tasks.audit", "workers.tasks.certificates", "workers.tasks.jobs"]
 
 
@@ -74,7 +75,11 @@ def make_celery(settings: Settings) -> Celery:
     )
     if settings.broker_url.startswith("redis"):
         # Redis redelivers a task a killed worker held once this many seconds have passed.
-        app.conf.broker_transport_options = {"visibility_timeout": settings.task_visibility_timeout_seconds}
+        # A broker that does not answer is given half a second: the outbox keeps the message.
+        app.conf.broker_transport_options = {
+            "visibility_timeout": settings.task_visibility_timeout_seconds,
+            "socket_connect_timeout": BROKER_CONNECT_TIMEOUT_SECONDS,
+        }
     else:
         # The SQLite queue is polled, and kombu's default of one poll a second caps the embedded
         # worker at one task a second. Its SQLAlchemy transport hands every transport option to

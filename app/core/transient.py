@@ -1,0 +1,102 @@
+"""Transient database failures: retried once when that is safe, otherwise a 503 with Retry-After.
+
+A deadlock or serialization failure means PostgreSQL rolled the whole transaction back, so
+running the request again from the start is exactly what the client would do, only sooner.
+A lost connection (database restart, ``pg_terminate_backend``) or an exhausted pool is not
+retried here: a commit may have been in flight, and the client's Idempotency-Key makes its own
+retry safe. Either way the answer is a problem document, never a 500.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from sqlalchemy import exc as sa_exc
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.core.inputs import send_problem
+from app.core.problems import RETRY_AFTER_SECONDS
+
+log = logging.getLogger("unlearnd.http")
+# serialization_failure, deadlock_detected
+RETRYABLE_SQLSTATES = {"40001", "40P01"}
+
+
+def _sqlstate(error: BaseException) -> str | None:
+    return getattr(getattr(error, "orig", None), "sqlstate", None)
+
+
+def is_retryable(error: BaseException) -> bool:
+    return isinstance(error, sa_exc.DBAPIError) and _sqlstate(error) in RETRYABLE_SQLSTATES
+
+
+def is_unavailable(error: BaseException) -> bool:
+    """The database could not be reached or used just now; nothing about the request was wrong."""
+    if isinstance(error, sa_exc.TimeoutError):  # connection pool exhausted
+        return True
+    if isinstance(error, sa_exc.DBAPIError):
+        return error.connection_invalidated or isinstance(error, sa_exc.OperationalError | sa_exc.InterfaceError)
+    return False
+
+
+class TransientDatabaseErrorMiddleware:
+    """Re-run a request once after a deadlock or serialization failure; answer 503 otherwise.
+
+    Buffers the body (already bounded by the size limit outside it) so a retry can replay it.
+    """
+
+    def __init__(self, app: ASGIApp, retries: int = 1) -> None:
+        self.app = app
+        self.retries = retries
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        messages: list[Message] = []
+        more = scope["method"] in {"POST", "PUT", "PATCH", "DELETE"}
+        while more:
+            message = await receive()
+            messages.append(message)
+            more = message["type"] == "http.request" and message.get("more_body", False)
+        attempt = 0
+        while True:
+            response = _Attempt(messages, receive, send)
+            try:
+                await self.app(scope, response.receive, response.send)
+                return
+            except Exception as error:
+                if response.started:
+                    raise
+                if is_retryable(error) and attempt < self.retries:
+                    attempt += 1
+                    log.warning("retrying after a transient database error",
+                                extra={"path": scope["path"], "sqlstate": _sqlstate(error)})
+                    continue
+                if not (is_retryable(error) or is_unavailable(error)):
+                    raise
+                log.warning("database unavailable", extra={"path": scope["path"], "error": type(error).__name__,
+                                                            "sqlstate": _sqlstate(error)})
+                await send_problem(
+                    scope, send, status=503, slug="service-unavailable", title="Service unavailable",
+                    detail="the database is unavailable or busy; retry the request (with the same Idempotency-Key)",
+                    headers=[(b"retry-after", str(RETRY_AFTER_SECONDS).encode())],
+                )
+                return
+
+
+class _Attempt:
+    """One run of the request: replays the buffered body, notes whether a response began."""
+
+    def __init__(self, messages: list[Message], receive: Receive, send: Send) -> None:
+        self.pending = list(messages)
+        self._receive, self._send = receive, send
+        self.started = False
+
+    async def receive(self) -> Message:
+        return self.pending.pop(0) if self.pending else await self._receive()
+
+    async def send(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.started = True
+        await self._send(message)
