@@ -51,6 +51,22 @@ def keys_cli() -> None:
     """Signing keys for tree heads and certificates."""
 
 
+@keys_cli.command("init")
+def init() -> None:
+    """Create the first signing key at UNLEARND_SIGNING_KEY_PATH (production never creates
+    one on its own); refuses to replace an existing key: that is what rotate is for."""
+    from app.core.config import get_settings
+    from app.core.signing import create_signing_key
+
+    path = get_settings().resolved_signing_key_path()
+    try:
+        signer = create_signing_key()
+    except FileExistsError:
+        click.echo(f"{path} already holds a signing key; use `unlearnd keys rotate` to replace it", err=True)
+        sys.exit(1)
+    click.echo(f"created signing key {signer.key_id} at {path}")
+
+
 @keys_cli.command("rotate")
 def rotate() -> None:
     """Sign with a new key from now on; the old public key stays published."""

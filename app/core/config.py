@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 from enum import StrEnum
 from functools import lru_cache
@@ -126,6 +127,12 @@ def _read_or_create_secret(path: Path) -> str:
     return value
 
 
+# A folder of file secrets (Docker/Kubernetes secrets): a file named ``unlearnd_<setting>``
+# (``unlearnd_subject_pepper``, ``unlearnd_database_url``) sets that setting unless an
+# environment variable does. Read before the settings, so it is an environment variable only.
+SECRET_FILES_DIR_VARIABLE = "UNLEARND_SECRET_FILES_DIR"
+
+
 @lru_cache
 def get_settings() -> Settings:
-    return Settings()
+    return Settings(_secrets_dir=os.environ.get(SECRET_FILES_DIR_VARIABLE) or None)

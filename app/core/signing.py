@@ -165,6 +165,15 @@ def current_signer(settings: Settings | None = None) -> Signer:
     return Signer(_read_private(path))
 
 
+def create_signing_key(settings: Settings | None = None) -> Signer:
+    """The operator's explicit first key (``unlearnd keys init``), in any mode; never over an
+    existing one (FileExistsError), since every proof it signed would be orphaned."""
+    settings = settings or get_settings()
+    signer = Signer(Ed25519PrivateKey.generate())
+    _write_private(settings.resolved_signing_key_path(), signer.private_key, replace=False)
+    return signer
+
+
 def replace_signing_key(settings: Settings | None = None) -> Signer:
     """Put a fresh key in place of the current one. The old private key is destroyed: what it
     signed stays verifiable through its published public key, and it can sign nothing more."""
