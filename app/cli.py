@@ -14,6 +14,8 @@ import click
 from app.core.auth import Role
 from app.core.config import get_settings
 
+# Hosts `unlearnd run` lets webhooks reach over plain http (a receiver on this machine).
+LOOPBACK_HOSTS = ["127.0.0.1", "::1", "localhost"]
 
 @click.group()
 @click.version_option(package_name="unlearnd")
@@ -177,6 +179,10 @@ def run(host: str, port: int, demo: bool) -> None:
     from app.core.database import session_scope
     from app.main import create_app
 
+    # A local receiver is the usual first webhook endpoint; production allow-lists nothing.
+    if "UNLEARND_WEBHOOK_ALLOWED_HOSTS" not in os.environ:
+        os.environ["UNLEARND_WEBHOOK_ALLOWED_HOSTS"] = json.dumps(LOOPBACK_HOSTS)
+        get_settings.cache_clear()
     settings = get_settings()
     settings.artifacts_dir.mkdir(parents=True, exist_ok=True)
     migrate.upgrade()

@@ -23,8 +23,9 @@ from app.lineage.router import router as lineage_router
 from app.metrics.router import router as metrics_router
 from app.registry.router import router as registry_router
 from app.requests.router import router as requests_router
+from app.webhooks.router import router as webhooks_router
 
-ROUTERS = [health_router, clients_router, requests_router, registry_router, lineage_router, audit_router, keys_router, certificates_router, jobs_router, metrics_router]
+ROUTERS = [health_router, clients_router, requests_router, registry_router, lineage_router, audit_router, keys_router, certificates_router, jobs_router, metrics_router, webhooks_router]
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -15,11 +15,11 @@ from app.registry.models import (
     RegisteredModel,
 )
 from app.requests.models import DeletionRequest, RequestModelVersion, RequestRecord, RequestTransition
-from app.webhooks.models import WebhookDelivery, WebhookEndpoint
+from app.webhooks.models import WebhookAttempt, WebhookCursor, WebhookDelivery, WebhookEndpoint
 
 __all__ = [
     "ApiClient", "AuditEvent", "Base", "Certificate", "DataRecord", "Dataset", "DatasetSnapshot",
     "DeletionRequest", "JobRequest", "ModelArtifact", "ModelVersion", "OutboxMessage", "PendingAuditEvent",
     "RegisteredModel", "RequestModelVersion", "RequestRecord", "RequestTransition", "SigningKey", "TreeHead",
-    "UnlearningJob", "WebhookDelivery", "WebhookEndpoint",
+    "UnlearningJob", "WebhookAttempt", "WebhookCursor", "WebhookDelivery", "WebhookEndpoint",
 ]

@@ -13,12 +13,16 @@ there for milliseconds, at most one beat interval.
 
 ``append`` is for the few callers that need the event's place in the chain at once (a
 certificate's anchor): it seals everything pending and appends under the lock.
+
+Rooms above that read the chain (webhooks) register ``on_sealed`` callbacks, told after a
+transaction that added sealed events has committed; this room knows nothing of them.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -33,7 +37,24 @@ GENESIS_HASH = "0" * 64
 # Arbitrary constant naming the audit-chain lock among PostgreSQL advisory locks.
 AUDIT_LOCK_KEY = 0x756E6C65
 _SEAL_AFTER_COMMIT = "unlearnd_audit_seal"
+_NOTIFY_AFTER_COMMIT = "unlearnd_audit_notify"
 log = logging.getLogger("unlearnd.audit")
+_sealed_listeners: list[Callable[[], None]] = []
+
+
+def on_sealed(callback: Callable[[], None]) -> None:
+    """Call ``callback`` (in this process) whenever sealed events have just been committed.
+    A hint only: a listener must not rely on it, since a process can die before calling it."""
+    if callback not in _sealed_listeners:
+        _sealed_listeners.append(callback)
+
+
+def _notify_sealed() -> None:
+    for callback in list(_sealed_listeners):
+        try:
+            callback()
+        except Exception:  # the events are committed; listeners have their own sweeps
+            log.exception("an on_sealed listener failed")
 
 
 def event_body(event: AuditEvent) -> dict[str, Any]:
@@ -110,6 +131,10 @@ def append(
     """Append to the chain now (holding the writer lock until commit) and return the event."""
     lock_chain(session)
     seal_pending(session)
+    if not session.info.get(_NOTIFY_AFTER_COMMIT):
+        session.info[_NOTIFY_AFTER_COMMIT] = True
+        event.listen(session, "after_commit", _notify_after_commit, once=True)
+        event.listen(session, "after_rollback", _forget_notify, once=True)
     return _append(session, _last(session), utcnow(), actor, action, entity_type, str(entity_id), payload or {})
 
 
@@ -126,7 +151,9 @@ def seal_if_free(limit: int = 5000) -> int:
             return 0
         sealed = _seal(session, limit)
         session.commit()
-        return sealed
+    if sealed:
+        _notify_sealed()
+    return sealed
 
 
 def _seal(session: Session, limit: int) -> int:
@@ -206,6 +233,19 @@ def _seal_after_commit(session: Session) -> None:
     if event.contains(session, "after_rollback", _forget_seal):
         event.remove(session, "after_rollback", _forget_seal)
     _coalescer.run()
+
+
+def _notify_after_commit(session: Session) -> None:
+    session.info.pop(_NOTIFY_AFTER_COMMIT, None)
+    if event.contains(session, "after_rollback", _forget_notify):
+        event.remove(session, "after_rollback", _forget_notify)
+    _notify_sealed()
+
+
+def _forget_notify(session: Session) -> None:
+    session.info.pop(_NOTIFY_AFTER_COMMIT, None)
+    if event.contains(session, "after_commit", _notify_after_commit):
+        event.remove(session, "after_commit", _notify_after_commit)
 
 
 def _forget_seal(session: Session) -> None:

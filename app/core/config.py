@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import secrets
+from collections.abc import Callable
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
@@ -69,6 +71,29 @@ class Settings(BaseSettings):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
+    # Webhooks. Fernet key(s) encrypting endpoint signing secrets at rest, comma-separated,
+    # newest first (older ones still decrypt). Embedded mode generates one under data_dir;
+    # production must set it (checked wherever a secret is sealed or opened).
+    webhook_secret_key: str = ""
+    # Hosts (exact names or IP literals) that may be private/loopback and may use http.
+    # `unlearnd run` and the tests allow loopback; production allow-lists nothing by default.
+    webhook_allowed_hosts: list[str] = Field(default_factory=list)
+    # Delay before each retry; a delivery fails for good after the last one.
+    webhook_retry_schedule_seconds: list[float] = Field(
+        default_factory=lambda: [5, 300, 1800, 7200, 18000, 36000, 50400, 72000, 86400]
+    )
+    webhook_timeout_seconds: float = 15.0
+    # An endpoint is disabled once every attempt has failed for this long, or after this many
+    # deliveries in a row failed for good (all retries spent).
+    webhook_disable_after_seconds: float = 5 * 24 * 3600.0
+    webhook_disable_after_failed_deliveries: int = 50
+    webhook_rotation_grace_seconds: float = 24 * 3600.0
+    # Requests in flight to one endpoint at a time, so a backlog after an outage cannot flood it.
+    webhook_max_in_flight_per_endpoint: int = 8
+    webhook_sweep_interval_seconds: float = 5.0
+    # Base of the certificate URL in payloads; empty means a path relative to the API.
+    public_url: str = ""
+
     @model_validator(mode="after")
     def _derive_defaults(self) -> Settings:
         self.data_dir = self.data_dir.expanduser().resolve()
@@ -108,15 +133,28 @@ class Settings(BaseSettings):
             return self.subject_pepper.encode()
         return _read_or_create_secret(self.secrets_dir / "subject_pepper").encode()
 
+    def webhook_secret_keys(self) -> list[str]:
+        """Fernet keys, newest first. Production never generates one: a generated key would
+        not be shared by the other machines, which could then not sign any delivery."""
+        if self.webhook_secret_key:
+            return [key.strip() for key in self.webhook_secret_key.split(",") if key.strip()]
+        if self.mode is Mode.PRODUCTION:
+            raise MissingSecretError("production mode needs UNLEARND_WEBHOOK_SECRET_KEY (a Fernet key)")
+        return [_read_or_create_secret(self.secrets_dir / "webhook_secret_key", _fernet_key)]
+
     def resolved_signing_key_path(self) -> Path:
         return self.signing_key_path or self.secrets_dir / "signing_key.pem"
 
 
-def _read_or_create_secret(path: Path) -> str:
+def _fernet_key() -> str:
+    return base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()
+
+
+def _read_or_create_secret(path: Path, generate: Callable[[], str] = lambda: secrets.token_urlsafe(32)) -> str:
     if path.exists():
         return path.read_text().strip()
     path.parent.mkdir(parents=True, exist_ok=True)
-    value = secrets.token_urlsafe(32)
+    value = generate()
     # O_EXCL: two processes starting together must agree on one pepper.
     try:
         with path.open("x") as handle:

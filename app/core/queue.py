@@ -20,7 +20,7 @@ from app.core.config import Settings, get_settings
 
 EMBEDDED_POLL_SECONDS = 0.1
 BROKER_CONNECT_TIMEOUT_SECONDS = 0.5
-TASK_MODULES = ["workers.tasks.core", "workers.tasks.registry", "workers.tasks.audit", "workers.tasks.certificates", "workers.tasks.jobs"]
+TASK_MODULES = ["workers.tasks.core", "workers.tasks.registry", "workers.tasks.audit", "workers.tasks.certificates", "workers.tasks.jobs", "workers.tasks.webhooks"]
 
 
 class TaskName:
@@ -33,6 +33,7 @@ class TaskName:
     AUDIT_SIGN_TREE_HEAD: Final = "unlearnd.audit.sign_tree_head"
     ISSUE_CERTIFICATE: Final = "unlearnd.certificates.issue"
     ISSUE_MISSING_CERTIFICATES: Final = "unlearnd.certificates.issue_missing"
+    WEBHOOKS_DISPATCH: Final = "unlearnd.webhooks.dispatch"
 
 
 def beat_schedule(settings: Settings) -> dict[str, dict[str, object]]:
@@ -43,6 +44,8 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, object]]:
         TaskName.AUDIT_SEAL: 5.0,
         TaskName.AUDIT_SIGN_TREE_HEAD: 300.0,
         TaskName.ISSUE_MISSING_CERTIFICATES: 60.0,
+        # Retries come due and a dead dispatcher's leases expire without any commit to wake one.
+        TaskName.WEBHOOKS_DISPATCH: settings.webhook_sweep_interval_seconds,
     }
     return {name: {"task": name, "schedule": seconds} for name, seconds in every.items()}
 

@@ -30,7 +30,7 @@ log = logging.getLogger("unlearnd.jobs")
 
 __all__ = [
     "BatchOutcome", "JobFilters", "TrainingConfig", "cancel_job", "execute", "get_job", "job_requests",
-    "list_jobs", "retry_job", "schedule", "start_training", "unlearn_now",
+    "list_jobs", "methods_used_for_request", "retry_job", "schedule", "start_training", "unlearn_now",
 ]
 MAX_PAGE = 200
 
@@ -98,6 +98,16 @@ def get_job(session: Session, job_id: str) -> UnlearningJob:
 
 def job_requests(session: Session, job_id: str) -> list[str]:
     return lifecycle.job_request_ids(session, job_id)
+
+
+def methods_used_for_request(session: Session, request_id: str) -> list[str]:
+    """The method each succeeded job that unlearned this request ended up using."""
+    query = (
+        select(UnlearningJob.method_used)
+        .join(JobRequest, JobRequest.job_id == UnlearningJob.id)
+        .where(JobRequest.request_id == request_id, UnlearningJob.status == JobStatus.SUCCEEDED)
+    )
+    return [method for method in session.scalars(query) if method]
 
 
 def retry_job(session: Session, job_id: str, *, actor: str) -> UnlearningJob:
