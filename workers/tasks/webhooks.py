@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+# Importing the service registers its after-commit wake-up: state changes this worker commits
+# (jobs finishing, purges) are then delivered at once rather than at the next sweep.
+import app.webhooks.service  # noqa: F401
 from app.core.queue import TaskName, get_celery
 from app.webhooks import dispatch as webhook_dispatch
 
