@@ -5,7 +5,7 @@ The fan-out turns sealed audit events into deliveries behind a persisted cursor 
 lock it, never race to insert it.
 
 Revision ID: 0013
-Revises: 0002
+Revises: 0018
 """
 
 from collections.abc import Sequence
@@ -16,7 +16,7 @@ from alembic import op
 import app.core.database
 
 revision: str = "0013"
-down_revision: str | None = "0002"
+down_revision: str | None = "0018"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
