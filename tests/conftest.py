@@ -144,10 +144,11 @@ def env(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.Monk
     Uses the ``backend`` parameter when the test asks for it, PostgreSQL otherwise.
     """
     backend = request.getfixturevalue("backend") if "backend" in request.fixturenames else "postgresql"
+    database_url = _fresh_database(backend, request, tmp_path)
     values = {
         "UNLEARND_MODE": "embedded",
         "UNLEARND_DATA_DIR": str(tmp_path / "var"),
-        "UNLEARND_DATABASE_URL": _fresh_database(backend, request, tmp_path),
+        "UNLEARND_DATABASE_URL": database_url,
         "UNLEARND_BROKER_URL": f"{request.getfixturevalue('redis_server')}/9",
         "UNLEARND_SUBJECT_PEPPER": "test-pepper-not-secret",
         "UNLEARND_LOG_LEVEL": "INFO",
@@ -157,6 +158,10 @@ def env(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.Monk
     reset_caches()
     yield values
     reset_caches()
+    # Dropped now rather than all at the end of the session, where hundreds of drops ran
+    # inside the last test's timeout and, on a loaded machine, overran it.
+    if database_url.startswith("postgresql"):
+        _pg_exec(f'DROP DATABASE IF EXISTS "{database_url.rsplit("/", 1)[1]}" WITH (FORCE)')
 
 
 @pytest.fixture
