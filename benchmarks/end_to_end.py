@@ -176,6 +176,8 @@ def simulate_month(args: argparse.Namespace) -> dict:
         "cpu_seconds_unlearning": round(sum(s for s, _ in history), 1),
         "cpu_seconds_one_retrain": round(retrain_seconds, 1),
         "final_test_accuracy": round(model.accuracy(heldout), 4),
+        "certified_bound_at_end": round(model.residual_bound, 4) if args.method == "newton" else None,
+        "certified_budget": round(model.removal_budget(), 4) if args.method == "newton" else None,
         "targets_met": summary["retrains_per_request"] <= 0.01 and late == 0,
     }
 
