@@ -21,6 +21,7 @@ from app.health.router import router as health_router
 from app.jobs.router import router as jobs_router
 from app.lineage.router import router as lineage_router
 from app.metrics.router import router as metrics_router
+from app.registry.router import ARTIFACT_UPLOAD_PATH
 from app.registry.router import router as registry_router
 from app.requests.router import router as requests_router
 from app.webhooks.router import router as webhooks_router
@@ -42,9 +43,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_problem_handlers(app)
     install_problem_openapi(app)
     # Added first, so innermost: the guard buffers only bodies the size limit has let through.
-    app.add_middleware(InputGuardMiddleware)
+    app.add_middleware(InputGuardMiddleware, streamed=frozenset({ARTIFACT_UPLOAD_PATH}))
     app.add_middleware(TransientDatabaseErrorMiddleware)
-    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes,
+                       streamed={ARTIFACT_UPLOAD_PATH: settings.max_artifact_bytes})
     app.add_middleware(RequestIdMiddleware)
     app.add_middleware(HttpMetricsMiddleware)
     for router in ROUTERS:

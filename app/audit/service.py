@@ -119,6 +119,16 @@ def record(
     return pending
 
 
+def recent(session: Session, *, action: str, actor: str, since: datetime) -> list[datetime]:
+    """When ``actor`` did ``action`` since ``since`` (sealed or still pending), oldest first:
+    rate limits count here, so they hold across every API process."""
+    times: list[datetime] = []
+    for model in (AuditEvent, PendingAuditEvent):
+        times += session.scalars(select(model.occurred_at).where(
+            model.action == action, model.actor == actor, model.occurred_at >= since))
+    return sorted(times)
+
+
 def append(
     session: Session,
     *,

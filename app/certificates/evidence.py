@@ -28,7 +28,9 @@ LEAF_ENCODING = (
 )
 NON_INCLUSION_METHOD = (
     "the request's subject hashes and record keys were looked up in every dataset; no record "
-    "matched, so no snapshot listed here (by its Merkle root) contains one"
+    "matched, so no snapshot listed here (by its Merkle root) contains one. Subject identifiers "
+    "of the types in identifiers_checked were hashed under each identifier canonicaliser version "
+    "listed there (every version any dataset was ingested with)"
 )
 
 
@@ -228,10 +230,17 @@ def models(session: Session, request_id: str) -> list[dict[str, Any]]:
     return described
 
 
-def non_inclusion(session: Session) -> dict[str, Any]:
+def non_inclusion(session: Session, request: DeletionRequest) -> dict[str, Any]:
     snapshots = session.scalars(select(DatasetSnapshot).order_by(DatasetSnapshot.created_at, DatasetSnapshot.id))
+    # Requests received before identifiers_checked was recorded checked version 1 only.
+    checked = request.affected.get("identifiers_checked") or {"types": [], "canonicaliser_versions": [1]}
     return {
         "method": NON_INCLUSION_METHOD,
+        "identifiers_checked": {
+            "types": list(checked["types"]),
+            "canonicaliser_versions": list(checked["canonicaliser_versions"]),
+            "record_ref_count": len(request.record_refs or []),
+        },
         "snapshots": [
             {"snapshot_id": s.id, "dataset_id": s.dataset_id, "record_count": s.record_count, "merkle_root": s.merkle_root}
             for s in snapshots

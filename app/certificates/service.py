@@ -48,7 +48,7 @@ def _content(session: Session, request: DeletionRequest, certificate_id: str, ke
         "request": facts,
         "forgotten_records": records,
         "models": described,
-        "non_inclusion": evidence.non_inclusion(session) if facts["outcome"] == "no_data_found" else None,
+        "non_inclusion": evidence.non_inclusion(session, request) if facts["outcome"] == "no_data_found" else None,
         "already_forgotten": evidence.already_forgotten(session, request),
         "claim": evidence.claim(request, records, described),
     }
@@ -91,15 +91,20 @@ def issue_certificate(session: Session, request_id: str, *, actor: str = "system
     return certificate
 
 
-def certificate_for(session: Session, request_id: str, viewer: ApiClient) -> Certificate:
+def certificate_for(session: Session, request_id: str, viewer: ApiClient) -> Certificate | None:
     """A portal sees only its own requests' certificates (others' are simply not found);
-    admins and auditors see all. A completed request without one yet gets it now."""
+    admins and auditors see all. Only reads: certificates are issued by the outbox task the
+    completion enqueued, so ``None`` means a completed request's certificate is on its way."""
     if viewer.role_enum is Role.ML:
         raise Forbidden("certificates are for portals, auditors and admins")
     request = session.get(DeletionRequest, request_id)
     if request is None or (viewer.role_enum not in _SEE_ALL and request.client_id != viewer.id):
         raise NotFound(f"no deletion request {request_id}")
-    return issue_certificate(session, request.id, actor=viewer.id)
+    if request.status != RequestStatus.COMPLETED:
+        raise Conflict(
+            f"a certificate is issued when the request completes; it is '{request.status}'", field="status"
+        )
+    return session.scalar(select(Certificate).where(Certificate.request_id == request.id))
 
 
 def requests_missing_certificates(session: Session, *, limit: int = 100) -> list[str]:

@@ -8,7 +8,7 @@ from sqlalchemy.orm import Session
 from app.audit import service as audit
 from app.core.auth import ApiClient, Role, client_cache, issue_key
 from app.core.database import utcnow
-from app.core.errors import InvalidInput, NotFound
+from app.core.errors import Conflict, InvalidInput, NotFound
 
 
 @dataclass(frozen=True)
@@ -47,8 +47,25 @@ def revoke_client(session: Session, client_id: str, *, actor: str = "system") ->
     client = session.get(ApiClient, client_id)
     if client is None:
         raise NotFound(f"no API client {client_id}")
+    if client.revoked_at is None and client.role == Role.ADMIN:
+        _keep_an_admin(session, client, actor)
     if client.revoked_at is None:
         client.revoked_at = utcnow()
         client_cache.forget(client.key_id)
         audit.record(session, actor=actor, action="client.revoked", entity_type="api_client", entity_id=client.id)
     return client
+
+
+def _keep_an_admin(session: Session, client: ApiClient, actor: str) -> None:
+    """Refuse to revoke the last active admin key (whoever asks, the key itself included):
+    nobody could then create or revoke keys. The active admins' rows are locked, so two
+    admins revoking each other at once cannot both succeed (SQLite serialises writers)."""
+    admins = session.scalars(
+        select(ApiClient.id).where(ApiClient.role == Role.ADMIN.value, ApiClient.revoked_at.is_(None))
+        .order_by(ApiClient.id).with_for_update()
+    ).all()
+    if [a for a in admins if a != client.id]:
+        return
+    who = "your own key, the last" if client.id == actor else "the last"
+    raise Conflict(f"refusing to revoke {who} active admin key; create another admin key first",
+                   field="client_id")

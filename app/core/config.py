@@ -36,6 +36,19 @@ class Settings(BaseSettings):
 
     # Empty: artifacts live in data_dir/artifacts. Otherwise an fsspec URL (s3://bucket/prefix).
     artifact_store_url: str = ""
+    # The only places outside the data dir a client may name (JSON lists of URL prefixes, e.g.
+    # ["s3://training-data/curated/"]): datasets read from them, imported artifacts live in them.
+    # Nothing else is accepted; local dataset files must be under data_dir/datasets.
+    dataset_remote_prefixes: list[str] = Field(default_factory=list)
+    artifact_remote_prefixes: list[str] = Field(default_factory=list)
+    max_uri_length: int = 1024
+    # Uploads through POST /v1/artifacts stream past max_body_bytes up to this size.
+    max_artifact_bytes: int = 4 * 1024**3
+    # ISO 3166 region for phone numbers written without a country code (e.g. "GB"); empty:
+    # such numbers are refused rather than guessed.
+    phone_default_region: str = ""
+    # Raw-identifier lineage lookups (admin only) per admin key per minute.
+    subject_lookups_per_minute: int = 30
 
     # Secret material. In embedded mode missing values are generated once under data_dir.
     subject_pepper: str = ""

@@ -10,9 +10,12 @@ class UnlearndError(Exception):
     slug: str = "bad-request"
     title: str = "Bad request"
 
-    def __init__(self, detail: str, *, field: str | None = None, **extensions: Any) -> None:
+    def __init__(
+        self, detail: str, *, field: str | None = None, headers: dict[str, str] | None = None, **extensions: Any
+    ) -> None:
         super().__init__(detail)
         self.detail = detail
+        self.headers = dict(headers or {})
         self.extensions = dict(extensions)
         if field is not None:
             self.extensions["field"] = field
@@ -40,6 +43,14 @@ class Conflict(UnlearndError):
 
 class IllegalTransition(Conflict):
     slug, title = "illegal-transition", "Illegal state transition"
+
+
+class TooManyRequests(UnlearndError):
+    status, slug, title = 429, "too-many-requests", "Too many requests"
+
+    def __init__(self, detail: str, *, retry_after: int, **extensions: Any) -> None:
+        super().__init__(detail, headers={"Retry-After": str(max(1, retry_after))}, retry_after=max(1, retry_after),
+                         **extensions)
 
 
 class PayloadTooLarge(UnlearndError):

@@ -108,11 +108,16 @@ class InputGuardMiddleware:
     Sits inside the body-size limit, so buffering a body here holds at most that many bytes.
     """
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, streamed: frozenset[str] = frozenset()) -> None:
         self.app = app
+        # Paths whose body is raw bytes streamed to disk (artifact uploads): never buffered here.
+        self.streamed = streamed
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if scope["path"] in self.streamed and "\x00" not in scope["path"]:
             await self.app(scope, receive, send)
             return
         if "\x00" in scope["path"] or b"\x00" in unquote_to_bytes(scope.get("query_string", b"")):

@@ -67,9 +67,10 @@ def _allowed_methods(request: Request) -> list[str]:
 def install_problem_handlers(app: FastAPI) -> None:
     @app.exception_handler(UnlearndError)
     async def _domain(request: Request, exc: UnlearndError) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else {}
         if exc.status == 503:
             headers = {"Retry-After": str(RETRY_AFTER_SECONDS)}
+        headers.update(exc.headers)
         return problem_response(
             request, status=exc.status, slug=exc.slug, title=exc.title, detail=exc.detail,
             headers=headers, **exc.extensions,

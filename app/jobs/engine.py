@@ -10,9 +10,10 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
+from app.core.errors import InvalidInput
+from app.registry.locations import local_dataset_path
 from workers.unlearning import (
     CertifiedBudgetExceeded,
     LabelledData,
@@ -41,13 +42,15 @@ class EngineInputError(ValueError):
 
 def load_dataset(uri: str, fmt: str, columns: dict[str, Any]) -> LabelledData:
     """Every row of a registered dataset file, keyed by its record key."""
-    path = Path(uri.removeprefix("file://"))
     try:
+        path = local_dataset_path(uri)
         return load_table(
             path, fmt,
             key_column=columns["record_key"], label_column=columns["label"],
             feature_columns=columns.get("features") or None, array_field=columns.get("image"),
         )
+    except InvalidInput as exc:
+        raise EngineInputError(f"dataset location refused: {exc.detail}") from None
     except (ValueError, KeyError) as exc:
         raise EngineInputError(f"dataset cannot be loaded for training: {exc}") from exc
 

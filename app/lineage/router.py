@@ -4,10 +4,8 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path
 
-from app.api.deps import ReaderClient, SessionDep
-from app.core.config import get_settings
+from app.api.deps import AdminClient, ReaderClient, SessionDep
 from app.core.fields import INT32_MAX
-from app.core.hashing import subject_hash
 from app.lineage import service
 from app.lineage.schemas import RecordLineage, SubjectLineage, SubjectQuery, VersionLineage
 
@@ -20,9 +18,8 @@ def record_lineage(dataset: str, record_key: str, session: SessionDep, _: Reader
 
 
 @router.post("/lineage/subjects", response_model=SubjectLineage)
-def subject_lineage(body: SubjectQuery, session: SessionDep, _: ReaderClient) -> SubjectLineage:
-    hashed = subject_hash(body.identifier_type, body.identifier, get_settings().pepper_bytes(), field="identifier")
-    return service.subject_lineage(session, hashed)
+def subject_lineage(body: SubjectQuery, session: SessionDep, admin: AdminClient) -> SubjectLineage:
+    return service.lookup_subject(session, body.identifier_type, body.identifier, actor=admin.id)
 
 
 @router.get("/lineage/snapshots/{snapshot_id}/proofs/{record_key:path}")

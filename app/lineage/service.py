@@ -8,9 +8,11 @@ stale); versions and artifacts are then found by their indexed snapshot ids.
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import numpy as np
@@ -18,8 +20,12 @@ from pyroaring import BitMap, FrozenBitMap
 from sqlalchemy import Integer, String, cast, null, select, union_all
 from sqlalchemy.orm import Session
 
+from app.audit import service as audit
 from app.core import merkle
-from app.core.errors import InvalidInput, NotFound
+from app.core.config import get_settings
+from app.core.database import utcnow
+from app.core.errors import InvalidInput, NotFound, TooManyRequests
+from app.core.hashing import canonical_json, sha256_hex
 from app.lineage import proofs
 from app.lineage.schemas import (
     AffectedVersion,
@@ -34,6 +40,7 @@ from app.lineage.schemas import (
     VersionRef,
 )
 from app.registry import service as registry
+from app.registry import subjects
 from app.registry.cache import ImmutableCache
 from app.registry.models import (
     DataRecord,
@@ -196,13 +203,36 @@ def record_lineage(session: Session, dataset_name: str, record_key: str) -> Reco
     return _lineages(session, [_Row(*row)])[0]
 
 
-def subject_lineage(session: Session, subject_hash: str) -> SubjectLineage:
+def subject_lineage(session: Session, subject_hash: str, *, also: list[str] | None = None) -> SubjectLineage:
+    """Records of the subject; ``also``: its hashes under older canonicalisers."""
+    hashes = sorted({subject_hash, *(also or [])})
     rows = [_Row(*r) for r in session.execute(
-        _ready_records().where(DataRecord.subject_hash == subject_hash).order_by(Dataset.name, DataRecord.record_key)
+        _ready_records().where(DataRecord.subject_hash.in_(hashes)).order_by(Dataset.name, DataRecord.record_key)
     )]
     records = _lineages(session, rows)
     return SubjectLineage(subject_hash=subject_hash, records=records,
                           still_contained=any(r.still_contained for r in records))
+
+
+SUBJECT_LOOKUP = "lineage.subject_lookup"
+_LOOKUP_WINDOW = timedelta(minutes=1)
+
+
+def lookup_subject(session: Session, identifier_type: str, identifier: str, *, actor: str) -> SubjectLineage:
+    """An admin's raw-identifier lookup. Turning identifiers into hashes is an oracle against
+    the pepper, so each lookup is audited (a hash of what was asked, never the identifier)
+    and counted against a per-key limit that holds across API processes."""
+    now = utcnow()
+    earlier = audit.recent(session, action=SUBJECT_LOOKUP, actor=actor, since=now - _LOOKUP_WINDOW)
+    limit = get_settings().subject_lookups_per_minute
+    if len(earlier) >= limit:
+        wait = (earlier[-limit] + _LOOKUP_WINDOW - now).total_seconds()
+        raise TooManyRequests(f"at most {limit} subject lookups a minute per key", retry_after=math.ceil(wait))
+    hashed = subjects.hashes_for(identifier_type, identifier, subjects.schemes_in_use(session), field="identifier")
+    audit.record(session, actor=actor, action=SUBJECT_LOOKUP, entity_type="subject_lookup",
+                 entity_id=sha256_hex(canonical_json([identifier_type, hashed.current])),
+                 payload={"identifier_type": identifier_type, "canonicaliser_versions": hashed.versions})
+    return subject_lineage(session, hashed.current, also=hashed.lookup)
 
 
 def resolve(

@@ -5,7 +5,10 @@ an fsspec bucket) does not rewrite the registry. The store is a folder under the
 unless ``UNLEARND_ARTIFACT_STORE_URL`` names an fsspec location (``s3://bucket/prefix``,
 needed when workers run on several machines). Identical bytes are stored once, which
 is why purging checks that no other live artifact still names the same URI.
-Other URIs (``s3://``, ``file://``, ...) are read through fsspec for imported models.
+Clients never name host paths: an imported version's bytes are uploaded (``receive``,
+behind ``POST /v1/artifacts``) and get a store-issued URI, or they live under a configured
+remote prefix (``app.registry.locations``), which is read but never deleted. Deletion
+touches only files inside the store, checked again at delete time.
 """
 
 from __future__ import annotations
@@ -14,13 +17,16 @@ import hashlib
 import os
 import re
 import tempfile
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import fsspec
 from fsspec import AbstractFileSystem
 
 from app.core.config import get_settings
-from app.core.errors import InvalidInput, NotFound
+from app.core.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge
+from app.registry.locations import check_remote_artifact
 
 SCHEME = "cas://sha256/"
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
@@ -51,8 +57,16 @@ def is_stored_uri(uri: str) -> bool:
 def _digest(uri: str) -> str:
     digest = uri.removeprefix(SCHEME)
     if not _DIGEST.match(digest):
-        raise InvalidInput(f"not a content-addressed artifact URI: {uri!r}", field="uri")
+        raise InvalidInput("not a content-addressed artifact URI (cas://sha256/<64 hex digits>)", field="uri")
     return digest
+
+
+def check_stored_uri(uri: str, *, field: str = "uri") -> str:
+    try:
+        _digest(uri)
+    except InvalidInput as exc:
+        raise InvalidInput(exc.detail, field=field) from None
+    return uri
 
 
 def _path(uri: str) -> Path:
@@ -100,10 +114,10 @@ def get_bytes(uri: str) -> bytes:
             raise NotFound(f"artifact {uri} is not in the store (purged or never written)")
         return path.read_bytes()
     try:
-        with fsspec.open(uri, "rb") as handle:
+        with fsspec.open(check_remote_artifact(uri), "rb") as handle:
             return handle.read()
     except FileNotFoundError:
-        raise NotFound(f"artifact {uri} not found") from None
+        raise NotFound("artifact not found under its remote prefix") from None
 
 
 def exists(uri: str) -> bool:
@@ -112,27 +126,32 @@ def exists(uri: str) -> bool:
         return bool(fs.exists(path))
     if is_stored_uri(uri):
         return _path(uri).exists()
-    fs, path = fsspec.core.url_to_fs(uri)
+    fs, path = fsspec.core.url_to_fs(check_remote_artifact(uri))
     return bool(fs.exists(path))
 
 
 def delete(uri: str) -> bool:
-    """Remove the bytes; return whether anything was there. Idempotent."""
-    if is_stored_uri(uri) and (remote := _remote_location(uri)):
+    """Remove the bytes from the store; return whether anything was deleted. Idempotent.
+
+    Only store-issued URIs are ever deleted, and only once the file is confirmed to sit in
+    its digest folder directly inside the store root (links resolved now, not when the URI
+    was written). Anything else (a remote-prefix artifact, a row written before this rule)
+    is left alone and reported as not deleted."""
+    if not is_stored_uri(uri):
+        return False
+    if remote := _remote_location(uri):
         fs, path = remote
         if not fs.exists(path):
             return False
         fs.rm(path)
         return True
-    if is_stored_uri(uri):
-        path = _path(uri)
-        existed = path.exists()
-        path.unlink(missing_ok=True)
-        return existed
-    fs, path = fsspec.core.url_to_fs(uri)
-    if not fs.exists(path):
+    path = _path(uri)
+    if not path.exists() and not path.is_symlink():
         return False
-    fs.rm(path)
+    root = store_root().resolve()
+    if path.parent.resolve().parent != root or not path.resolve().is_relative_to(root):
+        raise Conflict("artifact file lies outside the artifact store; refusing to delete it")
+    path.unlink(missing_ok=True)
     return True
 
 
@@ -150,8 +169,47 @@ def sha256_of(uri: str) -> str:
             raise NotFound(f"artifact {uri} is not in the store")
         opener = path.open("rb")
     else:
-        opener = fsspec.open(uri, "rb").open()
+        opener = fsspec.open(check_remote_artifact(uri), "rb").open()
     with opener as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class Received:
+    uri: str
+    sha256: str
+    size_bytes: int
+
+
+async def receive(chunks: AsyncIterator[bytes], max_bytes: int) -> Received:
+    """Stream an upload into the store, hashing as it arrives: the sha256 is the service's,
+    never the client's. Nothing is kept of an upload that goes over ``max_bytes``."""
+    staging = store_root() / ".incoming"
+    staging.mkdir(parents=True, exist_ok=True)
+    digest, size = hashlib.sha256(), 0
+    fd, tmp = tempfile.mkstemp(dir=staging, prefix="upload-")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            async for chunk in chunks:
+                size += len(chunk)
+                if size > max_bytes:
+                    raise PayloadTooLarge(f"artifact exceeds {max_bytes} bytes")
+                digest.update(chunk)
+                handle.write(chunk)
+        if size == 0:
+            raise InvalidInput("the upload is empty", field="body")
+        uri = uri_for(digest.hexdigest())
+        if remote := _remote_location(uri):
+            fs, path = remote
+            if not fs.exists(path):
+                fs.put_file(tmp, path)
+        else:
+            target = _path(uri)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if not target.exists():
+                os.replace(tmp, target)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return Received(uri=uri, sha256=digest.hexdigest(), size_bytes=size)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import fsspec
 import psycopg
 from sqlalchemy import delete, insert, select, text
 from sqlalchemy.exc import IntegrityError
@@ -21,7 +20,8 @@ from app.audit import service as audit
 from app.core.config import get_settings
 from app.core.database import session_scope, utcnow
 from app.core.errors import InvalidInput, NotFound
-from app.core.hashing import canonical_json, sha256_hex, subject_hash
+from app.core.hashing import CANONICALISER_VERSION, canonical_json, sha256_hex, subject_hash
+from app.registry import locations
 from app.registry.models import DataRecord, Dataset, DatasetStatus, RecordState
 from app.registry.readers import DatasetFileError, RowBatch, read_batches
 from app.registry.schemas import DatasetColumns, DatasetFormat
@@ -34,6 +34,7 @@ MAX_ROWS = 2**32 - 1
 
 def _hash_rows(dataset_id: str, batch: RowBatch, first_row: int, columns: DatasetColumns,
                pepper: bytes) -> list[tuple[Any, ...]]:
+    """Rows hashed with the current canonicaliser (``_start`` records it on the dataset)."""
     rows: list[tuple[Any, ...]] = []
     seen: set[str] = set()
     hashed: dict[str, str] = {}
@@ -47,7 +48,7 @@ def _hash_rows(dataset_id: str, batch: RowBatch, first_row: int, columns: Datase
             subject = hashed.get(raw)
             if subject is None:
                 try:
-                    subject = subject_hash(columns.identifier_type, raw, pepper)
+                    subject = subject_hash(columns.identifier_type, raw, pepper, fold_case=columns.fold_case)
                 except InvalidInput as exc:
                     # The raw value never enters the message: it is personal data.
                     raise DatasetFileError(
@@ -119,6 +120,7 @@ def _start(dataset_id: str) -> Dataset | None:
         session.execute(delete(DataRecord).where(DataRecord.dataset_id == dataset_id))
         dataset.status, dataset.error, dataset.progress, dataset.record_count = (
             DatasetStatus.INGESTING, None, 0.0, 0)
+        dataset.canonicaliser_version = CANONICALISER_VERSION
         return dataset
 
 
@@ -132,7 +134,7 @@ def ingest(dataset_id: str) -> Dataset:
     written = 0
     batch_keys: list[str] = []
     try:
-        with fsspec.open(dataset.uri, "rb") as handle:
+        with locations.open_dataset(dataset.uri) as handle:
             size = handle.size if hasattr(handle, "size") else 0
             for batch in read_batches(handle, DatasetFormat(dataset.format), columns, size or 0):
                 if written + len(batch) > MAX_ROWS:
@@ -147,8 +149,11 @@ def ingest(dataset_id: str) -> Dataset:
         _fail(dataset_id, str(exc))
     except (IntegrityError, psycopg.errors.UniqueViolation):
         _fail(dataset_id, _duplicate_message(dataset_id, batch_keys))
+    except InvalidInput as exc:
+        _fail(dataset_id, f"dataset location refused: {exc.detail}")
     except (OSError, ValueError) as exc:
-        _fail(dataset_id, f"unreadable file: {type(exc).__name__}: {exc}")
+        # The class only: an OS or network error's text can carry hosts, ports and paths.
+        _fail(dataset_id, f"unreadable file: {type(exc).__name__}")
     else:
         with session_scope() as session:
             ready = session.get(Dataset, dataset_id)

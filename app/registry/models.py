@@ -8,6 +8,7 @@ from sqlalchemy import BigInteger, ForeignKey, Index, Integer, LargeBinary, Stri
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.core.database import Base, new_id, utcnow
+from app.core.hashing import CANONICALISER_VERSION
 
 # SQLite only auto-increments INTEGER PRIMARY KEY; PostgreSQL gets a real BIGINT.
 BigId = BigInteger().with_variant(Integer, "sqlite")
@@ -51,6 +52,8 @@ class Dataset(Base):
     # Artifact holding every record's (row_index, record_key, leaf hash) sorted by record key:
     # built once, it lets each snapshot's Merkle tree be cut out without re-reading the rows.
     leaf_index_uri: Mapped[str | None] = mapped_column(String(2000), default=None)
+    # The identifier canonicaliser (app.core.hashing) its rows' subject hashes were made with.
+    canonicaliser_version: Mapped[int] = mapped_column(default=CANONICALISER_VERSION, server_default="1")
 
 
 class DataRecord(Base):

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, status
+from fastapi import APIRouter, Path, Request, status
 
 from app.api.deps import MLClient, ReaderClient, SessionDep
 from app.core.fields import INT32_MAX
@@ -10,6 +10,7 @@ from app.registry import service
 from app.registry.schemas import (
     ArtifactOut,
     ArtifactSpec,
+    ArtifactUploaded,
     DatasetCreate,
     DatasetOut,
     ModelCreate,
@@ -23,6 +24,18 @@ from app.registry.schemas import (
 
 router = APIRouter(prefix="/v1", tags=["registry"])
 VersionNumber = Annotated[int, Path(ge=1, le=INT32_MAX)]
+ARTIFACT_UPLOAD_PATH = "/v1/artifacts"
+
+
+@router.post(
+    "/artifacts", status_code=status.HTTP_201_CREATED, response_model=ArtifactUploaded,
+    openapi_extra={"requestBody": {"content": {"application/octet-stream": {}}, "required": True}},
+)
+async def upload_artifact(request: Request, session: SessionDep, client: MLClient) -> ArtifactUploaded:
+    """Stream model bytes into the content-addressed store; the returned `uri` and `sha256`
+    (computed here) are what `POST /v1/models/{name}/versions` accepts."""
+    received = await service.upload_artifact(session, request.stream(), actor=client.id)
+    return ArtifactUploaded(uri=received.uri, sha256=received.sha256, size_bytes=received.size_bytes)
 
 
 @router.post("/datasets", status_code=status.HTTP_202_ACCEPTED, response_model=DatasetOut)

@@ -41,6 +41,9 @@ class DatasetColumns(BaseModel):
     record_key: str = Field(min_length=1)
     subject_column: str | None = Field(default=None, min_length=1)
     identifier_type: IdentifierType = IdentifierType.USER_ID
+    # user_id only: match ids case-insensitively (case-folded before hashing). Off by default:
+    # most systems' ids are case-sensitive, and folding would merge two people.
+    fold_case: bool = False
     label: str | None = Field(default=None, min_length=1)
     features: list[str] = Field(default_factory=list)
     image: str | None = Field(default=None, min_length=1)
@@ -53,6 +56,8 @@ class DatasetColumns(BaseModel):
         present = [n for n in named if n]
         if len(present) != len(set(present)):
             raise ValueError("a column may play only one role")
+        if self.fold_case and self.identifier_type is not IdentifierType.USER_ID:
+            raise ValueError("fold_case applies to user_id subjects only (e-mails are always folded)")
         return self
 
     def columns(self) -> list[str]:
@@ -155,6 +160,12 @@ class ArtifactIn(BaseModel):
     shard: NonNegativeInt32 | None = None
     slice: NonNegativeInt32 | None = None
     snapshot_id: str | None = None
+
+
+class ArtifactUploaded(BaseModel):
+    uri: str
+    sha256: str
+    size_bytes: int
 
 
 class VersionImport(BaseModel):

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
-import fsspec
 from pydantic import ValidationError
 from pyroaring import BitMap
 from sqlalchemy import delete, func, select, update
@@ -19,7 +17,7 @@ from app.core.database import utcnow
 from app.core.errors import Conflict, IllegalTransition, InvalidInput, NotFound
 from app.core.outbox import enqueue
 from app.core.queue import TaskName
-from app.registry import artifacts, ingestion
+from app.registry import artifacts, ingestion, locations
 from app.registry.leaves import SnapshotLeaves, leaf_index
 from app.registry.models import (
     DataRecord,
@@ -52,37 +50,13 @@ _VERSION_MOVES = {
 
 def data_root() -> Path:
     """Local dataset files must live under this folder (symlinks are resolved first)."""
-    return get_settings().data_dir / "datasets"
+    return locations.dataset_root()
 
 
 def _validation_field(exc: ValidationError, prefix: str) -> tuple[str, str]:
     first = exc.errors()[0]
     where = ".".join(str(p) for p in first["loc"])
     return f"{prefix}.{where}" if where else prefix, first["msg"]
-
-
-def resolve_dataset_uri(uri: str) -> str:
-    """Return the URI ingestion will open, refusing local paths that leave the data root."""
-    parsed = urlparse(uri)
-    if parsed.scheme and parsed.scheme != "file" and len(parsed.scheme) > 1:
-        try:
-            fsspec.get_filesystem_class(parsed.scheme)
-        except (ValueError, ImportError):
-            raise InvalidInput(f"no filesystem for URI scheme '{parsed.scheme}'", field="uri") from None
-        return uri
-    raw = Path(parsed.path if parsed.scheme == "file" else uri)
-    root = data_root().resolve()
-    candidate = raw if raw.is_absolute() else root / raw
-    # realpath follows every symlink, so a link inside the root pointing out is caught here.
-    try:
-        real = Path(candidate).resolve()
-        if not real.is_relative_to(root):
-            raise InvalidInput(f"dataset path must be under the data root {root}", field="uri")
-        if not real.is_file():
-            raise InvalidInput("no such file under the data root", field="uri")
-    except OSError as exc:  # a name longer than the filesystem allows, say
-        raise InvalidInput(f"dataset path cannot be opened: {exc.strerror}", field="uri") from None
-    return str(real)
 
 
 def register_dataset(
@@ -99,7 +73,7 @@ def register_dataset(
         raise InvalidInput(f"{field}: {message}", field=field) from None
     if fmt is not DatasetFormat.NPZ and columns.image:
         raise InvalidInput("an image array is only supported in NPZ datasets", field="schema.image")
-    location = resolve_dataset_uri(uri)
+    location = locations.resolve_dataset(uri)
     if session.scalar(select(Dataset.id).where(Dataset.name == name)):
         raise Conflict(f"a dataset named '{name}' exists", field="name")
     dataset = Dataset(name=name, uri=location, format=fmt.value, schema=columns.model_dump(mode="json"),
@@ -274,7 +248,10 @@ def _check_artifact(session: Session, spec: ArtifactSpec, model: RegisteredModel
         kind = ArtifactKind(spec.kind)
     except ValueError:
         raise InvalidInput(f"artifact kind must be one of {', '.join(ArtifactKind)}", field=f"{field}.kind") from None
-    if artifacts.is_stored_uri(spec.uri):
+    if not artifacts.is_stored_uri(spec.uri):
+        locations.check_remote_artifact(spec.uri, field=f"{field}.uri")
+    else:
+        artifacts.check_stored_uri(spec.uri, field=f"{field}.uri")
         if not artifacts.exists(spec.uri):
             raise InvalidInput("artifact is not in the store", field=f"{field}.uri")
         if artifacts.sha256_of(spec.uri) != spec.sha256:
@@ -343,6 +320,14 @@ def add_version(
     return version
 
 
+async def upload_artifact(session: Session, chunks: AsyncIterator[bytes], *, actor: str) -> artifacts.Received:
+    """Bytes into the store (the service computes the sha256); the upload is audited."""
+    received = await artifacts.receive(chunks, get_settings().max_artifact_bytes)
+    audit.record(session, actor=actor, action="artifact.uploaded", entity_type="artifact", entity_id=received.sha256,
+                 payload={"uri": received.uri, "size_bytes": received.size_bytes})
+    return received
+
+
 def set_version_state(session: Session, version: ModelVersion, state: VersionState | str, actor: str) -> ModelVersion:
     state = VersionState(state)
     if state is VersionState.PURGED:
@@ -403,9 +388,12 @@ def purge_version(session: Session, version: ModelVersion, actor: str) -> ModelV
     # Bytes go before the commit: if the commit then fails the purge is simply re-run,
     # whereas the other order could leave bytes behind a record claiming they are gone.
     deleted = [uri for uri in sorted(uris - shared) if artifacts.delete(uri)]
+    # Bytes under a remote prefix are the importer's to delete: the store never deletes outside itself.
+    outside = [uri for uri in uris - shared if not artifacts.is_stored_uri(uri)]
     audit.record(session, actor=actor, action="model_version.purged", entity_type="model_version",
                  entity_id=version.id, payload={"sha256": sorted({p.sha256 for p in parts}),
-                                                "deleted": len(deleted), "kept_shared": len(uris & shared)})
+                                                "deleted": len(deleted), "kept_shared": len(uris & shared),
+                                                "outside_store": len(outside)})
     return version
 
 

@@ -25,8 +25,11 @@ from app.core.auth import ApiClient, Role
 from app.core.config import get_settings
 from app.core.database import utcnow
 from app.core.errors import Conflict, IllegalTransition, InvalidInput, NotFound
-from app.core.hashing import canonical_json, sha256_hex, subject_hash
+from app.core.hashing import canonical_json, sha256_hex
+from app.core.outbox import enqueue
+from app.core.queue import TaskName
 from app.lineage import service as lineage
+from app.registry import subjects
 from app.registry.models import RecordState, RegisteredModel
 from app.requests import deadlines
 from app.requests.models import (
@@ -123,7 +126,9 @@ def submit(
     _check_idempotency_key(idempotency_key)
     if not submission.subject and not submission.records:
         raise InvalidInput("give the subject's identifiers and/or explicit records", field="subject")
-    hashes = _hash_identifiers(submission)
+    identifiers = _hash_identifiers(session, submission)
+    hashes = [identifier.current for identifier in identifiers]
+    lookup = sorted({h for identifier in identifiers for h in identifier.lookup})
     received_at = utcnow()
     requested_at = submission.requested_at or received_at
     if requested_at > received_at + CLOCK_SKEW:
@@ -137,7 +142,7 @@ def submit(
     record_refs = [(ref.dataset, ref.record_key) for ref in submission.records]
     scope_models = submission.scope.models if submission.scope else None
     _check_scope_models(session, scope_models)
-    resolution = _resolve_lineage(session, sorted(set(hashes)), record_refs, scope_models)
+    resolution = _resolve_lineage(session, lookup, record_refs, scope_models)
     _check_known_datasets(submission, resolution.unknown_datasets)
 
     request = DeletionRequest(
@@ -145,7 +150,7 @@ def submit(
         external_ref=submission.external_ref,
         idempotency_key=idempotency_key,
         request_hash=request_hash,
-        subject_hashes=sorted(set(hashes)),
+        subject_hashes=lookup,
         record_refs=[{"dataset": d, "record_key": k} for d, k in record_refs],
         legal_basis=submission.legal_basis.value,
         jurisdiction=submission.jurisdiction,
@@ -170,6 +175,7 @@ def submit(
 
     steps = [RequestTransition(request_id=request.id, from_status=None, to_status=S.RECEIVED.value, actor=client.id, at=received_at)]
     version_ids = _store_resolution(session, request, resolution)
+    request.affected["identifiers_checked"] = _identifiers_checked(submission, identifiers)
     if not request.affected["record_count"] and not version_ids:
         # Records found but all forgotten already: that is not "no data found", it is done, and
         # the earlier request's certificate holds the proof.
@@ -183,6 +189,7 @@ def submit(
         steps.append(_apply(request, S.SCHEDULED, actor="system"))
     session.add_all(steps)
     session.flush()
+    _issue_certificate_when_completed(session, request)
     # One event for the whole intake transaction, naming every status it passed through,
     # keeps the hot path to a single audit row.
     audit.record(
@@ -208,12 +215,25 @@ def _check_idempotency_key(key: str | None) -> None:
         )
 
 
-def _hash_identifiers(submission: DeletionRequestCreate) -> list[str]:
-    pepper = get_settings().pepper_bytes()
+def _hash_identifiers(session: Session, submission: DeletionRequestCreate) -> list[subjects.SubjectHashes]:
+    """Each identifier's hash under every canonicaliser some dataset was ingested with."""
+    if not submission.subject:
+        return []
+    schemes = subjects.schemes_in_use(session)
     return [
-        subject_hash(identifier.type, identifier.value, pepper, field=f"subject.{index}.value")
+        subjects.hashes_for(identifier.type, identifier.value, schemes, field=f"subject.{index}.value")
         for index, identifier in enumerate(submission.subject)
     ]
+
+
+def _identifiers_checked(
+    submission: DeletionRequestCreate, identifiers: list[subjects.SubjectHashes]
+) -> dict[str, list[Any]]:
+    """What the subject lookup covered: a no_data_found certificate states exactly this."""
+    return {
+        "types": sorted({identifier.type.value for identifier in submission.subject}),
+        "canonicaliser_versions": sorted({v for identifier in identifiers for v in identifier.versions}),
+    }
 
 
 def _request_hash(submission: DeletionRequestCreate, hashes: list[str]) -> str:
@@ -372,7 +392,15 @@ def transition(
     session.add(step)
     session.flush()
     _audit_transition(session, request, step)
+    _issue_certificate_when_completed(session, request)
     return step
+
+
+def _issue_certificate_when_completed(session: Session, request: DeletionRequest) -> None:
+    """Completion and the order to certify it commit together (outbox), so every completed
+    request gets its certificate without anyone having to read it first."""
+    if request.status == S.COMPLETED:
+        enqueue(session, TaskName.ISSUE_CERTIFICATE, request_id=request.id)
 
 
 def _apply(

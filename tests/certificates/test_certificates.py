@@ -200,6 +200,7 @@ def test_key_rotation_keeps_old_certificates_valid(api, completed_request, make_
 def test_portal_sees_only_its_own_certificates(api, make_client, completed_request):
     owner, other, ml, auditor = make_client("portal"), make_client("portal"), make_client("ml"), make_client("auditor")
     request_id = completed_request(client_id=owner.id)
+    _issue(request_id)
     url = f"/v1/deletion-requests/{request_id}/certificate"
     mine = api.get(url, headers=owner.headers)
     assert mine.status_code == 200, mine.text
@@ -218,6 +219,63 @@ def test_unfinished_request_has_no_certificate_yet(api, make_client, completed_r
     assert response.json()["field"] == "status"
 
 
+def _row_counts() -> dict[str, int]:
+    from sqlalchemy import func, select
+
+    from app.audit.models import AuditEvent, PendingAuditEvent, TreeHead
+    from app.certificates.models import Certificate
+    from app.core.outbox import OutboxMessage
+
+    with session_scope() as session:
+        return {model.__tablename__: session.scalar(select(func.count()).select_from(model))
+                for model in (Certificate, AuditEvent, PendingAuditEvent, TreeHead, OutboxMessage)}
+
+
+def test_get_of_a_certificate_never_writes(api, make_client, completed_request, backend):
+    """A completed request whose certificate the outbox task has not issued yet answers 202
+    with Retry-After; neither that read nor the read of an issued one writes a row."""
+    owner = make_client("portal")
+    request_id = completed_request(client_id=owner.id)
+    url = f"/v1/deletion-requests/{request_id}/certificate"
+    before = _row_counts()
+    for _ in range(2):
+        waiting = api.get(url, headers=owner.headers)
+        assert waiting.status_code == 202 and int(waiting.headers["Retry-After"]) >= 1
+        assert waiting.json()["status"] == "issuing"
+    assert _row_counts() == before
+    _issue(request_id)
+    issued = _row_counts()
+    assert issued["certificates"] == before["certificates"] + 1
+    first = api.get(url, headers=owner.headers)
+    assert first.status_code == 200 and api.get(url, headers=owner.headers).content == first.content
+    assert _row_counts() == issued
+
+
+def test_completion_enqueues_the_certificate_in_the_same_transaction(env, make_client, backend):
+    """A request completing at intake (no data found) writes the issuing task to the outbox
+    with its status; the end-to-end test covers completion by a job."""
+    from sqlalchemy import select
+
+    from app.core.auth import ApiClient
+    from app.core.outbox import OutboxMessage
+    from app.core.queue import TaskName
+    from app.requests import service as requests
+    from app.requests.schemas import DeletionRequestCreate
+
+    portal = make_client("portal")
+    with session_scope() as session:
+        submitted = requests.submit(
+            session, client=session.get(ApiClient, portal.id), provenance=requests.Provenance(channel="api"),
+            submission=DeletionRequestCreate.model_validate(
+                {"subject": [{"type": "user_id", "value": "nobody-here"}], "legal_basis": "gdpr_art17"}),
+        ).request
+        assert submitted.status == "completed" and submitted.outcome == "no_data_found"
+        request_id = submitted.id
+    with session_scope() as session:
+        messages = session.scalars(select(OutboxMessage).where(OutboxMessage.task_name == TaskName.ISSUE_CERTIFICATE))
+        assert [m.kwargs for m in messages] == [{"request_id": request_id}]
+
+
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     # No database and no data dir: verification must need neither.
     env = {k: v for k, v in os.environ.items() if not k.startswith("UNLEARND_")}
@@ -229,6 +287,7 @@ def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 def test_cli_verifies_a_fetched_certificate_and_rejects_a_hand_edited_copy(api, make_client, completed_request, tmp_path):
     owner = make_client("portal")
     request_id = completed_request(client_id=owner.id)
+    _issue(request_id)
     certificate = tmp_path / "certificate.json"
     certificate.write_bytes(api.get(f"/v1/deletion-requests/{request_id}/certificate", headers=owner.headers).content)
     jwks = tmp_path / "keys.json"

@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+import json
+
 from sqlalchemy import select
 
 from app.demo import DemoModel
-from tests.jobs.conftest import TINY_SISA, submit, wait_job
+from tests.jobs.conftest import TINY_SISA, submit, wait_for, wait_job
 
 
 def _versions(model_name: str) -> list:
@@ -60,8 +62,10 @@ def test_request_is_unlearned_verified_purged_and_completed(backend, env, api, m
         base_parts = {(p.kind, p.shard, p.slice): (p.uri, p.snapshot_id) for p in session.scalars(
             select(ModelArtifact).where(ModelArtifact.version_id == base_id))}
 
-    request = submit(api, portal, "demo-subject-7")
-    assert request["status"] == "scheduled"
+    # The portal sends demo-subject-7 as a careless form would: a zero-width space, a
+    # full-width digit and a trailing no-break space. It must still find the subject.
+    request = submit(api, portal, "\u200bdemo-subject-\uff17\u00a0")
+    assert request["status"] == "scheduled" and request["affected"]["record_count"] > 0
     batch = api.post("/v1/models/digits-sisa/unlearn-now", headers=admin.headers)
     assert batch.status_code == 202, batch.text
     job_id = batch.json()["job"]["id"]
@@ -92,7 +96,12 @@ def test_request_is_unlearned_verified_purged_and_completed(backend, env, api, m
     assert sum(artifacts.exists(uri) for uri, _ in base_parts.values()) < len(base_parts) - len(touched)
 
     done = api.get(f"/v1/deletion-requests/{request['id']}", headers=portal.headers).json()
-    assert done["status"] == "completed"
+    assert (done["status"], done["outcome"]) == ("completed", "forgotten")
+    # Issued by the worker through the outbox when the request completed, not by this read.
+    certificate = wait_for(lambda: (r := api.get(f"/v1/deletion-requests/{request['id']}/certificate",
+                                                headers=portal.headers)).status_code == 200 and r,
+                           timeout=120, what="certificate issued by the worker")
+    assert json.loads(certificate.content)["certificate"]["request"]["outcome"] == "forgotten"
     hashed = subject_hash("user_id", "demo-subject-7", get_settings().pepper_bytes())
     with session_scope() as session:
         states = set(session.scalars(select(DataRecord.state).where(DataRecord.subject_hash == hashed)))

@@ -182,13 +182,13 @@ def test_version_lineage_over_http(api, make_client, backend):
     record = api.get("/v1/lineage/records/ds/r00009", headers=reader.headers).json()
     assert sorted(v["number"] for v in record["model_versions"]) == [1, 2]
     subject = api.post("/v1/lineage/subjects", json={"identifier_type": "email", "identifier": "PERSON3@example.org"},
-                       headers=make_client("auditor").headers).json()
+                       headers=make_client("admin").headers).json()
     assert [r["record_key"] for r in subject["records"]] == ["r00003"] and subject["still_contained"]
     portal = make_client("portal")
     assert api.get("/v1/lineage/records/ds/r00009", headers=portal.headers).status_code == 403
     assert api.get("/v1/lineage/records/ds/nope", headers=reader.headers).status_code == 404
     bad = api.post("/v1/lineage/subjects", json={"identifier_type": "email", "identifier": "nope"},
-                   headers=reader.headers)
+                   headers=make_client("admin").headers)
     assert bad.status_code == 422 and bad.json()["field"] == "identifier"
 
 
