@@ -145,3 +145,17 @@ def test_embedded_pepper_is_generated_once(monkeypatch, tmp_path):
     first, second = Settings().pepper_bytes(), Settings().pepper_bytes()
     assert first == second and len(first) >= 32
     assert (tmp_path / "secrets" / "subject_pepper").stat().st_mode & 0o077 == 0
+
+
+def test_the_last_active_admin_key_cannot_be_revoked(api, make_client, backend):
+    first = make_client("admin")
+    itself = api.post(f"/v1/clients/{first.id}/revoke", headers=first.headers)
+    assert_problem(itself, 409)
+    assert "last" in itself.json()["detail"]
+    second = make_client("admin")
+    # With two admins, one may go (even itself); then the survivor is the last one.
+    assert api.post(f"/v1/clients/{first.id}/revoke", headers=first.headers).status_code == 200
+    assert_problem(api.post(f"/v1/clients/{second.id}/revoke", headers=second.headers), 409)
+    portal = make_client("portal")
+    assert api.post(f"/v1/clients/{portal.id}/revoke", headers=second.headers).status_code == 200
+    assert api.get("/v1/clients", headers=second.headers).status_code == 200
