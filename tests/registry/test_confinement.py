@@ -232,7 +232,7 @@ def test_a_canary_outside_the_store_survives_a_purge_of_every_version(hostile, b
     """Versions written before the rule (rows naming host paths and fsspec chains) and a
     store entry swapped for a link to the canary: purging them all deletes store bytes only."""
     from app.core.database import session_scope
-    from app.core.errors import Conflict
+    from app.core.errors import Conflict, InvalidInput
     from app.registry import artifacts, service
     from app.registry.models import ModelArtifact, ModelVersion, RegisteredModel, VersionState
 
@@ -253,6 +253,10 @@ def test_a_canary_outside_the_store_survives_a_purge_of_every_version(hostile, b
             session.flush()
             session.add(ModelArtifact(version_id=version.id, kind="model", uri=uri, sha256="0" * 64))
         versions = [v.id for v in session.scalars(select(ModelVersion).where(ModelVersion.model_id == model.id))]
+    # Used as a base, such a version's bytes are not read either.
+    for uri in legacy_uris[:-1]:
+        with pytest.raises(InvalidInput):
+            artifacts.get_bytes(uri)
     for version_id in versions:
         with session_scope() as session:
             service.purge_version(session, session.get(ModelVersion, version_id), actor="test")
