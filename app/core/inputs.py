@@ -117,7 +117,7 @@ class InputGuardMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        if scope["path"] in self.streamed and "\x00" not in scope["path"]:
+        if scope["path"] in self.streamed:
             await self.app(scope, receive, send)
             return
         if "\x00" in scope["path"] or b"\x00" in unquote_to_bytes(scope.get("query_string", b"")):
