@@ -4,7 +4,7 @@ Rows ingested before this revision were hashed by canonicaliser version 1, so ex
 datasets get 1; intake hashes every identifier once per version still present.
 
 Revision ID: 0010
-Revises: 0018
+Revises: 0013
 """
 
 from collections.abc import Sequence
@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0010"
-down_revision: str | None = "0018"
+down_revision: str | None = "0013"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
