@@ -99,3 +99,19 @@ def test_budget_spent_refuses_then_retrain_resets_it(blobs, sha):
     assert report.details["previous_bound"] == 0.0
     assert report.details["bound"] == pytest.approx(report.details["gradient_residual_norm"])
     assert after.residual_bound <= after.removal_budget()
+
+
+def test_a_state_saved_before_derived_noise_loads_as_it_was_trained(small_problem):
+    """States written before this change carry no noise_scale and were fitted on raw rows."""
+    from workers.unlearning.serialization import pack, unpack
+
+    train, _, _ = small_problem
+    old = get_adapter("logreg", noise_std=1.0, unit_rows=False).fit(train, seed=3)
+    state = unpack(old.state_bytes())
+    header = dict(state.header)
+    header["extra"] = {k: v for k, v in header["extra"].items() if k != "noise_scale"}
+    header["hyperparameters"] = {k: v for k, v in header["hyperparameters"].items()
+                                 if k not in ("unit_rows", "residual_allowance")}
+    restored = adapter_from_state(pack(header, state.tensors, state.blobs))
+    assert restored.noise_scale == 1.0 and restored.hyperparameters.unit_rows is False
+    assert torch.equal(restored.predict(train.features), old.predict(train.features))

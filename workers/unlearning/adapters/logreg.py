@@ -26,6 +26,7 @@ has to be found precisely.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -252,7 +253,11 @@ class LogRegAdapter(TorchClassifier):
         super()._restore(header, tensors, blobs)
         self.n_train = int(header["n_train"])
         self.residual_bound = float(header["residual_bound"])
-        self.noise_scale = header.get("noise_scale")
+        if "noise_scale" in header:
+            self.noise_scale = header["noise_scale"]
+        else:  # saved before sigma was derived and rows scaled: raw rows, the recipe's sigma
+            self.noise_scale = self.hyperparameters.noise_std
+            self.hyperparameters = dataclasses.replace(self.hyperparameters, unit_rows=False)
         self.hessian_inverse = tensors.get("cache.hessian_inverse")
         self.gradient = tensors.get("cache.gradient")
 
