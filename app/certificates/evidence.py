@@ -230,6 +230,18 @@ def models(session: Session, request_id: str) -> list[dict[str, Any]]:
     return described
 
 
+def lineage_check(request: DeletionRequest) -> dict[str, Any] | None:
+    """The check made when the request completed: no live version held its records, and no
+    training run that might have read them was under way (None for requests completed
+    before the check existed)."""
+    check = (request.affected or {}).get("completion_check")
+    if check is None:
+        return None
+    return {"checked_at": check["checked_at"], "method": check["method"], "records": check["records"],
+            "live_versions_holding": len(check["live_versions_holding"]),
+            "training_jobs_in_flight": len(check["training_jobs_in_flight"]), "passed": check["passed"]}
+
+
 def non_inclusion(session: Session, request: DeletionRequest) -> dict[str, Any]:
     snapshots = session.scalars(select(DatasetSnapshot).order_by(DatasetSnapshot.created_at, DatasetSnapshot.id))
     # Requests received before identifiers_checked was recorded checked version 1 only.
@@ -298,6 +310,10 @@ def claim(request: DeletionRequest, records: dict[str, Any], described: list[dic
         f"{request.id} (committed to by forgotten_records.merkle_root) are in none of the "
         f"{len(described)} models listed" + (f" ({held})" if held else "") + ": each listed job produced its "
         f"result version without them, under the guarantee it states, and each of the {versions} affected "
-        "versions' artifacts listed as purged was deleted from the Unlearnd artifact store. It asserts nothing "
-        "about copies outside that store, such as backups, exports, caches or models trained elsewhere."
+        "versions' artifacts listed as purged was deleted from the Unlearnd artifact store."
+        + (f" At {request.affected['completion_check']['checked_at']} (lineage_check) no part of any live "
+           "model version held one of these records and no training run on their datasets was under way."
+           if (request.affected or {}).get("completion_check") else "")
+        + " It asserts nothing about copies outside that store, such as backups, exports, caches or models "
+        "trained elsewhere."
     )

@@ -50,6 +50,7 @@ def _content(session: Session, request: DeletionRequest, certificate_id: str, ke
         "models": described,
         "non_inclusion": evidence.non_inclusion(session, request) if facts["outcome"] == "no_data_found" else None,
         "already_forgotten": evidence.already_forgotten(session, request),
+        "lineage_check": evidence.lineage_check(request),
         "claim": evidence.claim(request, records, described),
     }
 

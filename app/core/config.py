@@ -69,6 +69,8 @@ class Settings(BaseSettings):
     )
     deadline_risk_margin_hours: float = 72.0
     scheduler_interval_seconds: float = 30.0
+    # The lineage reconciliation sweep (no live version holds a forgotten record unnoticed).
+    lineage_sweep_interval_seconds: float = 60.0
     torch_threads: int = 1
     # Redis redelivers an unacknowledged task after this long; jobs also keep a heartbeat lease.
     task_visibility_timeout_seconds: int = 3600

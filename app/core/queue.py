@@ -34,6 +34,7 @@ class TaskName:
     ISSUE_CERTIFICATE: Final = "unlearnd.certificates.issue"
     ISSUE_MISSING_CERTIFICATES: Final = "unlearnd.certificates.issue_missing"
     WEBHOOKS_DISPATCH: Final = "unlearnd.webhooks.dispatch"
+    LINEAGE_SWEEP: Final = "unlearnd.lineage.sweep"
 
 
 def beat_schedule(settings: Settings) -> dict[str, dict[str, object]]:
@@ -44,6 +45,7 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, object]]:
         TaskName.AUDIT_SEAL: 5.0,
         TaskName.AUDIT_SIGN_TREE_HEAD: 300.0,
         TaskName.ISSUE_MISSING_CERTIFICATES: 60.0,
+        TaskName.LINEAGE_SWEEP: settings.lineage_sweep_interval_seconds,
         # Retries come due and a dead dispatcher's leases expire without any commit to wake one.
         TaskName.WEBHOOKS_DISPATCH: settings.webhook_sweep_interval_seconds,
     }

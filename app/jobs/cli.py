@@ -7,10 +7,11 @@ import json
 import click
 
 from app.core.cli_errors import as_click_errors
-from app.core.database import session_scope
-from app.jobs import service
+from app.core.database import session_scope, utcnow
+from app.jobs import invariant, service
 from app.jobs.models import JobKind, JobStatus
 from app.jobs.schemas import JobOut
+from app.lineage.cli import cli as lineage_cli
 
 ACTOR = "cli"
 
@@ -93,3 +94,37 @@ def cancel(job_id: str) -> None:
     """Withdraw a job before unlearning starts."""
     with as_click_errors(), session_scope() as session:
         _echo(service.cancel_job(session, job_id, actor=ACTOR))
+
+
+@lineage_cli.command("check")
+@click.option("--json", "as_json", is_flag=True, help="Print the findings as JSON.")
+def lineage_check(as_json: bool) -> None:
+    """Check the lineage invariant over every live version (read-only); exit 1 on a violation.
+
+    A live version may hold a record at stake only while something will unlearn it there:
+    see the jobs room's ``invariant`` module. The sweep (beat) covers what this reports."""
+    with as_click_errors(), session_scope() as session:
+        checked_at = utcnow().isoformat()
+        found, violations = invariant.check(session)
+    bad = {v.version_id for v in violations}
+    if as_json:
+        click.echo(json.dumps({
+            "checked_at": checked_at, "holding": len(found),
+            "pending": [{"model": h.model, "number": h.number, "state": h.state, "forgotten": len(h.forgotten),
+                         "requests": sorted(h.requests)} for h in found if h.version_id not in bad],
+            "violations": [{"model": v.model, "number": v.number, "state": v.state, "version_id": v.version_id,
+                            "forgotten_records": v.forgotten_records, "unattached_requests": list(v.unattached_requests),
+                            "uncarried_requests": list(v.uncarried_requests)} for v in violations],
+        }, indent=2))
+    else:
+        for holding in found:
+            if holding.version_id not in bad:
+                click.echo(f"pending: {holding.model} v{holding.number} ({holding.state}) holds records of "
+                           f"{len(holding.requests)} open request(s) and {len(holding.forgotten)} forgotten record(s); "
+                           "attached and scheduled")
+        for violation in violations:
+            click.echo(f"VIOLATION: {violation.describe()}")
+        click.echo(f"lineage check at {checked_at}: {len(violations)} violation(s), "
+                   f"{len(found) - len(violations)} live version(s) holding records pending unlearning")
+    if violations:
+        raise SystemExit(1)

@@ -25,7 +25,9 @@ from app.core.errors import NotFound
 from app.core.outbox import enqueue
 from app.core.queue import TaskName
 from app.jobs.models import JobKind, JobRequest, JobStage, JobStatus, UnlearningJob
+from app.lineage import service as lineage
 from app.registry import service as registry
+from app.registry.models import DataRecord, RegisteredModel
 from app.requests import service as requests
 from app.requests.models import Guarantee, RequestModelVersion, RequestRecord, RequestStatus, weakest
 
@@ -186,7 +188,8 @@ def _model_levels(session: Session, request_id: str) -> dict[str, int]:
 
 def sync_request(session: Session, request_id: str, *, actor: str) -> None:
     """Unlearning once any of its models is being unlearned, verifying once every model is
-    verifying, completed once every model has forgotten it."""
+    verifying, completed once every model has forgotten it (and no live version holds it)."""
+    lineage.lock_lineage(session, exclusive=False)  # before the row lock: see lock_lineage
     request = requests.get_for_update(session, request_id)
     if request.status not in _LEVEL:
         return
@@ -215,13 +218,56 @@ def request_guarantee(session: Session, request_id: str) -> str:
     return weakest([r.get("guarantee") or Guarantee.APPROXIMATE for r in reports]) or Guarantee.EXACT.value
 
 
-def complete_request(session: Session, request: Any, *, actor: str) -> None:
-    """Every record the request named becomes forgotten (no future snapshot takes it) as it completes."""
+def completion_check(session: Session, record_ids: list[int]) -> dict[str, Any]:
+    """What must hold before a request's records count as forgotten: no live version
+    (training, active, superseded) has a part whose snapshot holds one, and no training run
+    that may have read them before the request arrived is still under way (its version is
+    checked when it registers, and attaches the request)."""
+    holders = lineage.live_versions_holding(session, record_ids) if record_ids else []
+    datasets = set(session.scalars(select(DataRecord.dataset_id).where(DataRecord.id.in_(record_ids)))) \
+        if record_ids else set()
+    training = list(session.scalars(
+        select(UnlearningJob.id).join(RegisteredModel, RegisteredModel.id == UnlearningJob.model_id).where(
+            RegisteredModel.dataset_id.in_(datasets), UnlearningJob.kind == JobKind.TRAIN,
+            (UnlearningJob.status == JobStatus.RUNNING)
+            | ((UnlearningJob.status == JobStatus.QUEUED) & UnlearningJob.stage.is_not(None)),
+        ).order_by(UnlearningJob.id))) if datasets else []
+    return {
+        "checked_at": utcnow().isoformat(),
+        "method": LINEAGE_CHECK_METHOD,
+        "records": len(record_ids),
+        "live_versions_holding": [{"id": v.id, "model": v.model, "number": v.number, "state": v.state}
+                                  for v in holders],
+        "training_jobs_in_flight": training,
+        "passed": not holders and not training,
+    }
+
+
+LINEAGE_CHECK_METHOD = (
+    "every non-purged part (whole model, SISA shard, slice checkpoint) of every version in state training, "
+    "active or superseded was tested for the request's records against its training snapshot's membership "
+    "bitmap, and no training job on their datasets was under way"
+)
+
+
+def complete_request(session: Session, request: Any, *, actor: str) -> bool:
+    """Complete the request if the lineage check passes: its records become forgotten (no
+    future snapshot takes them) and the check is kept for the certificate. Otherwise it
+    stays open, and returns False: the version holding it has a follow-up job, whose end
+    syncs the request again (and so does the scheduler's tick)."""
     record_ids = list(session.scalars(select(RequestRecord.record_id).where(RequestRecord.request_id == request.id)))
+    check = completion_check(session, record_ids)
+    if not check["passed"]:
+        log.info("request completion deferred by the lineage check", extra={
+            "deletion_request": request.id, "holders": len(check["live_versions_holding"]),
+            "training": len(check["training_jobs_in_flight"])})
+        return False
     if record_ids:
         registry.mark_records_forgotten(session, record_ids, actor)
+    requests.note_completion_check(request, check)
     requests.transition(session, request, RequestStatus.COMPLETED, actor=actor,
                         guarantee=request_guarantee(session, request.id))
+    return True
 
 
 def release(session: Session, job: UnlearningJob) -> None:

@@ -8,6 +8,7 @@ from app.api.deps import AdminClient, MLClient, ReaderClient, SessionDep
 from app.jobs import service
 from app.jobs.models import JobKind, JobStatus, UnlearningJob
 from app.jobs.schemas import BatchOut, JobDetail, JobOut, TrainBody
+from app.registry.schemas import VersionImport, VersionOut
 
 router = APIRouter(tags=["jobs"])
 
@@ -21,6 +22,13 @@ def _detail(session: SessionDep, job: UnlearningJob) -> JobDetail:
 def train_model(name: str, session: SessionDep, client: MLClient, body: TrainBody | None = None) -> JobOut:
     config = service.TrainingConfig(**(body or TrainBody()).model_dump())
     return JobOut.model_validate(service.start_training(session, name, actor=client.id, config=config))
+
+
+@router.post("/v1/models/{name}/versions", status_code=status.HTTP_201_CREATED, response_model=VersionOut,
+             tags=["registry"])
+def import_version(name: str, body: VersionImport, session: SessionDep, client: MLClient) -> VersionOut:
+    """Served by the jobs room: an imported version is checked against the lineage invariant."""
+    return VersionOut.model_validate(service.import_version(session, name, body, actor=client.id))
 
 
 @router.post("/v1/models/{name}/unlearn-now", status_code=status.HTTP_202_ACCEPTED, response_model=BatchOut)

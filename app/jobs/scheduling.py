@@ -24,6 +24,7 @@ from app.jobs import engine, lifecycle
 from app.jobs.models import JobKind, JobRequest, JobStatus, UnlearningJob
 from app.jobs.planner import BatchPolicy, CostModel, Decision, PendingDeletion, decide, retrains_per_request
 from app.jobs.unlearning import active_version
+from app.lineage import service as lineage
 from app.registry import service as registry
 from app.registry.models import DataRecord, ModelVersion, RegisteredModel
 from app.requests import service as requests
@@ -50,6 +51,7 @@ def schedule(session: Session, *, now: datetime | None = None, actor: str = "sch
     now = now or utcnow()
     resume_stale_jobs(session, now)
     complete_requests_without_models(session, actor=actor)
+    resync_waiting_requests(session, actor=actor)
     flag_deadlines_at_risk(session, now, actor=actor)
     outcomes = []
     for model in models_with_pending(session):
@@ -235,12 +237,31 @@ def resume_stale_jobs(session: Session, now: datetime) -> list[str]:
 def complete_requests_without_models(session: Session, *, actor: str) -> int:
     """A request whose records no model version saw only needs its records marked forgotten."""
     done = 0
-    for scheduled in requests.list_scheduled_without_models(session, limit=500):
+    waiting = requests.list_scheduled_without_models(session, limit=500)
+    if waiting:
+        lineage.lock_lineage(session, exclusive=False)  # before the row locks
+    for scheduled in waiting:
         request = requests.get_for_update(session, scheduled.request_id)
         if request.status == RequestStatus.SCHEDULED:
-            lifecycle.complete_request(session, request, actor=actor)
-            done += 1
+            done += lifecycle.complete_request(session, request, actor=actor)
     return done
+
+
+def resync_waiting_requests(session: Session, *, actor: str) -> int:
+    """Requests every job of which has finished but which are still open: their completion
+    was deferred by the lineage check (a training run under way, a version holding them
+    whose follow-up job has since run). Sync them again; returns how many completed."""
+    def carried(*statuses: JobStatus):  # noqa: ANN202 - an EXISTS clause
+        return exists().where(JobRequest.request_id == DeletionRequest.id, JobRequest.job_id == UnlearningJob.id,
+                              UnlearningJob.status.in_(statuses))
+
+    waiting = list(session.scalars(select(DeletionRequest.id).where(
+        DeletionRequest.status.in_(OPEN_STATES), ~carried(JobStatus.QUEUED, JobStatus.RUNNING),
+        carried(JobStatus.SUCCEEDED),
+    ).order_by(DeletionRequest.due_at).limit(500)))
+    for request_id in waiting:
+        lifecycle.sync_request(session, request_id, actor=actor)
+    return len(waiting)
 
 
 def flag_deadlines_at_risk(session: Session, now: datetime, *, actor: str) -> list[str]:

@@ -17,19 +17,23 @@ from app.core.database import utcnow
 from app.core.errors import IllegalTransition, InvalidInput, NotFound
 from app.core.outbox import enqueue
 from app.core.queue import TaskName
-from app.jobs import lifecycle, training, unlearning
+from app.jobs import invariant, lifecycle, training, unlearning
 from app.jobs.lifecycle import LeaseLost
 from app.jobs.models import JobKind, JobRequest, JobStage, JobStatus, UnlearningJob
 from app.jobs.scheduling import BatchOutcome, schedule, unlearn_now
 from app.jobs.training import TrainingConfig, start_training
+from app.lineage import service as lineage
 from app.registry import service as registry
+from app.registry.models import ModelVersion
+from app.registry.schemas import ArtifactSpec, VersionImport, VersionOrigin
 from app.requests import service as requests
 from app.requests.models import RequestStatus
 
 log = logging.getLogger("unlearnd.jobs")
 
 __all__ = [
-    "BatchOutcome", "JobFilters", "TrainingConfig", "cancel_job", "execute", "get_job", "job_requests",
+    "BatchOutcome", "JobFilters", "TrainingConfig", "cancel_job", "execute", "get_job", "import_version",
+    "job_requests",
     "list_jobs", "methods_used_for_request", "retry_job", "schedule", "start_training", "unlearn_now",
 ]
 MAX_PAGE = 200
@@ -71,6 +75,22 @@ class JobFilters:
     kind: JobKind | None = None
     model: str | None = None
     request_id: str | None = None
+
+
+def import_version(session: Session, model_name: str, body: VersionImport, *, actor: str) -> ModelVersion:
+    """Register an externally trained version, checked like any other: refused if its
+    snapshot holds a forgotten record, else attached to the open requests it holds records
+    of, with a follow-up job, in the transaction that makes it visible."""
+    lineage.lock_lineage(session, exclusive=True)
+    model = registry.get_model(session, model_name)
+    parent = registry.get_version(session, model, body.parent) if body.parent else None
+    version = registry.add_version(
+        session, model=model, snapshot=registry.get_snapshot(session, body.snapshot_id), parent=parent,
+        artifacts=[ArtifactSpec(**a.model_dump()) for a in body.artifacts], state=body.state,
+        origin=VersionOrigin.IMPORTED, metrics=body.metrics, actor=actor,
+    )
+    invariant.on_registration(session, version, actor=actor)
+    return version
 
 
 def list_jobs(session: Session, filters: JobFilters = JobFilters(), *, limit: int = 50) -> list[UnlearningJob]:

@@ -11,11 +11,14 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from app.jobs import invariant
 from app.jobs.engine import ArtifactPart
+from app.lineage import service as lineage
 from app.registry import artifacts
 from app.registry import service as registry
 from app.registry.models import DataRecord, ModelArtifact, ModelVersion, RecordState, RegisteredModel
 from app.registry.schemas import ArtifactSpec
+from app.requests import service as requests
 
 
 @dataclass(frozen=True)
@@ -50,10 +53,11 @@ def store_parts(parts: list[ArtifactPart]) -> list[StoredPart]:
 
 
 def snapshot_of(session: Session, dataset_id: str, records: DatasetRecords, keys: Iterable[str], actor: str) -> str:
-    """A snapshot of exactly these (active) records; returns its id."""
+    """A snapshot of exactly these records, whatever their state now; returns its id."""
     wanted = set(keys)
-    exclude = [rid for key, rid in records.ids.items() if key in records.active and key not in wanted]
-    return registry.create_snapshot(session, dataset_id, exclude_record_ids=exclude, actor=actor).id
+    exclude = [rid for key, rid in records.ids.items() if key not in wanted]
+    return registry.create_snapshot(session, dataset_id, exclude_record_ids=exclude, actor=actor,
+                                    include_forgotten=True).id
 
 
 def register_version(
@@ -70,7 +74,12 @@ def register_version(
 ) -> ModelVersion:
     """One active version from the stored parts (``snapshot_id``: the whole model's snapshot
     when it was taken earlier). A part byte-identical to one of the parent's (an untouched
-    SISA shard) saw the same records, so it keeps the parent's snapshot."""
+    SISA shard) saw the same records, so it keeps the parent's snapshot.
+
+    Checked against the lineage invariant in the same transaction, under the exclusive
+    lineage lock: records deleted while it trained are attached and a follow-up job is
+    queued before the commit that makes the version visible."""
+    lineage.lock_lineage(session, exclusive=True)
     inherited: dict[str, str] = {}
     if parent is not None:
         inherited = {sha: sid for sha, sid in session.execute(
@@ -89,5 +98,13 @@ def register_version(
                                   size_bytes=len(item.part.data), shard=item.part.shard, slice=item.part.slice,
                                   snapshot_id=part_snapshot))
     snapshot = registry.get_snapshot(session, version_snapshot)
-    return registry.add_version(session, model=model, snapshot=snapshot, parent=parent, artifacts=specs,
-                                state="active", origin=origin, metrics=metrics, actor=actor)
+    version = registry.add_version(session, model=model, snapshot=snapshot, parent=parent, artifacts=specs,
+                                   state="active", origin=origin, metrics=metrics, actor=actor)
+    invariant.on_registration(session, version, actor=actor)
+    return version
+
+
+def trainable(session: Session, dataset_id: str, records: DatasetRecords) -> frozenset[str]:
+    """Keys new training may use: active records no open deletion request names."""
+    at_stake = requests.record_ids_at_stake(session, dataset_id)
+    return frozenset(key for key in records.active if records.ids[key] not in at_stake)

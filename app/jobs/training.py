@@ -67,6 +67,7 @@ class _Setup:
     recipe: tuple[str, dict[str, Any]]
     source: tuple[str, str, dict[str, Any]]
     records: storage.DatasetRecords
+    trainable: frozenset[str]  # active records no open request names, as the job started
     config: TrainingConfig
     fanout: dict[str, Any] | None
     sizing: dict[str, Any] | None
@@ -78,9 +79,10 @@ def _setup(session: Session, job: UnlearningJob) -> _Setup:
     dataset = session.get(Dataset, model.dataset_id)
     hyperparameters = engine.recipe_under_policy(model.adapter, dict(model.hyperparameters), dict(model.policy))
     sizing = job.report.get("sizing")
+    records = storage.dataset_records(session, dataset.id)
     return _Setup(model.id, dataset.id, (model.adapter, engine.sized(hyperparameters, sizing)),
-                  (dataset.uri, dataset.format, dict(dataset.schema)), storage.dataset_records(session, dataset.id),
-                  TrainingConfig(**job.report.get("config", {})), job.report.get("fanout"), sizing,
+                  (dataset.uri, dataset.format, dict(dataset.schema)), records,
+                  storage.trainable(session, dataset.id, records), TrainingConfig(**job.report.get("config", {})), job.report.get("fanout"), sizing,
                   float(model.policy.get("max_accuracy_loss", DEFAULT_MAX_ACCURACY_LOSS)))
 
 
@@ -104,7 +106,7 @@ def run(job_id: str, worker: str, lease: lifecycle.Lease) -> None:
     if setup.fanout is not None:
         _assemble(job_id, worker, setup)
         return
-    data = engine.load_dataset(*setup.source).select(setup.records.active)
+    data = engine.load_dataset(*setup.source).select(setup.trainable)
     train, heldout = engine.training_split(data, setup.config.heldout_fraction, setup.config.seed)
     lease.check()
     if setup.sizing is None and engine.needs_sizing(*setup.recipe):

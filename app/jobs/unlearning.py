@@ -12,19 +12,21 @@ from dataclasses import dataclass
 from typing import Any
 
 from pyroaring import BitMap
-from sqlalchemy import select
+from sqlalchemy import select, union
 from sqlalchemy.orm import Session
 
 from app.core.database import session_scope
 from app.core.errors import Conflict
 from app.jobs import engine, lifecycle, storage
 from app.jobs.models import JobRequest, JobStage, UnlearningJob
+from app.lineage import service as lineage
 from app.registry import artifacts
 from app.registry import service as registry
 from app.registry.models import (
     DataRecord,
     Dataset,
     DatasetSnapshot,
+    ModelArtifact,
     ModelVersion,
     RegisteredModel,
     VersionState,
@@ -93,9 +95,13 @@ def run(job_id: str, worker: str, lease: lifecycle.Lease) -> None:
     with session_scope() as session:
         inputs = _inputs(session, lifecycle.owned_job(session, job_id, worker))
     # Records already forgotten for another model's sake go too: no new version may keep them.
-    forget_keys = inputs.base_keys & (inputs.batch_keys | (inputs.records.ids.keys() - inputs.records.active))
+    forgotten_keys = inputs.records.ids.keys() - inputs.records.active
+    forget_keys = inputs.base_keys & (inputs.batch_keys | forgotten_keys)
+    # Any other version of the model holding one of these goes too (a superseded one, one
+    # trained or imported while a request was open): the lineage invariant's follow-up.
+    doomed_ids = inputs.records.ids_of(inputs.batch_keys | forgotten_keys)
     if not forget_keys:
-        _finish_unchanged(job_id, worker, inputs.records_by_request())
+        _finish_unchanged(job_id, worker, inputs.records_by_request(), doomed_ids)
         return
     data = engine.load_dataset(*inputs.source)
     retain_keys = inputs.base_keys - forget_keys
@@ -117,8 +123,8 @@ def run(job_id: str, worker: str, lease: lifecycle.Lease) -> None:
         job = lifecycle.owned_job(session, job_id, worker)
         model = session.get(RegisteredModel, job.model_id)
         base = session.get(ModelVersion, inputs.base_version_id)
-        forget_ids = inputs.records.ids_of(forget_keys)
-        stale = _versions_holding(session, model.id, forget_ids)
+        lineage.lock_lineage(session, exclusive=True)
+        stale = _versions_holding(session, model.id, doomed_ids)
         version = storage.register_version(
             session, model=model, stored=stored, records=inputs.records, parent=base, origin="unlearned",
             metrics={"seed": inputs.seed, "heldout_fraction": inputs.heldout_fraction, **inputs.lineage_metrics,
@@ -133,15 +139,20 @@ def run(job_id: str, worker: str, lease: lifecycle.Lease) -> None:
 
 
 def _versions_holding(session: Session, model_id: str, record_ids: list[int]) -> list[str]:
-    """Non-purged versions of the model whose snapshot (or any part's) holds a forgotten record."""
+    """Non-purged versions of the model whose snapshot (or any part's) holds one of the records."""
     rows = BitMap(session.scalars(select(DataRecord.row_index).where(DataRecord.id.in_(record_ids))))
+    live = (ModelVersion.model_id == model_id, ModelVersion.state != VersionState.PURGED)
+    snapshots = union(
+        select(ModelVersion.id, ModelVersion.snapshot_id).where(*live, ModelVersion.snapshot_id.is_not(None)),
+        select(ModelVersion.id, ModelArtifact.snapshot_id).join(ModelArtifact, ModelArtifact.version_id == ModelVersion.id)
+        .where(*live, ModelArtifact.snapshot_id.is_not(None)),
+    ).subquery()
     candidates = session.execute(
-        select(ModelVersion.id, DatasetSnapshot.members)
-        .join(DatasetSnapshot, DatasetSnapshot.id == ModelVersion.snapshot_id)
-        .where(ModelVersion.model_id == model_id, ModelVersion.state != VersionState.PURGED)
-        .order_by(ModelVersion.number)
+        select(snapshots.c[0], DatasetSnapshot.members).join(DatasetSnapshot, DatasetSnapshot.id == snapshots.c[1])
     ).tuples()
-    return [vid for vid, members in candidates if BitMap.deserialize(members).intersection_cardinality(rows)]
+    holding = {vid for vid, members in candidates if BitMap.deserialize(members).intersection_cardinality(rows)}
+    numbers = dict(session.execute(select(ModelVersion.id, ModelVersion.number).where(ModelVersion.id.in_(holding))).tuples().all())
+    return sorted(holding, key=numbers.__getitem__)
 
 
 def purge_and_complete(job_id: str, worker: str) -> None:
@@ -162,17 +173,21 @@ def purge_and_complete(job_id: str, worker: str) -> None:
         _sync_requests(session, job, worker)
 
 
-def _finish_unchanged(job_id: str, worker: str, records_by_request: dict[str, dict[str, int]]) -> None:
+def _finish_unchanged(job_id: str, worker: str, records_by_request: dict[str, dict[str, int]],
+                      doomed_ids: list[int]) -> None:
     """The base version holds none of the batch's records (an earlier job forgot them, or
-    they were held out): its own snapshot proves that, so the claim is exact."""
+    they were held out): its own snapshot proves that, so the claim is exact. Older versions
+    that still hold one (superseded, or registered while a request was open) are purged all
+    the same: the lineage invariant's follow-up."""
     with session_scope() as session:
         job = lifecycle.owned_job(session, job_id, worker)
         job.cost_units, job.forget_count = 0, 0
-        lifecycle.succeed_job(session, job, result_version_id=None,
-                              report={"method_used": None, "guarantee": Guarantee.EXACT.value,
-                                      "records_by_request": records_by_request,
-                                      "reason": "no record of the batch is in the active version"})
-        _sync_requests(session, job, worker)
+        stale = _versions_holding(session, job.model_id, doomed_ids)
+        job.report = {**job.report, "method_used": None, "guarantee": Guarantee.EXACT.value,
+                      "records_by_request": records_by_request,
+                      "reason": "no record of the batch is in the active version", "purge_version_ids": stale}
+        job.stage, job.progress = JobStage.PURGING, lifecycle.STAGE_PROGRESS[JobStage.PURGING]
+    purge_and_complete(job_id, worker)
 
 
 def _sync_requests(session: Session, job: UnlearningJob, actor: str) -> None:

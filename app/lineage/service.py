@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 from pyroaring import BitMap, FrozenBitMap
-from sqlalchemy import Integer, String, cast, null, select, union_all
+from sqlalchemy import Integer, String, cast, null, select, text, union_all
 from sqlalchemy.orm import Session
 
 from app.audit import service as audit
@@ -54,6 +54,25 @@ from app.registry.models import (
 )
 
 _CHUNK = 1000
+# Advisory lock that orders "which records are at stake" against "which versions hold them".
+LINEAGE_LOCK_KEY = 0x6C696E65
+# Superseded versions keep their bytes and may be made active again, so they count as live.
+LIVE_STATES = (VersionState.TRAINING, VersionState.ACTIVE, VersionState.SUPERSEDED)
+
+
+def lock_lineage(session: Session, *, exclusive: bool) -> None:
+    """Hold the lineage lock until this transaction ends (PostgreSQL; SQLite writers are
+    already serialised by BEGIN IMMEDIATE).
+
+    Intake and request completion take it shared, so they run in parallel with each other;
+    registering a version (and the reconciliation sweep) takes it exclusive. Without it a
+    request resolving while a version commits could miss the version, and the version's
+    check miss the request: each transaction reads before the other's write is visible.
+    Take it before locking any request row, so the lock order is always lineage, then rows.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        function = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
+        session.execute(text(f"SELECT {function}(:key)"), {"key": LINEAGE_LOCK_KEY})
 
 
 def _load_bitmaps(session: Session, snapshot_ids: list[str]) -> dict[str, FrozenBitMap]:
@@ -279,6 +298,20 @@ def resolve(
             record_ids=tuple(sorted(record_ids)),
         ))
     return resolution
+
+
+def live_versions_holding(session: Session, record_ids: list[int]) -> list[VersionRef]:
+    """Live versions (training, active, superseded) whose snapshot, or a non-purged part's, holds
+    any of the records: what must be empty before a request's records count as forgotten."""
+    rows: list[_Row] = []
+    ids = sorted(set(record_ids))
+    for start in range(0, len(ids), _CHUNK):
+        rows += [_Row(*r) for r in session.execute(_ready_records().where(DataRecord.id.in_(ids[start : start + _CHUNK])))]
+    contains, _ = _containing(session, rows)
+    trained = _trained_on(session, list(contains))
+    live_parts = {(a.model, a.version) for a in trained.artifacts if a.state != VersionState.PURGED}
+    return [ref for ref, _, via in trained.versions if ref.state in LIVE_STATES and (
+        ref.snapshot_id in via or (ref.model, ref.number) in live_parts)]
 
 
 def _version_ref(version: ModelVersion, model_name: str) -> VersionRef:

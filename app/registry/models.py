@@ -4,7 +4,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import BigInteger, ForeignKey, Index, Integer, LargeBinary, String, UniqueConstraint
+from sqlalchemy import BigInteger, ForeignKey, Index, Integer, LargeBinary, String, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.core.database import Base, new_id, utcnow
@@ -64,6 +64,9 @@ class DataRecord(Base):
         UniqueConstraint("dataset_id", "record_key"),
         UniqueConstraint("dataset_id", "row_index"),
         Index("ix_data_records_subject_hash", "subject_hash"),
+        # The lineage check reads every forgotten record; they are few, the table is large.
+        Index("ix_data_records_forgotten", "dataset_id", "row_index",
+              postgresql_where=text("state = 'forgotten'"), sqlite_where=text("state = 'forgotten'")),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)

@@ -9,7 +9,6 @@ from app.core.fields import INT32_MAX
 from app.registry import service
 from app.registry.schemas import (
     ArtifactOut,
-    ArtifactSpec,
     ArtifactUploaded,
     DatasetCreate,
     DatasetOut,
@@ -17,8 +16,6 @@ from app.registry.schemas import (
     ModelOut,
     SnapshotCreate,
     SnapshotOut,
-    VersionImport,
-    VersionOrigin,
     VersionOut,
 )
 
@@ -87,18 +84,6 @@ def list_models(session: SessionDep, _: ReaderClient) -> list[ModelOut]:
 @router.get("/models/{name}", response_model=ModelOut)
 def get_model(name: str, session: SessionDep, _: ReaderClient) -> ModelOut:
     return ModelOut.model_validate(service.get_model(session, name))
-
-
-@router.post("/models/{name}/versions", status_code=status.HTTP_201_CREATED, response_model=VersionOut)
-def import_version(name: str, body: VersionImport, session: SessionDep, client: MLClient) -> VersionOut:
-    model = service.get_model(session, name)
-    parent = service.get_version(session, model, body.parent) if body.parent else None
-    version = service.add_version(
-        session, model=model, snapshot=service.get_snapshot(session, body.snapshot_id), parent=parent,
-        artifacts=[ArtifactSpec(**a.model_dump()) for a in body.artifacts], state=body.state,
-        origin=VersionOrigin.IMPORTED, metrics=body.metrics, actor=client.id,
-    )
-    return VersionOut.model_validate(version)
 
 
 @router.get("/models/{name}/versions", response_model=list[VersionOut])

@@ -123,20 +123,20 @@ def record_ids_for_keys(session: Session, dataset: Dataset, record_keys: Iterabl
 
 
 def create_snapshot(
-    session: Session, dataset_id: str, *, exclude_record_ids: Iterable[int] | None = None, actor: str = "system"
+    session: Session, dataset_id: str, *, exclude_record_ids: Iterable[int] | None = None, actor: str = "system",
+    include_forgotten: bool = False,
 ) -> DatasetSnapshot:
-    """Freeze the dataset's active records (less ``exclude_record_ids``) as a snapshot."""
+    """Freeze the dataset's active records (less ``exclude_record_ids``) as a snapshot.
+
+    ``include_forgotten``: start from every record instead, for recording what a training
+    run already saw; a record forgotten while it ran must show in its snapshot, or lineage
+    would deny a model holds what it does."""
     dataset = session.get(Dataset, dataset_id)
     if dataset is None:
         raise NotFound(f"no dataset {dataset_id}")
     _ready(dataset)
-    members = BitMap(
-        session.scalars(
-            select(DataRecord.row_index).where(
-                DataRecord.dataset_id == dataset.id, DataRecord.state == RecordState.ACTIVE
-            )
-        )
-    )
+    which = [] if include_forgotten else [DataRecord.state == RecordState.ACTIVE]
+    members = BitMap(session.scalars(select(DataRecord.row_index).where(DataRecord.dataset_id == dataset.id, *which)))
     excluded = list(exclude_record_ids or [])
     for start in range(0, len(excluded), 1000):
         rows = session.scalars(

@@ -30,7 +30,7 @@ from app.core.outbox import enqueue
 from app.core.queue import TaskName
 from app.lineage import service as lineage
 from app.registry import subjects
-from app.registry.models import RecordState, RegisteredModel
+from app.registry.models import DataRecord, RecordState, RegisteredModel
 from app.requests import deadlines
 from app.requests.models import (
     DeletionRequest,
@@ -61,6 +61,9 @@ ALLOWED_TRANSITIONS: dict[RequestStatus, frozenset[RequestStatus]] = {
     S.CANCELLED: frozenset(),
 }
 TERMINAL = frozenset(s for s, targets in ALLOWED_TRANSITIONS.items() if not targets)
+# Requests whose records must stay out of new training and may sit in a live version only
+# while the request is attached to it: every status but the terminal ones.
+AT_STAKE = tuple(s.value for s in S if s not in TERMINAL)
 # A portal's clock may run a little ahead of ours; beyond this, requested_at is refused.
 CLOCK_SKEW = timedelta(minutes=2)
 MAX_IDEMPOTENCY_KEY = 255
@@ -294,7 +297,10 @@ def _check_known_datasets(submission: DeletionRequestCreate, unknown: Iterable[s
 def _resolve_lineage(
     session: Session, hashes: list[str], record_refs: list[tuple[str, str]], scope_models: list[str] | None
 ) -> lineage.Resolution:
-    """The one call into lineage: which records and model versions this request touches."""
+    """The one call into lineage: which records and model versions this request touches.
+    Under the shared lineage lock, so a version registering meanwhile either is seen here
+    or sees this request when it checks its snapshot (see ``lineage.lock_lineage``)."""
+    lineage.lock_lineage(session, exclusive=False)
     return lineage.resolve(session, subject_hashes=hashes, record_refs=record_refs, scope_models=scope_models)
 
 
@@ -579,6 +585,49 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
 
 
 # --- for the jobs room ------------------------------------------------------------------------
+
+
+def records_at_stake() -> Select[Any]:
+    """(request id, record id) of every request not yet terminal: the records a live version
+    may hold only while attached to that request."""
+    return (
+        select(RequestRecord.request_id, RequestRecord.record_id)
+        .join(DeletionRequest, DeletionRequest.id == RequestRecord.request_id)
+        .where(DeletionRequest.status.in_(AT_STAKE))
+    )
+
+
+def record_ids_at_stake(session: Session, dataset_id: str) -> set[int]:
+    """The dataset's records an open request names: new training must leave them out."""
+    query = records_at_stake().join(DataRecord, DataRecord.id == RequestRecord.record_id).where(
+        DataRecord.dataset_id == dataset_id)
+    return {record_id for _, record_id in session.execute(query)}
+
+
+def attach_version(session: Session, request_id: str, *, version_id: str, model_id: str, model: str,
+                   number: int, record_count: int) -> bool:
+    """Attach a version found holding the request's records after intake (trained or
+    imported meanwhile): the request cannot complete while it does, and its certificate
+    lists it. Returns False when it was attached already."""
+    if session.get(RequestModelVersion, (request_id, version_id)) is not None:
+        return False
+    session.add(RequestModelVersion(request_id=request_id, version_id=version_id, model_id=model_id))
+    request = session.get(DeletionRequest, request_id)
+    affected = dict(request.affected)
+    affected["model_versions"] = [*affected.get("model_versions", []), {
+        "id": version_id, "model_id": model_id, "model": model, "number": number, "record_count": record_count,
+        "attached_after_intake": True,
+    }]
+    request.affected = affected
+    session.flush()
+    audit.record(session, actor="lineage", action="request.version_attached", entity_type="deletion_request",
+                 entity_id=request_id, payload={"version_id": version_id, "model_id": model_id})
+    return True
+
+
+def note_completion_check(request: DeletionRequest, check: dict[str, Any]) -> None:
+    """Keep the lineage check made at completion, for the certificate to state."""
+    request.affected = {**request.affected, "completion_check": check}
 
 
 def scheduled_models(session: Session) -> list[ScheduledModel]:
