@@ -131,7 +131,7 @@ def test_the_sweep_finds_a_planted_violation_and_schedules_it(backend, env, api,
     [training] = install_demo(MLP)
     assert run_inline(training)["status"] == "succeeded"
     [(_, _, _, old_snapshot)] = _versions("digits-mlp")
-    request = submit(api, portal, "demo-subject-5")
+    submit(api, portal, "demo-subject-5")
     assert run_inline(_unlearn(api, admin, "digits-mlp"))["status"] == "succeeded"
     assert _check()[0] == 0
 

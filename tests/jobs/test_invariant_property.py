@@ -135,13 +135,14 @@ def _settle(api, admin) -> None:
                                                                   HealthCheck.too_slow])
 @given(steps=st.lists(STEP, min_size=3, max_size=9))
 def test_the_invariant_holds_over_random_interleavings(backend, env, request, monkeypatch, tmp_path, steps):
+    from fastapi.testclient import TestClient
+
     from app import demo
     from app.core.database import session_scope
     from app.jobs import invariant
     from app.lineage import service as lineage
     from app.main import create_app
     from app.requests.models import RequestRecord
-    from fastapi.testclient import TestClient
     from tests.conftest import Caller
 
     _fresh_database(backend, request, monkeypatch, tmp_path)

@@ -66,11 +66,12 @@ def _settled(api, admin, portal, request_id: str) -> dict:
 def _assert_forgotten_everywhere(api, portal, request_id: str, version_id: str) -> dict:
     """Completed; no live version holds a record of it; its certificate names the version
     that raced with it and the job that unlearned that version."""
+    from click.testing import CliRunner
+
     from app.cli import main
     from app.core.database import session_scope
     from app.lineage import service as lineage
     from app.requests.models import RequestRecord
-    from click.testing import CliRunner
 
     with session_scope() as session:
         record_ids = list(session.scalars(select(RequestRecord.record_id).where(RequestRecord.request_id == request_id)))
