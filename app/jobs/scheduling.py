@@ -50,6 +50,7 @@ def schedule(session: Session, *, now: datetime | None = None, actor: str = "sch
     """One scheduler tick."""
     now = now or utcnow()
     resume_stale_jobs(session, now)
+    registry.resend_stalled_ingestions(session, now, patience=resend_patience())
     complete_requests_without_models(session, actor=actor)
     resync_waiting_requests(session, actor=actor)
     flag_deadlines_at_risk(session, now, actor=actor)
@@ -211,9 +212,14 @@ def create_job(session: Session, model: RegisteredModel, decision: Decision, *, 
     return job
 
 
-# A queued job untouched for this many leases has probably lost its message (a broker
-# restarted without persistence); sending it again is safe, the lease makes it run once.
-QUEUED_PATIENCE_LEASES = 10
+# A queued job (or pending ingestion) untouched for this many scheduler ticks has probably
+# lost its message (a broker restarted without persistence); sending it again is safe, the
+# lease makes it run once. A duplicate of a message that was only slow costs a claim.
+RESEND_AFTER_TICKS = 2
+
+
+def resend_patience() -> timedelta:
+    return timedelta(seconds=get_settings().scheduler_interval_seconds * RESEND_AFTER_TICKS)
 
 
 def resume_stale_jobs(session: Session, now: datetime) -> list[str]:
@@ -223,7 +229,7 @@ def resume_stale_jobs(session: Session, now: datetime) -> list[str]:
     last_touched = func.coalesce(UnlearningJob.heartbeat_at, UnlearningJob.created_at)
     stale = list(session.scalars(select(UnlearningJob).where(or_(
         (UnlearningJob.status == JobStatus.RUNNING) & (UnlearningJob.heartbeat_at < now - lease),
-        (UnlearningJob.status == JobStatus.QUEUED) & (last_touched < now - lease * QUEUED_PATIENCE_LEASES),
+        (UnlearningJob.status == JobStatus.QUEUED) & (last_touched < now - resend_patience()),
     )).order_by(UnlearningJob.created_at).with_for_update()))
     for job in stale:
         # Releasing the lease (and restarting its clock) keeps the next tick from sending it twice.

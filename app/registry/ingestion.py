@@ -9,6 +9,10 @@ of a crashed run starts by doing the same, so the task is idempotent.
 from __future__ import annotations
 
 import logging
+import os
+import socket
+import uuid
+from datetime import timedelta
 from typing import Any
 
 import psycopg
@@ -92,11 +96,31 @@ def _duplicate_message(dataset_id: str, batch_keys: list[str]) -> str:
     return "duplicate record key"
 
 
-def _fail(dataset_id: str, message: str) -> None:
+class IngestionLeaseLost(Exception):
+    """Another delivery owns the dataset now: stop without writing."""
+
+
+def lease_seconds() -> float:
+    """A heartbeat older than this means the delivery writing the rows is dead. Every batch
+    beats, so this only has to outlast one 50k-row batch on a loaded machine."""
+    return max(30.0, min(300.0, get_settings().task_visibility_timeout_seconds / 2))
+
+
+def _owned(session: Session, dataset_id: str, worker: str) -> Dataset:
+    """The dataset, row-locked, if this delivery still holds its lease."""
+    dataset = session.scalar(select(Dataset).where(Dataset.id == dataset_id).with_for_update())
+    if dataset is None or dataset.status != DatasetStatus.INGESTING or dataset.ingest_worker != worker:
+        raise IngestionLeaseLost(f"dataset {dataset_id} is no longer ingested by {worker}")
+    dataset.heartbeat_at = utcnow()
+    return dataset
+
+
+def _fail(dataset_id: str, worker: str, message: str) -> None:
     with session_scope() as session:
+        dataset = _owned(session, dataset_id, worker)
         session.execute(delete(DataRecord).where(DataRecord.dataset_id == dataset_id))
-        dataset = session.get(Dataset, dataset_id)
         dataset.status, dataset.error, dataset.record_count = DatasetStatus.FAILED, message[:2000], 0
+        dataset.ingest_worker = None
         audit.record(session, actor="worker", action="dataset.ingestion_failed", entity_type="dataset",
                      entity_id=dataset_id, payload={"error": message[:500]})
 
@@ -109,26 +133,46 @@ def _refresh_statistics() -> None:
             session.execute(text("ANALYZE data_records"))
 
 
-def _start(dataset_id: str) -> Dataset | None:
+def _start(dataset_id: str, worker: str) -> Dataset | None:
+    """Take the ingestion lease, or return None when there is nothing for this delivery to do:
+    the dataset is ready, or another live delivery is writing it."""
+    now = utcnow()
     with session_scope() as session:
-        dataset = session.get(Dataset, dataset_id)
+        dataset = session.scalar(select(Dataset).where(Dataset.id == dataset_id).with_for_update())
         if dataset is None:
             raise NotFound(f"no dataset {dataset_id}")
         if dataset.status == DatasetStatus.READY:
             return None
-        # Rows left by a crashed attempt are removed so a redelivered task starts clean.
+        fresh = dataset.heartbeat_at is not None and now - dataset.heartbeat_at < timedelta(seconds=lease_seconds())
+        if dataset.status == DatasetStatus.INGESTING and dataset.ingest_worker not in (None, worker) and fresh:
+            log.info("ingestion already running elsewhere", extra={"dataset_id": dataset_id})
+            return None
+        # Rows left by a dead delivery are removed so this one starts clean.
         session.execute(delete(DataRecord).where(DataRecord.dataset_id == dataset_id))
         dataset.status, dataset.error, dataset.progress, dataset.record_count = (
             DatasetStatus.INGESTING, None, 0.0, 0)
         dataset.canonicaliser_version = CANONICALISER_VERSION
+        dataset.ingest_worker, dataset.heartbeat_at = worker, now
         return dataset
 
 
-def ingest(dataset_id: str) -> Dataset:
-    dataset = _start(dataset_id)
+def ingest(dataset_id: str, worker: str | None = None) -> Dataset:
+    """Ingest under a lease held by ``worker`` (one id per delivery of the task)."""
+    worker = worker or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    dataset = _start(dataset_id, worker)
     if dataset is None:
         with session_scope() as session:
             return session.get(Dataset, dataset_id)
+    try:
+        _write(dataset, worker)
+    except IngestionLeaseLost:
+        log.warning("ingestion lease lost; another delivery owns the dataset", extra={"dataset_id": dataset_id})
+    with session_scope() as session:
+        return session.get(Dataset, dataset_id)
+
+
+def _write(dataset: Dataset, worker: str) -> None:
+    dataset_id = dataset.id
     columns = DatasetColumns.model_validate(dataset.schema)
     pepper = get_settings().pepper_bytes()
     written = 0
@@ -142,26 +186,27 @@ def ingest(dataset_id: str) -> Dataset:
                 rows = _hash_rows(dataset_id, batch, written, columns, pepper)
                 batch_keys = batch.keys
                 with session_scope() as session:
+                    # Locks the dataset row first: a batch of a delivery that lost its lease never lands.
+                    owned = _owned(session, dataset_id, worker)
                     _bulk_insert(session, rows)
-                    session.get(Dataset, dataset_id).progress = round(batch.progress, 4)
+                    owned.progress = round(batch.progress, 4)
                 written += len(rows)
     except DatasetFileError as exc:
-        _fail(dataset_id, str(exc))
+        _fail(dataset_id, worker, str(exc))
     except (IntegrityError, psycopg.errors.UniqueViolation):
-        _fail(dataset_id, _duplicate_message(dataset_id, batch_keys))
+        _fail(dataset_id, worker, _duplicate_message(dataset_id, batch_keys))
     except InvalidInput as exc:
-        _fail(dataset_id, f"dataset location refused: {exc.detail}")
+        _fail(dataset_id, worker, f"dataset location refused: {exc.detail}")
     except (OSError, ValueError) as exc:
         # The class only: an OS or network error's text can carry hosts, ports and paths.
-        _fail(dataset_id, f"unreadable file: {type(exc).__name__}")
+        _fail(dataset_id, worker, f"unreadable file: {type(exc).__name__}")
     else:
         with session_scope() as session:
-            ready = session.get(Dataset, dataset_id)
+            ready = _owned(session, dataset_id, worker)
             ready.status, ready.progress, ready.record_count, ready.ingested_at = (
                 DatasetStatus.READY, 1.0, written, utcnow())
+            ready.ingest_worker = None
             audit.record(session, actor="worker", action="dataset.ingested", entity_type="dataset",
                          entity_id=dataset_id, payload={"record_count": written})
         _refresh_statistics()
     log.info("dataset ingestion finished", extra={"dataset_id": dataset_id, "rows": written})
-    with session_scope() as session:
-        return session.get(Dataset, dataset_id)

@@ -54,6 +54,11 @@ class Dataset(Base):
     leaf_index_uri: Mapped[str | None] = mapped_column(String(2000), default=None)
     # The identifier canonicaliser (app.core.hashing) its rows' subject hashes were made with.
     canonicaliser_version: Mapped[int] = mapped_column(default=CANONICALISER_VERSION, server_default="1")
+    # The ingestion lease: which delivery of the task is writing rows, and when it last did.
+    # A second delivery while the lease is fresh leaves the dataset alone; the scheduler
+    # re-sends a pending or stalled ingestion once this clock is two ticks old.
+    ingest_worker: Mapped[str | None] = mapped_column(String(200), default=None)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
 class DataRecord(Base):

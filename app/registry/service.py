@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 from pyroaring import BitMap
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from app.audit import service as audit
@@ -84,6 +85,25 @@ def register_dataset(
     audit.record(session, actor=actor, action="dataset.registered", entity_type="dataset", entity_id=dataset.id,
                  payload={"name": name, "format": fmt.value})
     return dataset
+
+
+def resend_stalled_ingestions(session: Session, now: datetime, *, patience: timedelta) -> list[str]:
+    """Send the ingestion task again for datasets still pending ``patience`` after their last
+    message (lost in a broker restart), and for ingestions whose delivery stopped beating.
+    The ingestion lease makes a duplicate harmless."""
+    sent_or_beat = func.coalesce(Dataset.heartbeat_at, Dataset.created_at)
+    stalled = list(session.scalars(select(Dataset).where(or_(
+        (Dataset.status == DatasetStatus.PENDING) & (sent_or_beat < now - patience),
+        (Dataset.status == DatasetStatus.INGESTING)
+        & (sent_or_beat < now - timedelta(seconds=ingestion.lease_seconds())),
+    )).order_by(Dataset.created_at).with_for_update()))
+    for dataset in stalled:
+        # Release a dead delivery's lease and restart the clock, so the next tick waits again.
+        dataset.ingest_worker, dataset.heartbeat_at = None, now
+        enqueue(session, TaskName.INGEST_DATASET, dataset_id=dataset.id)
+        audit.record(session, actor="scheduler", action="dataset.ingestion_resent", entity_type="dataset",
+                     entity_id=dataset.id, payload={"status": dataset.status})
+    return [dataset.id for dataset in stalled]
 
 
 def ingest_dataset(dataset_id: str) -> Dataset:
