@@ -81,7 +81,22 @@ def _check_heads(session: Session, hashes: list[str]) -> tuple[int, str | None, 
 
 def verify_log(session: Session, *, expected_head: str | None = None) -> LogVerification:
     """``expected_head``: a chain hash recorded out of band (e.g. ``head_hash`` of a published
-    tree head); the log must still contain it, which is how a cut-off tail is caught."""
+    tree head); the log must still contain it, which is how a cut-off tail is caught.
+
+    Events and tree heads are read in one transaction of their own, REPEATABLE READ on
+    PostgreSQL (on SQLite the caller's transaction holds the write lock, so nothing grows
+    meanwhile): read in separate transactions, a head signed
+    between the two reads covers events the walk never saw and reads as a truncated log."""
+    engine = session.get_bind()
+    if engine.dialect.name != "postgresql":
+        return _verify(session, expected_head)
+    with engine.connect() as connection:
+        snapshot_connection = connection.execution_options(isolation_level="REPEATABLE READ")
+        with snapshot_connection.begin(), Session(bind=snapshot_connection) as snapshot:
+            return _verify(snapshot, expected_head)
+
+
+def _verify(session: Session, expected_head: str | None) -> LogVerification:
     hashes, failure, failed_seq = _walk_chain(session)
     head_seq, head_hash = len(hashes), hashes[-1] if hashes else GENESIS_HASH
     heads_checked = 0

@@ -61,6 +61,8 @@ def test_concurrent_writers_keep_one_verifiable_chain(env, backend):
         # Plus the one registration of the signing key, whichever writer signed first.
         assert session.scalar(select(func.count()).select_from(AuditEvent)) == total + 1
         final = sign_tree_head(session)
+    # Verification reads the committed log in a snapshot of its own.
+    with session_scope() as session:
         result = verify_log(session)
         assert result.ok, result.failure
         assert (result.events_checked, result.head_seq) == (total + 1, total + 1)
@@ -84,3 +86,37 @@ def test_concurrent_writers_keep_one_verifiable_chain(env, backend):
                 earlier.tree_size, final.tree_size, bytes.fromhex(earlier.root_hash), root,
                 [bytes.fromhex(p) for p in proof.proof],
             )
+
+
+def test_verify_reads_one_snapshot_while_the_log_grows(env, monkeypatch):
+    """A head signed between reading the events and reading the heads used to look like a
+    truncated log (issue 21). Here one lands exactly there, committed by another session."""
+    from app.audit import service as audit
+    from app.audit import verify as verify_module
+    from app.core.database import session_scope
+
+    for n in range(5):
+        with session_scope() as session:
+            audit.append(session, actor="test", action="test.event", entity_type="t", entity_id=str(n), payload={})
+    with session_scope() as session:
+        sign_tree_head(session)
+    walk = verify_module._walk_chain
+    grown = []
+
+    def walk_then_grow(session):
+        result = walk(session)
+        with session_scope() as other:
+            audit.append(other, actor="test", action="test.event", entity_type="t", entity_id="late", payload={})
+        with session_scope() as other:
+            grown.append(sign_tree_head(other).tree_size)
+        return result
+
+    monkeypatch.setattr(verify_module, "_walk_chain", walk_then_grow)
+    with session_scope() as session:
+        result = verify_log(session)
+    assert grown and grown[0] > 5
+    assert result.ok, result.failure
+    assert result.tree_heads_checked == 1 and result.events_checked < grown[0]
+    monkeypatch.undo()
+    with session_scope() as session:
+        assert verify_log(session).ok and verify_log(session).tree_heads_checked == 2
