@@ -5,7 +5,7 @@ dataset's rows, so a duplicate delivery cannot delete what another is writing or
 finished, and let the scheduler re-send an ingestion whose message was lost.
 
 Revision ID: 0021
-Revises: 0013
+Revises: 0010
 """
 
 from collections.abc import Sequence
@@ -16,7 +16,7 @@ from alembic import op
 import app.core.database
 
 revision: str = "0021"
-down_revision: str | None = "0013"
+down_revision: str | None = "0010"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
