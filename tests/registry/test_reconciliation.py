@@ -65,7 +65,7 @@ def test_a_delivery_that_lost_its_lease_cannot_fail_or_empty_the_dataset(env, ba
 
 def test_a_lost_ingestion_message_is_sent_again_within_two_ticks(env):
     from app.core.config import get_settings
-    from app.core.database import session_scope, utcnow
+    from app.core.database import session_scope
     from app.core.outbox import OutboxMessage
     from app.core.queue import TaskName
     from app.jobs import scheduling
