@@ -17,6 +17,7 @@ from app.core.logging import RequestIdMiddleware, configure_logging
 from app.core.metrics import HttpMetricsMiddleware
 from app.core.problems import install_problem_handlers, install_problem_openapi
 from app.core.transient import TransientDatabaseErrorMiddleware
+from app.dashboard.router import install as install_dashboard
 from app.health.router import router as health_router
 from app.jobs.router import router as jobs_router
 from app.lineage.router import router as lineage_router
@@ -51,4 +52,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(HttpMetricsMiddleware)
     for router in ROUTERS:
         app.include_router(router)
+    install_dashboard(app)
     return app

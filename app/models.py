@@ -5,6 +5,7 @@ from app.certificates.models import Certificate
 from app.core.auth import ApiClient
 from app.core.database import Base
 from app.core.outbox import OutboxMessage
+from app.dashboard.models import DashboardSession
 from app.jobs.models import JobRequest, UnlearningJob
 from app.registry.models import (
     DataRecord,
@@ -18,7 +19,7 @@ from app.requests.models import DeletionRequest, RequestModelVersion, RequestRec
 from app.webhooks.models import WebhookAttempt, WebhookCursor, WebhookDelivery, WebhookEndpoint
 
 __all__ = [
-    "ApiClient", "AuditEvent", "Base", "Certificate", "DataRecord", "Dataset", "DatasetSnapshot",
+    "ApiClient", "AuditEvent", "Base", "Certificate", "DashboardSession", "DataRecord", "Dataset", "DatasetSnapshot",
     "DeletionRequest", "JobRequest", "ModelArtifact", "ModelVersion", "OutboxMessage", "PendingAuditEvent",
     "RegisteredModel", "RequestModelVersion", "RequestRecord", "RequestTransition", "SigningKey", "TreeHead",
     "UnlearningJob", "WebhookAttempt", "WebhookCursor", "WebhookDelivery", "WebhookEndpoint",

@@ -108,6 +108,8 @@ class Settings(BaseSettings):
     webhook_sweep_interval_seconds: float = 5.0
     # Base of the certificate URL in payloads; empty means a path relative to the API.
     public_url: str = ""
+    # A dashboard session ends after this long without a page load.
+    dashboard_idle_minutes: float = Field(default=30.0, gt=0, le=24 * 60)
 
     @model_validator(mode="after")
     def _derive_defaults(self) -> Settings:

@@ -1,0 +1,66 @@
+"""Dashboard fixtures: a registry with requests waiting for approval, and a signed-in client."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pytest
+
+from tests.requests.conftest import seed_model, submission  # noqa: F401 - seed_model is a fixture
+
+
+@dataclass(frozen=True)
+class Seeded:
+    model_name: str
+    pending: list[str]  # request ids waiting for an admin's approval
+
+
+@pytest.fixture
+def seeded(api, make_client, seed_model) -> Seeded:  # noqa: F811
+    """Five subjects in one model; a portal whose requests need approval asks for each."""
+    subjects = {f"rec-{n}": ("email", f"person{n}@example.org") for n in range(5)}
+    model = seed_model(subjects)
+    portal = make_client("portal", requires_approval=True)
+    pending = []
+    for n in range(5):
+        body = submission(subject=[{"type": "email", "value": f"person{n}@example.org"}], external_ref=f"dash-{n}")
+        created = api.post("/v1/deletion-requests", json=body, headers=portal.headers)
+        assert created.status_code == 202, created.text
+        assert created.json()["status"] == "pending_approval"
+        pending.append(created.json()["id"])
+    return Seeded(model_name=model.model_name, pending=pending)
+
+
+def add_purged_lineage(model_name: str) -> None:
+    """v1 purged, v2 derived from it by unlearning: what a completed deletion leaves."""
+    from sqlalchemy import select
+
+    from app.core.database import session_scope
+    from app.registry.models import ModelVersion, RegisteredModel, VersionState
+
+    with session_scope() as session:
+        model = session.scalar(select(RegisteredModel).where(RegisteredModel.name == model_name))
+        first = session.scalar(select(ModelVersion).where(ModelVersion.model_id == model.id))
+        first.state = VersionState.PURGED
+        session.add(ModelVersion(model_id=model.id, number=2, parent_id=first.id, snapshot_id=first.snapshot_id,
+                                 state=VersionState.ACTIVE, origin="unlearned", artifact_sha256="1" * 64))
+
+
+CSRF = re.compile(r'name="csrf" value="([^"]+)"')
+
+
+@pytest.fixture
+def sign_in(api, make_client) -> Callable[[str], str]:
+    """Sign the test client in with a new key of ``role``; returns the page's CSRF token."""
+
+    def factory(role: str = "admin") -> str:
+        caller = make_client(role)
+        response = api.post("/admin/login", data={"api_key": caller.api_key}, follow_redirects=False)
+        assert response.status_code == 303, response.text
+        page = api.get("/admin/audit")
+        assert page.status_code == 200
+        return CSRF.search(page.text).group(1)
+
+    return factory
