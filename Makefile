@@ -21,9 +21,11 @@ install: $(BIN)/unlearnd
 run: install
 	$(BIN)/unlearnd run
 
-# PostgreSQL and Redis on 127.0.0.1 are started when they are not already running.
+# PostgreSQL and Redis on 127.0.0.1 are started when they are not already running;
+# Debian's Chromium (for the dashboard's browser tests) is installed when missing.
 services:
 	@scripts/ensure-services.sh
+	@scripts/ensure-browser.sh
 
 test: install services
 	$(BIN)/pytest $(PYTEST_ARGS)

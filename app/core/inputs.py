@@ -17,6 +17,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.core.problems import PROBLEM_BASE, PROBLEM_MEDIA_TYPE
 
 BODY_METHODS = {"POST", "PUT", "PATCH"}
+# The dashboard's HTML forms post form-encoded bodies; everything else speaks JSON.
+FORM_PATH_PREFIX = "/admin/"
+FORM_MEDIA_TYPE = "application/x-www-form-urlencoded"
 
 
 async def send_problem(
@@ -138,18 +141,27 @@ class InputGuardMiddleware:
         body = b"".join(chunks)
         if body:
             content_type = dict(scope["headers"]).get(b"content-type", b"").decode("latin-1")
-            if not is_json_media_type(content_type):
+            is_form = (scope["path"].startswith(FORM_PATH_PREFIX)
+                       and content_type.split(";", 1)[0].strip().lower() == FORM_MEDIA_TYPE)
+            if is_form:
+                if b"\x00" in unquote_to_bytes(body):
+                    await send_problem(scope, send, status=422, slug="invalid-input", title="Invalid input",
+                                       detail="a form field may not contain NUL (U+0000)")
+                    return
+            elif not is_json_media_type(content_type):
                 await send_problem(
                     scope, send, status=415, slug="unsupported-media-type", title="Unsupported media type",
                     detail=f"send the body as application/json, not {content_type or 'an undeclared type'}",
                 )
                 return
-            try:
-                check_json(body)
-            except NotJson as exc:
-                await send_problem(scope, send, status=422, slug="invalid-input", title="Invalid input",
-                                   detail=f"{exc.field}: {exc.detail}" if exc.field else exc.detail, field=exc.field)
-                return
+            else:
+                try:
+                    check_json(body)
+                except NotJson as exc:
+                    await send_problem(scope, send, status=422, slug="invalid-input", title="Invalid input",
+                                       detail=f"{exc.field}: {exc.detail}" if exc.field else exc.detail,
+                                       field=exc.field)
+                    return
         replayed = False
 
         async def replay() -> Message:

@@ -28,6 +28,7 @@ from app.dashboard import service
 from app.dashboard.service import SignedIn
 from app.dashboard.svg import VersionNode, lineage_svg
 from app.jobs import service as jobs_service
+from app.jobs.models import JobStatus
 from app.registry import service as registry_service
 from app.requests import service as requests_service
 from app.requests.models import RequestStatus
@@ -105,7 +106,7 @@ def overview(request: Request, session: SessionDep, token: Token = None) -> Resp
     if not viewer.is_admin:
         return RedirectResponse("/admin/audit", status_code=303)
     summary = service.overview(session, viewer.client)
-    failed_jobs = jobs_service.list_jobs(session, jobs_service.JobFilters(status="failed"), limit=20)
+    failed_jobs = jobs_service.list_jobs(session, jobs_service.JobFilters(status=JobStatus.FAILED), limit=20)
     return _page(request, "overview.html", viewer, summary=summary, failed_jobs=failed_jobs,
                  days_left=service.days_left, urgency=service.urgency)
 

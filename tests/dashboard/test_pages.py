@@ -43,6 +43,8 @@ def test_the_session_cookie_is_http_only_and_strict_and_stored_hashed(api, make_
 def test_admin_approves_rejects_with_a_reason_and_bulk_approves(api, make_client, sign_in, seeded):
     admin = make_client("admin")
     csrf = sign_in("admin")
+    overview = api.get("/admin")
+    assert overview.status_code == 200 and 'data-count="pending_approval">5<' in overview.text
     first, second, *rest = seeded.pending
     detail = api.get(f"/admin/requests/{first}")
     assert detail.status_code == 200 and "Approve" in detail.text and "person0@example.org" not in detail.text
