@@ -23,10 +23,12 @@ JOB_FAILED = "unlearning_job.failed"
 VERSION_PURGED = "model_version.purged"
 CERTIFICATE_ISSUED = "certificate.issued"
 ENDPOINT_DISABLED = "webhook_endpoint.disabled"
+LINEAGE_VIOLATION = "lineage.violation"
 
 EVENT_TYPES = (
     REQUEST_RECEIVED, REQUEST_SCHEDULED, REQUEST_COMPLETED, REQUEST_FAILED, REQUEST_REJECTED, REQUEST_CANCELLED,
     REQUEST_DEADLINE_AT_RISK, JOB_SUCCEEDED, JOB_FAILED, VERSION_PURGED, CERTIFICATE_ISSUED, ENDPOINT_DISABLED,
+    LINEAGE_VIOLATION,
 )
 
 # The audit action this room writes when it disables an endpoint.
@@ -111,6 +113,13 @@ def from_audit(fact: AuditFact) -> list[WebhookEvent]:
         return [WebhookEvent(CERTIFICATE_ISSUED, {"certificate_id": entity, "request_id": request_id,
                                                   "content_sha256": payload.get("content_sha256")},
                              request_id, request_id=request_id)]
+    if action == "lineage.violation":  # the sweep found a live version holding what it must not: a bug
+        return [WebhookEvent(LINEAGE_VIOLATION, {
+            "model_version_id": entity, "model_id": payload.get("model_id"), "number": payload.get("number"),
+            "state": payload.get("state"), "forgotten_records": payload.get("forgotten_records"),
+            "unattached_requests": len(payload.get("unattached_requests", [])),
+            "uncarried_requests": len(payload.get("uncarried_requests", [])), "found_at": fact.occurred_at,
+        }, entity)]
     if action == ENDPOINT_DISABLED_ACTION:
         return [WebhookEvent(ENDPOINT_DISABLED, {"endpoint_id": entity, "reason": payload.get("reason"),
                                                  "disabled_at": fact.occurred_at}, entity,
