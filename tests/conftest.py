@@ -280,3 +280,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+
+
+def issue_certificate_now(request_id: str) -> None:
+    """What the outbox task ``unlearnd.certificates.issue`` does when a request completes; for
+    tests that run jobs inline, with no worker to take the message."""
+    from app.certificates.service import issue_certificate
+    from app.core.database import session_scope
+
+    with session_scope() as session:
+        issue_certificate(session, request_id)

@@ -93,7 +93,11 @@ def walk_through(api: Api, subject: str, *, models: dict[str, set[str]], cli_env
         assert result["id"] in {job["result_version_id"] for job in jobs}
 
     certificate = workdir / f"certificate-{request['id']}.json"
-    certificate.write_bytes(api.response("GET", f"/v1/deletion-requests/{request['id']}/certificate").content)
+    # A worker issues it through the outbox as the request completes; until then the GET is 202.
+    issued = wait_until(lambda: (r := api.response("GET", f"/v1/deletion-requests/{request['id']}/certificate",
+                                                   expect=(200, 202))).status_code == 200 and r,
+                        timeout=120, what="certificate issued by a worker", watch=watch)
+    certificate.write_bytes(issued.content)
     keys = workdir / "keys.json"
     keys.write_bytes(httpx.get(f"{api.base_url}/.well-known/unlearnd-keys", timeout=30).content)
     raw_public_key = json.loads(keys.read_text())["keys"][-1]["x"]

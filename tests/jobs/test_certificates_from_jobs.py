@@ -10,6 +10,7 @@ import json
 import pytest
 
 from app.demo import DemoModel
+from tests.conftest import issue_certificate_now
 from tests.jobs.conftest import TINY_MLP, TINY_SISA, run_inline, submit
 
 MODELS = (
@@ -45,6 +46,7 @@ def test_certificate_states_what_the_real_jobs_reported(env, api, make_client, i
     done = api.get(f"/v1/deletion-requests/{request['id']}", headers=portal.headers).json()
     assert (done["status"], done["outcome"]) == ("completed", "forgotten")
 
+    issue_certificate_now(request["id"])
     raw = api.get(f"/v1/deletion-requests/{request['id']}/certificate", headers=portal.headers)
     assert raw.status_code == 200, raw.text
     document = verify_certificate(raw.content, _keys(api)).document

@@ -11,6 +11,7 @@ import pytest
 
 from app.core.hashing import canonical_json
 from app.demo import DemoModel
+from tests.conftest import issue_certificate_now
 from tests.jobs.conftest import TINY_SISA, run_inline, submit
 
 SUBJECT_KEYS = {f"digit-{i:04d}" for i in range(7, 1797, 100)}  # demo-subject-7's 18 records
@@ -37,6 +38,7 @@ def forgotten(env, api, make_client, install_demo):
     [training] = install_demo(DemoModel("digits-sisa", "sisa", TINY_SISA, {"default_method": "sisa"}))
     assert run_inline(training)["status"] == "succeeded"
     request, job = _forget(api, admin, portal, "demo-subject-7")
+    issue_certificate_now(request["id"])
     certificate = api.get(f"/v1/deletion-requests/{request['id']}/certificate", headers=portal.headers)
     assert certificate.status_code == 200, certificate.text
     return admin, portal, request, job, certificate.content
@@ -129,6 +131,7 @@ def test_a_request_for_records_already_forgotten_cites_the_earlier_request(api, 
     assert (again["status"], again["outcome"], again["guarantee"]) == ("completed", "already_forgotten", "exact")
     assert again["affected"]["already_forgotten"] == {"record_count": len(SUBJECT_KEYS),
                                                       "earlier_request_ids": [first["id"]]}
+    issue_certificate_now(again["id"])
     raw = api.get(f"/v1/deletion-requests/{again['id']}/certificate", headers=portal.headers).content
     document = verify_certificate(raw, _keys(api)).document
     assert document["request"]["outcome"] == "already_forgotten" and document["non_inclusion"] is None

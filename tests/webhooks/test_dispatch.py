@@ -8,6 +8,7 @@ import base64
 import pytest
 from sqlalchemy import select
 
+from tests.conftest import issue_certificate_now
 from tests.webhooks.conftest import Receiver, submission
 
 
@@ -42,8 +43,9 @@ def test_each_client_receives_what_it_may_see_signed_and_thin(webhook_env, backe
     register(api, portal_b, b_rx, events=["deletion_request.completed"])
     emails = {"alice.raw@example.org": portal_a, "bob.raw@example.org": portal_b, "carol.raw@example.org": portal_a}
     owner = {submit(api, caller, email): caller.id for email, caller in emails.items()}
-    # A certificate for one of A's requests (issued on first read today).
+    # A certificate for one of A's requests (what the outbox task does on completion).
     first_a = next(rid for rid, cid in owner.items() if cid == portal_a.id)
+    issue_certificate_now(first_a)
     assert api.get(f"/v1/deletion-requests/{first_a}/certificate", headers=portal_a.headers).status_code == 200
 
     deliver_now()
