@@ -4,7 +4,7 @@ The admin dashboard exchanges an API key for a server-side session; only the SHA
 the cookie's token is stored.
 
 Revision ID: 0014
-Revises: 0010
+Revises: 0021
 """
 
 from collections.abc import Sequence
@@ -15,7 +15,7 @@ from alembic import op
 import app.core.database
 
 revision: str = "0014"
-down_revision: str | None = "0010"
+down_revision: str | None = "0021"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -4,7 +4,7 @@ The lineage invariant's check (and its beat sweep) reads every forgotten record 
 run; a partial index keeps that an index scan over the forgotten few, not the table.
 
 Revision ID: 0017
-Revises: 0010
+Revises: 0014
 """
 
 from collections.abc import Sequence
@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0017"
-down_revision: str | None = "0010"
+down_revision: str | None = "0014"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
