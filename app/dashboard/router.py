@@ -32,6 +32,7 @@ from app.jobs.models import JobStatus
 from app.registry import service as registry_service
 from app.requests import service as requests_service
 from app.requests.models import RequestStatus
+from app.webhooks import service as webhooks_service
 
 HERE = Path(__file__).parent
 COOKIE = "unlearnd_dashboard"
@@ -328,6 +329,49 @@ def audit_verify(request: Request, session: SessionDep, token: Token = None,
     events = audit_events.events_page(session, after=max(0, audit_tree.log_size(session) - 50), limit=50)
     return _page(request, "audit.html", viewer, head=audit_tree.latest_tree_head(session), events=events,
                  verification=verification)
+
+
+# --- webhooks ---------------------------------------------------------------------------------
+
+
+@router.get("/webhooks")
+def webhooks_page(request: Request, session: SessionDep, token: Token = None) -> HTMLResponse:
+    viewer = _viewer(request, session, token)
+    service.require_admin(viewer)
+    endpoints = webhooks_service.list_endpoints(session, viewer.client)
+    deliveries = {e.id: webhooks_service.list_deliveries(session, e.id, viewer.client, limit=20) for e in endpoints}
+    attempts = {d.id: webhooks_service.delivery_attempts(session, d.id)[-1:]
+                for batch in deliveries.values() for d in batch}
+    return _page(request, "webhooks.html", viewer, endpoints=endpoints, deliveries=deliveries, attempts=attempts)
+
+
+@router.post("/webhooks/deliveries/{delivery_id}/replay")
+def webhook_replay(delivery_id: str, request: Request, session: SessionDep, token: Token = None,
+                   csrf: Annotated[str | None, Form()] = None) -> Response:
+    viewer = _viewer(request, session, token)
+    service.check_csrf(viewer, csrf)
+    service.require_admin(viewer)
+    try:
+        webhooks_service.replay(session, delivery_id, viewer.client)
+    except UnlearndError as exc:
+        return _refused(request, session, viewer, exc)
+    return RedirectResponse("/admin/webhooks", status_code=303)
+
+
+@router.post("/webhooks/endpoints/{endpoint_id}/recover")
+def webhook_recover(endpoint_id: str, request: Request, session: SessionDep, token: Token = None,
+                    csrf: Annotated[str | None, Form()] = None,
+                    since: Annotated[AwareDatetime | None, Form()] = None) -> Response:
+    """Re-send every failed delivery since ``since`` (default: the last 24 hours)."""
+    viewer = _viewer(request, session, token)
+    service.check_csrf(viewer, csrf)
+    service.require_admin(viewer)
+    try:
+        webhooks_service.recover(session, endpoint_id, viewer.client,
+                                 since=since or datetime.now().astimezone() - timedelta(days=1))
+    except UnlearndError as exc:
+        return _refused(request, session, viewer, exc)
+    return RedirectResponse("/admin/webhooks", status_code=303)
 
 
 def install(app: FastAPI) -> None:
