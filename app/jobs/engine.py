@@ -7,8 +7,7 @@ The rules that need both (which records, which versions) live in ``training`` an
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +27,7 @@ from workers.unlearning import (
 from workers.unlearning.adapters import SisaAdapter
 from workers.unlearning.data import is_held_out
 from workers.unlearning.methods import METHODS, UnsupportedModel
+from workers.unlearning.methods.base import make_config
 from workers.unlearning.sizing import size_sisa
 
 # Share of a dataset's records never trained on, chosen by a keyed hash of the record key,
@@ -208,15 +208,9 @@ def artifact_parts(model: Any, trained_keys: Iterable[str]) -> list[ArtifactPart
     return parts
 
 
-def thresholds_from_policy(values: dict[str, Any]) -> tuple[Thresholds, list[str]]:
-    """The policy's thresholds the verifier knows, and the names it does not (reported)."""
-    known = {f.name: f for f in dataclasses.fields(Thresholds)}
-    accepted: dict[str, Any] = {}
-    for name, value in values.items():
-        if name not in known:
-            continue
-        accepted[name] = int(value) if name in {"attack_folds", "seed", "min_forget_size"} else value
-    return Thresholds(**accepted), sorted(set(values) - set(known))
+def thresholds(values: Mapping[str, Any]) -> Thresholds:
+    """The verifier's thresholds from the policy's (already typed and checked at registration)."""
+    return make_config(Thresholds, values)
 
 
 @dataclass
@@ -235,6 +229,7 @@ def unlearn_verified(
     forget: LabelledData,
     heldout: LabelledData,
     thresholds: Thresholds,
+    method_options: Callable[[str], Mapping[str, Any] | None],
     *,
     seed: int,
     on_stage: Callable[[str], None],
@@ -250,7 +245,7 @@ def unlearn_verified(
         attempts.append({"method": method, "outcome": "unknown method"})
     else:
         try:
-            unlearned, report = unlearn(method, base, retain, forget, calibration, None)
+            unlearned, report = unlearn(method, base, retain, forget, calibration, method_options(method))
         except (CertifiedBudgetExceeded, UnsupportedModel) as exc:
             attempts.append({"method": method, "outcome": "refused", "reason": str(exc)})
         else:
@@ -266,7 +261,7 @@ def unlearn_verified(
             if spec.exact or report.details.get("guarantee") == "certified" or outcome == PASS:
                 return _outcome(unlearned, method, False, report.details, attempts)
         on_stage("unlearning")
-    unlearned, report = unlearn(exact, base, retain, forget, calibration, None)
+    unlearned, report = unlearn(exact, base, retain, forget, calibration, method_options(exact))
     on_stage("verifying")
     verdict = verify(base, unlearned, retain, forget, verification, thresholds)
     attempts.append({"method": exact, "outcome": verdict.verdict, "unlearning": report.to_dict(),

@@ -135,10 +135,11 @@ def plan_model(session: Session, model: RegisteredModel, *, now: datetime, actor
     shards = _shards_by_request(session, model, [r.id for r in pending_rows], base)
     pending = [PendingDeletion(request_id=r.id, received_at=r.received_at, due_at=r.due_at, shards=shards[r.id])
                for r in pending_rows]
-    full_retrain_hours = model.policy.get("full_retrain_window_hours")
+    model_policy = registry.model_policy(model).policy
+    full_retrain_hours = model_policy.full_retrain_window_hours
     policy = BatchPolicy(
-        max_batch_size=int(model.policy.get("max_batch_size", 100)),
-        window=timedelta(hours=float(model.policy.get("batching_window_hours", 24.0))),
+        max_batch_size=model_policy.max_batch_size,
+        window=timedelta(hours=model_policy.batching_window_hours),
         risk_margin=timedelta(hours=get_settings().deadline_risk_margin_hours),
         settle=settle_time(),
         full_retrain_window=None if full_retrain_hours is None else timedelta(hours=float(full_retrain_hours)),
@@ -156,7 +157,7 @@ def _full_retrain_units(model: RegisteredModel, base: ModelVersion) -> int | Non
     recipe = engine.sized(dict(model.hyperparameters), base.metrics.get("sisa_sizing"))
     if engine.shard_assigner(model.adapter, recipe, 0) is not None:
         return engine.shard_count(model.adapter, recipe)
-    return 1 if model.policy.get("default_method", "retrain") == "retrain" else None
+    return 1 if registry.model_policy(model).method == "retrain" else None
 
 
 # Batches the planner's report looks back over.
@@ -190,7 +191,7 @@ def create_job(session: Session, model: RegisteredModel, decision: Decision, *, 
         .where(RequestRecord.request_id.in_(request_ids), DataRecord.dataset_id == model.dataset_id)
     )
     job = UnlearningJob(
-        kind=JobKind.UNLEARN, model_id=model.id, method=model.policy.get("default_method", "retrain"),
+        kind=JobKind.UNLEARN, model_id=model.id, method=registry.model_policy(model).method,
         cost_units=decision.units, forget_count=forget_count or 0, created_by=actor,
         report={"plan": {"reason": decision.reason, "requests": len(request_ids), "units": decision.units,
                          "units_if_alone": decision.units_if_alone, "units_saved": decision.units_saved,

@@ -31,6 +31,7 @@ from app.registry.models import (
     RegisteredModel,
     VersionState,
 )
+from app.registry.policy import StoredPolicy
 from app.requests.models import Guarantee, RequestRecord
 
 
@@ -43,7 +44,7 @@ class Inputs:
     base_keys: frozenset[str]
     batch_keys: frozenset[str]
     method: str
-    thresholds: dict[str, Any]
+    policy: StoredPolicy
     seed: int
     heldout_fraction: float
     request_keys: dict[str, frozenset[str]]
@@ -83,7 +84,7 @@ def _inputs(session: Session, job: UnlearningJob) -> Inputs:
         base_keys=frozenset(registry.snapshot_record_keys(session, registry.get_snapshot(session, base.snapshot_id))),
         batch_keys=frozenset().union(*request_keys.values()),
         method=job.method,
-        thresholds=dict(model.policy.get("thresholds") or {}),
+        policy=registry.model_policy(model),
         seed=int(base.metrics.get("seed", 0)),
         heldout_fraction=float(base.metrics.get("heldout_fraction", engine.DEFAULT_HELDOUT_FRACTION)),
         request_keys={rid: frozenset(keys) for rid, keys in request_keys.items()},
@@ -108,17 +109,18 @@ def run(job_id: str, worker: str, lease: lifecycle.Lease) -> None:
     _, heldout = engine.training_split(data.select(inputs.records.active), inputs.heldout_fraction, inputs.seed)
     heldout = heldout.without(inputs.base_keys)
     base_model = engine.load_model(inputs.model_bytes)
-    thresholds, ignored = engine.thresholds_from_policy(inputs.thresholds)
     lease.check()
     lifecycle.set_stage(job_id, worker, JobStage.UNLEARNING)
     outcome = engine.unlearn_verified(
-        base_model, inputs.method, data.select(retain_keys), data.select(forget_keys), heldout, thresholds,
+        base_model, inputs.method, data.select(retain_keys), data.select(forget_keys), heldout,
+        engine.thresholds(inputs.policy.policy.thresholds), inputs.policy.policy.method_configs.options_for,
         seed=inputs.seed, on_stage=lambda stage: lifecycle.set_stage(job_id, worker, stage),
     )
     stored = storage.store_parts(engine.artifact_parts(outcome.model, retain_keys))
     lease.check()
     report = {**outcome.report, "forget_records": len(forget_keys), "retain_records": len(retain_keys),
-              "records_by_request": inputs.records_by_request(), "ignored_thresholds": ignored}
+              "records_by_request": inputs.records_by_request(),
+              "ignored_thresholds": inputs.policy.ignored_thresholds}
     with session_scope() as session:
         job = lifecycle.owned_job(session, job_id, worker)
         model = session.get(RegisteredModel, job.model_id)

@@ -71,7 +71,7 @@ def get_snapshot(snapshot_id: str, session: SessionDep, _: ReaderClient) -> Snap
 def register_model(body: ModelCreate, session: SessionDep, client: MLClient) -> ModelOut:
     model = service.register_model(
         session, name=body.name, adapter=body.adapter, hyperparameters=body.hyperparameters,
-        dataset_name=body.dataset, policy=body.policy.model_dump(mode="json"), actor=client.id,
+        dataset_name=body.dataset, policy=body.policy.stored(), actor=client.id,
     )
     return ModelOut.model_validate(model)
 

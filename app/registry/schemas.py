@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from app.core.fields import FiniteFloat, NonNegativeInt32, NonNegativeInt64, PositiveInt32
 from app.core.hashing import IdentifierType
 from app.registry.models import VersionState
+from app.registry.policy import UnlearningPolicy
 
 SLUG = r"^[a-z][a-z0-9_.+-]*$"
 NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
@@ -104,28 +105,6 @@ class SnapshotOut(BaseModel):
     record_count: int
     merkle_root: str
     created_at: datetime
-
-
-class UnlearningPolicy(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    default_method: str = Field(default="retrain", pattern=SLUG, max_length=64)
-    # metric name -> bound, e.g. {"max_mia_auc": 0.55, "min_retain_accuracy": 0.9}
-    thresholds: dict[str, FiniteFloat] = Field(default_factory=dict, max_length=100)
-    batching_window_hours: float = Field(default=24.0, ge=0, le=24 * 30, allow_inf_nan=False)
-    # A batch runs as soon as this many requests wait, whatever the window says.
-    max_batch_size: int = Field(default=100, ge=1, le=10_000)
-    # A batch that costs a full retrain anyway (every SISA shard touched, or an unsharded
-    # model retrained) may keep collecting requests this long (deadlines still start it);
-    # None: the ordinary window.
-    full_retrain_window_hours: float | None = Field(default=None, ge=0, le=24 * 30)
-    # Certified removal (newton on logreg, Guo et al. 2020): the (epsilon, delta) every
-    # removal must meet; training derives the objective perturbation's scale from them.
-    epsilon: float = Field(default=1.0, gt=0, le=100)
-    delta: float = Field(default=1e-4, gt=0, lt=1)
-    # SISA sizing: the ensemble may lose at most this much test accuracy (a fraction,
-    # 0.01 = 1 point) against the monolithic model; training picks shards and slices to match.
-    max_accuracy_loss: float = Field(default=0.01, ge=0, le=1)
 
 
 class ModelCreate(BaseModel):

@@ -31,12 +31,12 @@ from app.registry.models import (
     RegisteredModel,
     VersionState,
 )
+from app.registry.policy import Method, StoredPolicy, UnlearningPolicy, known_adapters, method_fits_adapter
 from app.registry.schemas import (
     ArtifactKind,
     ArtifactSpec,
     DatasetColumns,
     DatasetFormat,
-    UnlearningPolicy,
     VersionOrigin,
 )
 
@@ -214,18 +214,35 @@ def register_model(
     except ValidationError as exc:
         field, message = _validation_field(exc, "policy")
         raise InvalidInput(f"{field}: {message}", field=field) from None
+    _check_adapter(adapter, checked_policy.default_method)
     dataset = session.scalar(select(Dataset).where(Dataset.name == dataset_name))
     if dataset is None:
         raise InvalidInput(f"no dataset named '{dataset_name}'", field="dataset")
     if session.scalar(select(RegisteredModel.id).where(RegisteredModel.name == name)):
         raise Conflict(f"a model named '{name}' exists", field="name")
     model = RegisteredModel(name=name, adapter=adapter, hyperparameters=hyperparameters, dataset_id=dataset.id,
-                            policy=checked_policy.model_dump(mode="json"), created_by=actor)
+                            policy=checked_policy.stored(), created_by=actor)
     session.add(model)
     session.flush()
     audit.record(session, actor=actor, action="model.registered", entity_type="registered_model",
                  entity_id=model.id, payload={"name": name, "adapter": adapter, "dataset_id": dataset.id})
     return model
+
+
+def _check_adapter(adapter: str, method: Method) -> None:
+    """An adapter the engine has, and a default method that applies to it: refused here, not
+    discovered at the first job (which would quietly fall back to the exact method)."""
+    known = known_adapters()
+    if adapter not in known:
+        raise InvalidInput(f"unknown adapter '{adapter}'; available: {', '.join(sorted(known))}", field="adapter")
+    if not method_fits_adapter(method, adapter):
+        raise InvalidInput(f"method '{method}' does not apply to adapter '{adapter}'",
+                           field="policy.default_method")
+
+
+def model_policy(model: RegisteredModel) -> StoredPolicy:
+    """The model's policy, typed, as the jobs room reads it."""
+    return StoredPolicy.read(model.policy)
 
 
 def get_model(session: Session, name: str) -> RegisteredModel:

@@ -3,8 +3,12 @@ removal, is replaced by the exact method, and the report says so."""
 
 from __future__ import annotations
 
+from sqlalchemy import select
+
+from app.core.database import session_scope
 from app.demo import DEMO_MODELS, DemoModel
 from app.jobs import engine
+from app.registry.models import RegisteredModel
 from tests.jobs.conftest import TINY_MLP, run_inline, submit
 
 
@@ -19,8 +23,12 @@ def _unlearn(api, admin, model: str) -> dict:
 def test_impossible_thresholds_fall_back_to_retrain(env, api, make_client, install_demo):
     admin, portal = make_client("admin"), make_client("portal")
     impossible = {"default_method": "finetune", "thresholds": {"max_mia_auc": 0.0, "min_mia_auc": 1.0,
-                                                                 "min_forget_size": 1, "unknown_metric": 1.0}}
+                                                                 "min_forget_size": 1}}
     [training] = install_demo(DemoModel("digits-mlp", "mlp", TINY_MLP, impossible))
+    # A row stored before registration checked threshold names: the unknown one is reported, not fatal.
+    with session_scope() as session:
+        model = session.scalar(select(RegisteredModel).where(RegisteredModel.name == "digits-mlp"))
+        model.policy = {**model.policy, "thresholds": {**model.policy["thresholds"], "unknown_metric": 1.0}}
     run_inline(training)
     request = submit(api, portal, "demo-subject-40")["id"]
     job = _unlearn(api, admin, "digits-mlp")
