@@ -1,6 +1,6 @@
 """The jobs room's one doorway into the unlearning engine (``workers/unlearning``).
 
-Everything here is computation on data already loaded: no database, no artifact store.
+No database and no artifact store here: the one read is a dataset file, opened by the registry.
 The rules that need both (which records, which versions) live in ``training`` and
 ``unlearning``; this module turns their answers into engine calls and back.
 """
@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from app.core.errors import InvalidInput
-from app.registry.locations import local_dataset_path
+from app.registry import locations
 from workers.unlearning import (
     CertifiedBudgetExceeded,
     LabelledData,
@@ -41,17 +41,21 @@ class EngineInputError(ValueError):
 
 
 def load_dataset(uri: str, fmt: str, columns: dict[str, Any]) -> LabelledData:
-    """Every row of a registered dataset file, keyed by its record key."""
+    """Every row of a registered dataset file, keyed by its record key, opened the way
+    ingestion opens it (a local path under the dataset root or a URL under a configured
+    remote prefix, re-checked now)."""
     try:
-        path = local_dataset_path(uri)
-        return load_table(
-            path, fmt,
-            key_column=columns["record_key"], label_column=columns["label"],
-            feature_columns=columns.get("features") or None, array_field=columns.get("image"),
-        )
+        with locations.open_dataset(uri) as handle:
+            return load_table(
+                handle, fmt,
+                key_column=columns["record_key"], label_column=columns["label"],
+                feature_columns=columns.get("features") or None, array_field=columns.get("image"),
+            )
     except InvalidInput as exc:
         raise EngineInputError(f"dataset location refused: {exc.detail}") from None
-    except (ValueError, KeyError) as exc:
+    except FileNotFoundError as exc:
+        raise EngineInputError(f"dataset cannot be loaded for training: no such file: {uri}") from exc
+    except (ValueError, KeyError, OSError) as exc:
         raise EngineInputError(f"dataset cannot be loaded for training: {exc}") from exc
 
 

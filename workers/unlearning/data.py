@@ -13,6 +13,7 @@ import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import torch
@@ -92,7 +93,7 @@ def from_arrays(features, labels, keys: Sequence[object] | None = None) -> Label
 
 
 def load_table(
-    path: str | Path,
+    source: str | Path | IO[bytes],
     fmt: str,
     *,
     key_column: str,
@@ -102,7 +103,8 @@ def load_table(
 ) -> LabelledData:
     """Read a registered training file into :class:`LabelledData`.
 
-    ``fmt`` is ``parquet``, ``csv`` or ``npz``. Features come from
+    ``source`` is a path or an open binary file (the registry opens object-store URLs with
+    fsspec and hands the handle here). ``fmt`` is ``parquet``, ``csv`` or ``npz``. Features come from
     ``array_field`` (one column, or NPZ array, holding a fixed-shape array per
     row, e.g. an 8x8 image) or from ``feature_columns`` (scalar columns, in the
     given order); when both are omitted every column other than the key and
@@ -116,18 +118,22 @@ def load_table(
         raise DataError(f"unknown format {fmt!r}; expected one of {FORMATS}")
     if feature_columns is not None and array_field is not None:
         raise DataError("give feature_columns or array_field, not both")
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"no such file: {path}")
-    columns = _read_npz(path) if fmt == "npz" else _read_frame(path, fmt, key_column)
+    if isinstance(source, str | Path):
+        source = Path(source)
+        if not source.exists():
+            raise DataError(f"no such file: {source}")
+        name = source.name
+    else:
+        name = Path(str(getattr(source, "path", None) or getattr(source, "name", None) or "dataset")).name
+    columns = _read_npz(source) if fmt == "npz" else _read_frame(source, fmt, key_column)
     for required in (key_column, label_column):
         if required not in columns:
-            raise DataError(f"{path.name}: missing column {required!r}")
+            raise DataError(f"{name}: missing column {required!r}")
     keys = [str(key) for key in np.asarray(columns[key_column]).tolist()]
     labels = np.asarray(columns[label_column])
     if array_field is not None:
         if array_field not in columns:
-            raise DataError(f"{path.name}: missing array field {array_field!r}")
+            raise DataError(f"{name}: missing array field {array_field!r}")
         features = _stack_cells(columns[array_field], array_field)
     else:
         names = list(feature_columns) if feature_columns is not None else sorted(
@@ -135,14 +141,14 @@ def load_table(
         )
         missing = [name for name in names if name not in columns]
         if missing:
-            raise DataError(f"{path.name}: missing feature columns {missing}")
+            raise DataError(f"{name}: missing feature columns {missing}")
         if not names:
-            raise DataError(f"{path.name}: no feature columns")
+            raise DataError(f"{name}: no feature columns")
         if feature_columns is None and len(names) == 1 and np.asarray(columns[names[0]]).ndim > 1:
             features = np.asarray(columns[names[0]])  # an NPZ holding one feature array
         else:
             features = np.stack([_numeric(columns[name], name) for name in names], axis=1)
-    return _build(features, labels, keys, source=path.name)
+    return _build(features, labels, keys, source=name)
 
 
 def split(
@@ -235,21 +241,21 @@ def _stack_cells(column, name: str) -> np.ndarray:
     return np.stack(cells) if cells else np.zeros((0,), dtype=np.float64)
 
 
-def _read_npz(path: Path) -> dict[str, np.ndarray]:
-    with np.load(path, allow_pickle=False) as archive:
+def _read_npz(source: Path | IO[bytes]) -> dict[str, np.ndarray]:
+    with np.load(source, allow_pickle=False) as archive:
         return {name: archive[name] for name in archive.files}
 
 
-def _read_frame(path: Path, fmt: str, key_column: str) -> dict[str, object]:
+def _read_frame(source: Path | IO[bytes], fmt: str, key_column: str) -> dict[str, object]:
     if fmt == "parquet":
         import pyarrow.parquet as pq
 
-        table = pq.read_table(path)
+        table = pq.read_table(source)
         return {name: _arrow_column(table.column(name)) for name in table.column_names}
     import pandas as pd
 
     # Keys stay text: "007" must not become the integer 7.
-    frame = pd.read_csv(path, dtype={key_column: str}, keep_default_na=False, na_values=[""])
+    frame = pd.read_csv(source, dtype={key_column: str}, keep_default_na=False, na_values=[""])
     return {name: frame[name].to_numpy() for name in frame.columns}
 
 
