@@ -4,7 +4,6 @@ the artifacts that were purged. Hashes and ids only; no record key or subject le
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 from datetime import UTC, datetime
 from typing import Any
@@ -15,6 +14,7 @@ from sqlalchemy.orm import Session
 from app.certificates.models import Certificate
 from app.core import merkle
 from app.core.errors import Conflict
+from app.core.hashing import json_safe
 from app.jobs.models import JobRequest, JobStatus, UnlearningJob
 from app.lineage import proofs
 from app.lineage import service as lineage
@@ -32,17 +32,6 @@ NON_INCLUSION_METHOD = (
     "of the types in identifiers_checked were hashed under each identifier canonicaliser version "
     "listed there (every version any dataset was ingested with)"
 )
-
-
-def finite(value: Any) -> Any:
-    """Metrics may hold NaN or infinity, which JSON cannot carry; they are stated as null."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {str(k): finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [finite(v) for v in value]
-    return value
 
 
 def _iso(moment: datetime) -> str:
@@ -176,7 +165,7 @@ def _unlearning(session: Session, job: UnlearningJob, request_id: str) -> dict[s
         "method": job.method,
         "method_used": job.method_used,
         "fallback": job.method_used is not None and job.method_used != job.method,
-        "verification": finite(report.get("verification", report)),
+        "verification": json_safe(report.get("verification", report)),
         "guarantee": guarantee,
         "guarantee_basis": GUARANTEE_BASIS[guarantee],
         # Deterministic fits could be re-run and compared by sha256; Unlearnd does not do that
@@ -184,7 +173,7 @@ def _unlearning(session: Session, job: UnlearningJob, request_id: str) -> dict[s
         "result_refit_checked": False,
     }
     if report.get("certification"):
-        described["certification"] = finite(report["certification"])
+        described["certification"] = json_safe(report["certification"])
     counts = (report.get("records_by_request") or {}).get(request_id)
     if counts is not None:
         described["records"] = counts

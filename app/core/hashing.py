@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import math
 import re
 import unicodedata
 from enum import StrEnum
@@ -141,6 +142,17 @@ def subject_hash(
 def canonical_json(document: Any) -> bytes:
     """One byte form for hashing and signing: sorted keys, no whitespace, UTF-8."""
     return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str).encode()
+
+
+def json_safe(value: Any) -> Any:
+    """JSON has no NaN or infinity (an empty group's accuracy, say): they are stated as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
 
 
 def sha256_hex(data: bytes) -> str:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from app.core.errors import InvalidInput
+from app.core.hashing import json_safe
 from app.registry import locations
 from workers.unlearning import (
     CertifiedBudgetExceeded,
@@ -271,17 +272,6 @@ def unlearn_verified(
     attempts.append({"method": exact, "outcome": verdict.verdict, "unlearning": report.to_dict(),
                      "verification": verdict.to_dict(), "fallback": True})
     return _outcome(unlearned, exact, method != exact, report.details, attempts)
-
-
-def json_safe(value: Any) -> Any:
-    """Reports go into JSON columns: NaN and infinity (an empty group's accuracy) become null."""
-    if isinstance(value, float):
-        return value if value == value and value not in (float("inf"), float("-inf")) else None
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_safe(v) for v in value]
-    return value
 
 
 def _outcome(model: Any, method: str, fell_back: bool, details: dict[str, Any],

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 from app.audit import service as audit
 from app.core.database import session_scope
 from app.core.errors import Conflict, InvalidInput
+from app.core.hashing import json_safe
 from app.core.outbox import enqueue
 from app.core.queue import TaskName
 from app.jobs import engine, lifecycle, storage
@@ -197,7 +198,7 @@ def _discard(uris: list[str | None]) -> None:
 
 def _register(job_id: str, worker: str, setup: _Setup, fitted: Any, train: Any, heldout: Any,
               *, snapshot_id: str | None, scratch: list[str] | None = None) -> None:
-    metrics: dict[str, Any] = engine.json_safe({
+    metrics: dict[str, Any] = json_safe({
         "seed": setup.config.seed, "heldout_fraction": setup.config.heldout_fraction, "train_records": len(train),
         "train_accuracy": fitted.accuracy(train), "heldout_accuracy": fitted.accuracy(heldout),
         **({"sisa_sizing": setup.sizing} if setup.sizing else {}),

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from app.core.database import session_scope
 from app.core.errors import Conflict
+from app.core.hashing import json_safe
 from app.jobs import engine, lifecycle, storage
 from app.jobs.models import JobRequest, JobStage, UnlearningJob
 from app.lineage import service as lineage
@@ -130,7 +131,7 @@ def run(job_id: str, worker: str, lease: lifecycle.Lease) -> None:
         version = storage.register_version(
             session, model=model, stored=stored, records=inputs.records, parent=base, origin="unlearned",
             metrics={"seed": inputs.seed, "heldout_fraction": inputs.heldout_fraction, **inputs.lineage_metrics,
-                     **engine.json_safe(outcome.report["verification"]["accuracy"])},
+                     **json_safe(outcome.report["verification"]["accuracy"])},
             actor=worker,
         )
         job.result_version_id, job.method_used, job.cost_units = version.id, outcome.method_used, outcome.units
