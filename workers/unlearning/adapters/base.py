@@ -19,6 +19,7 @@ from torch import nn
 
 from .. import runtime
 from ..data import LabelledData
+from ..options import from_mapping
 from ..serialization import pack, unpack
 
 EVAL_BATCH = 4096
@@ -55,14 +56,7 @@ class Adapter(Protocol):
 
 
 def make_params(params_type: type, values: Mapping[str, Any]) -> Any:
-    """Build a hyper-parameter dataclass, naming unknown keys instead of a bare TypeError."""
-    known = {f.name for f in dataclasses.fields(params_type)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise AdapterError(
-            f"unknown hyper-parameter(s) {unknown} for {params_type.__name__}; known: {sorted(known)}"
-        )
-    return params_type(**values)
+    return from_mapping(params_type, values, AdapterError, "hyper-parameter")
 
 
 def params_to_dict(params: Any) -> dict[str, Any]:

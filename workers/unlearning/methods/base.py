@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..options import from_mapping
+
 
 class UnlearningError(Exception):
     """The method cannot produce an unlearned model from these inputs."""
@@ -53,11 +55,5 @@ def make_config(config_type: type, config: Any) -> Any:
     if isinstance(config, config_type):
         return config
     if isinstance(config, Mapping):
-        known = {f.name for f in dataclasses.fields(config_type)}
-        unknown = sorted(set(config) - known)
-        if unknown:
-            raise UnlearningError(
-                f"unknown option(s) {unknown} for {config_type.__name__}; known: {sorted(known)}"
-            )
-        return config_type(**config)
+        return from_mapping(config_type, config, UnlearningError, "option")
     raise UnlearningError(f"config must be a mapping or {config_type.__name__}, got {type(config)}")
