@@ -25,9 +25,8 @@ from app.core.auth import ApiClient, Role
 from app.core.database import new_id, utcnow
 from app.core.errors import Conflict, Forbidden, NotFound
 from app.core.hashing import canonical_json
+from app.requests import service as requests
 from app.requests.models import DeletionRequest, RequestStatus
-
-_SEE_ALL = frozenset({Role.ADMIN, Role.AUDITOR})
 
 
 def certificate_file(certificate: Certificate) -> bytes:
@@ -98,9 +97,7 @@ def certificate_for(session: Session, request_id: str, viewer: ApiClient) -> Cer
     completion enqueued, so ``None`` means a completed request's certificate is on its way."""
     if viewer.role_enum is Role.ML:
         raise Forbidden("certificates are for portals, auditors and admins")
-    request = session.get(DeletionRequest, request_id)
-    if request is None or (viewer.role_enum not in _SEE_ALL and request.client_id != viewer.id):
-        raise NotFound(f"no deletion request {request_id}")
+    request = requests.get_request(session, request_id, viewer)
     if request.status != RequestStatus.COMPLETED:
         raise Conflict(
             f"a certificate is issued when the request completes; it is '{request.status}'", field="status"
