@@ -64,6 +64,7 @@ class Thresholds(TypedDict, total=False):
     class_chance_margin: FiniteFloat
     max_js_divergence: FiniteFloat | None
     min_forget_size: Int32 | None
+    min_power: FiniteFloat
     attack_folds: Int32
     seed: Int32
 
@@ -100,7 +101,6 @@ class NegGradPlusOptions(TypedDict, total=False):
     forget_batch_size: Int32
     retain_weight: FiniteFloat
     match_heldout: bool
-    target_auc: FiniteFloat
     check_every: Int32
     repair_steps: Int32
     seed: Int32
@@ -115,7 +115,6 @@ class ScrubOptions(TypedDict, total=False):
     forget_batch_size: Int32
     temperature: FiniteFloat
     ce_weight: FiniteFloat
-    target_auc: FiniteFloat
     check_every: Int32
     repair_steps: Int32
     seed: Int32
@@ -128,7 +127,6 @@ class SalunOptions(TypedDict, total=False):
     batch_size: Int32
     forget_batch_size: Int32
     saliency_fraction: FiniteFloat
-    target_auc: FiniteFloat
     check_every: Int32
     repair_steps: Int32
     seed: Int32
