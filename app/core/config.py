@@ -104,7 +104,7 @@ class Settings(BaseSettings):
     webhook_disable_after_failed_deliveries: int = 50
     webhook_rotation_grace_seconds: float = 24 * 3600.0
     # Requests in flight to one endpoint at a time, so a backlog after an outage cannot flood it.
-    webhook_max_in_flight_per_endpoint: int = 8
+    webhook_max_in_flight_per_endpoint: int = 16
     webhook_sweep_interval_seconds: float = 5.0
     # Base of the certificate URL in payloads; empty means a path relative to the API.
     public_url: str = ""

@@ -538,6 +538,17 @@ def get_request(session: Session, request_id: str, viewer: ApiClient | None = No
     return request
 
 
+def owners_and_outcomes(session: Session, request_ids: Iterable[str]) -> dict[str, tuple[str, str | None]]:
+    """Request id -> (submitting client, outcome), for many requests in one query."""
+    ids = sorted(set(request_ids))
+    if not ids:
+        return {}
+    query = select(DeletionRequest.id, DeletionRequest.client_id, DeletionRequest.outcome).where(
+        DeletionRequest.id.in_(ids)
+    )
+    return {rid: (client_id, outcome) for rid, client_id, outcome in session.execute(query)}
+
+
 def history(session: Session, request_id: str) -> list[RequestTransition]:
     query = select(RequestTransition).where(RequestTransition.request_id == request_id).order_by(RequestTransition.id)
     return list(session.scalars(query))

@@ -32,7 +32,6 @@ from app.audit import service as audit
 from app.core.auth import ApiClient, Role
 from app.core.config import get_settings
 from app.core.database import session_scope, utcnow
-from app.core.errors import UnlearndError
 from app.core.hashing import canonical_json
 from app.jobs import service as jobs
 from app.requests import service as requests
@@ -100,25 +99,16 @@ def _receives(subscriber: _Subscriber, event: events.WebhookEvent, owner: str | 
 
 
 class _Owners:
-    """Request id -> submitting client, looked up once per fan-out batch."""
+    """Request id -> submitting client and outcome, read in one query per fan-out batch."""
 
-    def __init__(self, session: Session) -> None:
-        self._session = session
-        self._clients: dict[str, str | None] = {}
-        self._outcomes: dict[str, str | None] = {}
+    def __init__(self, session: Session, request_ids: set[str]) -> None:
+        self._known = requests.owners_and_outcomes(session, request_ids)
 
     def client_of(self, request_id: str) -> str | None:
-        if request_id not in self._clients:
-            try:
-                request = requests.get_request(self._session, request_id)
-                self._clients[request_id], self._outcomes[request_id] = request.client_id, request.outcome
-            except UnlearndError:
-                self._clients[request_id] = self._outcomes[request_id] = None
-        return self._clients[request_id]
+        return self._known.get(request_id, (None, None))[0]
 
     def outcome_of(self, request_id: str) -> str | None:
-        self.client_of(request_id)
-        return self._outcomes[request_id]
+        return self._known.get(request_id, (None, None))[1]
 
 
 def _certificate_url(request_id: str) -> str:
@@ -128,7 +118,8 @@ def _certificate_url(request_id: str) -> str:
 def _enrich(session: Session, event: events.WebhookEvent, owners: _Owners) -> None:
     if "guarantee" in event.needs and event.request_id:
         outcome = event.data.get("outcome") or owners.outcome_of(event.request_id)
-        methods = jobs.methods_used_for_request(session, event.request_id)
+        # Nothing was unlearned for a request with no data found: no job to ask about.
+        methods = [] if outcome == "no_data_found" else jobs.methods_used_for_request(session, event.request_id)
         event.data["guarantee_class"] = events.guarantee_class(outcome, methods)
         event.data["certificate_url"] = _certificate_url(event.request_id)
     if event.type == events.CERTIFICATE_ISSUED and event.request_id:
@@ -142,18 +133,21 @@ def fan_out(session: Session) -> int:
     if not page:
         return 0
     subscribers = _subscribers(session)
-    owners = _Owners(session)
-    for item in page:
-        if not subscribers:
-            break
-        fact = events.AuditFact(item.seq, item.occurred_at.isoformat(), item.action, item.entity_id, item.payload)
-        for index, event in enumerate(events.from_audit(fact)):
+    mapped = [] if not subscribers else [
+        (item, events.from_audit(
+            events.AuditFact(item.seq, item.occurred_at.isoformat(), item.action, item.entity_id, item.payload)
+        ))
+        for item in page
+    ]
+    owners = _Owners(session, {e.request_id for _, found in mapped for e in found if e.request_id})
+    for item, found in mapped:
+        for index, event in enumerate(found):
             owner = owners.client_of(event.request_id) if event.request_id else event.client_id
             targets = [s for s in subscribers if s.created_at <= item.occurred_at and _receives(s, event, owner)]
             if not targets:
                 continue
             _enrich(session, event, owners)
-            payload = {"type": event.type, "timestamp": fact.occurred_at, "data": event.data}
+            payload = {"type": event.type, "timestamp": item.occurred_at.isoformat(), "data": event.data}
             if len(body_bytes(payload)) > MAX_PAYLOAD_BYTES:
                 raise ValueError(f"{event.type} payload exceeds {MAX_PAYLOAD_BYTES} bytes")
             session.add_all(
@@ -278,10 +272,28 @@ def _retry_delay(attempts: int) -> float | None:
     return base * random.uniform(1 - JITTER, 1 + JITTER)
 
 
-def record(session: Session, item: Claimed, response: webhook_http.Response) -> None:
+def record(session: Session, results: list[tuple[Claimed, webhook_http.Response]]) -> None:
+    """Store a round's outcomes: the rows are locked in one statement per table (in id order,
+    so concurrent dispatchers cannot deadlock), then updated in memory and flushed together."""
     now = utcnow()
-    endpoint = session.scalar(select(WebhookEndpoint).where(WebhookEndpoint.id == item.endpoint_id).with_for_update())
-    delivery = session.scalar(select(WebhookDelivery).where(WebhookDelivery.id == item.delivery_id).with_for_update())
+    endpoint_ids = sorted({item.endpoint_id for item, _ in results})
+    endpoints = {e.id: e for e in session.scalars(
+        select(WebhookEndpoint).where(WebhookEndpoint.id.in_(endpoint_ids)).order_by(WebhookEndpoint.id)
+        .with_for_update()
+    )}
+    delivery_ids = sorted(item.delivery_id for item, _ in results)
+    deliveries = {d.id: d for d in session.scalars(
+        select(WebhookDelivery).where(WebhookDelivery.id.in_(delivery_ids)).order_by(WebhookDelivery.id)
+        .with_for_update()
+    )}
+    for item, response in results:
+        _record_one(session, endpoints[item.endpoint_id], deliveries[item.delivery_id], response, now)
+
+
+def _record_one(
+    session: Session, endpoint: WebhookEndpoint, delivery: WebhookDelivery, response: webhook_http.Response,
+    now: datetime,
+) -> None:
     session.add(WebhookAttempt(
         delivery_id=delivery.id, attempted_at=now, status_code=response.status_code,
         latency_ms=round(response.latency_ms, 3), response_excerpt=response.excerpt, error=response.error,
@@ -360,9 +372,10 @@ def dispatch(*, budget_seconds: float = ROUND_BUDGET_SECONDS) -> int:
                 continue
             break
         futures = {_executor().submit(send, item): item for item in claimed}
-        for future in as_completed(futures):
-            item = futures[future]
-            with session_scope() as session:
-                record(session, item, future.result())
-            attempts += 1
+        results = [(futures[future], future.result()) for future in as_completed(futures)]
+        # One transaction for the round: a crash before it commits only means these are sent
+        # again under the same webhook-ids, and per-delivery commits would cap throughput.
+        with session_scope() as session:
+            record(session, results)
+        attempts += len(results)
     return attempts

@@ -9,6 +9,7 @@ events about its own requests, an ML client's job and model-version events.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -233,13 +234,47 @@ class _EndpointsExist:
 _endpoints_exist = _EndpointsExist()
 
 
-def request_dispatch() -> None:
-    """Ask a worker to deliver now. Best effort: the beat sweep delivers anyway."""
+class _Waker:
+    """Sends the dispatch task at most once per ``INTERVAL`` from this process, with a trailing
+    send for commits that fell inside the window, so a burst of commits wakes the worker a few
+    times (each wake-up delivers everything due) instead of queueing a task per commit."""
+
+    INTERVAL = 0.05
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._last = 0.0
+        self._scheduled = False
+
+    def __call__(self) -> None:
+        with self._lock:
+            if self._scheduled:
+                return
+            wait = self._last + self.INTERVAL - time.monotonic()
+            if wait > 0:
+                self._scheduled = True
+                timer = threading.Timer(wait, self._fire)
+                timer.daemon = True
+                timer.start()
+                return
+            self._last = time.monotonic()
+        _send_dispatch()
+
+    def _fire(self) -> None:
+        with self._lock:
+            self._scheduled, self._last = False, time.monotonic()
+        _send_dispatch()
+
+
+def _send_dispatch() -> None:
     try:
         if _endpoints_exist():
             get_celery().send_task(TaskName.WEBHOOKS_DISPATCH)
     except Exception as exc:  # broker or database down: the sweep catches up
         log.warning("could not wake the webhook dispatcher", extra={"error": f"{type(exc).__name__}: {exc}"})
 
+
+request_dispatch = _Waker()
+"""Ask a worker to deliver now. Best effort: the beat sweep delivers anyway."""
 
 audit.on_sealed(request_dispatch)

@@ -37,6 +37,13 @@ class Received:
         return self.headers["webhook-id"]
 
 
+class _Server(ThreadingHTTPServer):
+    # A listen backlog like a real server's: http.server's default of 5 drops connections
+    # under concurrent deliveries, and each dropped SYN costs the sender a 1 s retransmit.
+    request_queue_size = 128
+    daemon_threads = True
+
+
 Behaviour = Callable[["Received"], tuple[int, dict[str, str]]]
 
 
@@ -95,8 +102,7 @@ class Receiver:
             def log_message(self, *_: object) -> None:
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        self._server.daemon_threads = True
+        self._server = _Server(("127.0.0.1", self.port), Handler)
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         return self
 
