@@ -100,8 +100,9 @@ GUARANTEE_BASIS = {
         "a certified-removal bound: the (epsilon, delta), noise scale and residual bound stated under certification"
     ),
     "approximate": (
-        "a qualified approximate method: the qualification study cited under verification, plus this "
-        "job's own checks, which passed with the power stated there"
+        "a qualified approximate method: the signed qualification study cited under qualification (per-example "
+        "tests of many unlearned models against many retrains), plus this job's own checks, which passed with "
+        "the power stated under verification"
     ),
 }
 
@@ -172,6 +173,8 @@ def _unlearning(session: Session, job: UnlearningJob, request_id: str) -> dict[s
         # yet, and says so rather than leaving it to be assumed.
         "result_refit_checked": False,
     }
+    if guarantee == "approximate" and report.get("qualification"):
+        described["qualification"] = report["qualification"]
     if report.get("certification"):
         described["certification"] = json_safe(report["certification"])
     counts = (report.get("records_by_request") or {}).get(request_id)

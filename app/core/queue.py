@@ -28,6 +28,7 @@ class TaskName:
     PING: Final = "unlearnd.ping"
     INGEST_DATASET: Final = "unlearnd.registry.ingest_dataset"
     RUN_JOB: Final = "unlearnd.run_job"
+    QUALIFY_METHOD: Final = "unlearnd.jobs.qualify_method"
     SCHEDULE_BATCHES: Final = "unlearnd.schedule_batches"
     AUDIT_SEAL: Final = "unlearnd.audit.seal"
     AUDIT_SIGN_TREE_HEAD: Final = "unlearnd.audit.sign_tree_head"

@@ -29,6 +29,7 @@ from workers.unlearning.adapters import SisaAdapter
 from workers.unlearning.data import is_held_out
 from workers.unlearning.methods import METHODS, UnsupportedModel
 from workers.unlearning.methods.base import make_config
+from workers.unlearning.qualification import run_study
 from workers.unlearning.sizing import size_sisa
 
 # Share of a dataset's records never trained on, chosen by a keyed hash of the record key,
@@ -238,6 +239,7 @@ def unlearn_verified(
     *,
     seed: int,
     on_stage: Callable[[str], None],
+    qualification: dict[str, Any] | None = None,
 ) -> UnlearningOutcome:
     """Run the policy's method; keep an approximate result only if verification passes,
     otherwise (or when the method refuses) run the exact method instead. Exact results are
@@ -248,6 +250,12 @@ def unlearn_verified(
     spec = METHODS.get(method)
     if spec is None:
         attempts.append({"method": method, "outcome": "unknown method"})
+    elif spec.guarantee == "approximate" and qualification is None:
+        # Without a study showing the method forgets per example on this model, an attempt
+        # could only be wasted (or, worse, pass a population test it should not).
+        attempts.append({"method": method, "outcome": "not qualified", "reason": (
+            f"no passing qualification covers this model version and a forget set of {len(forget)} records; "
+            f"ran the exact method {exact} directly")})
     else:
         try:
             unlearned, report = unlearn(method, base, retain, forget, calibration, method_options(method))
@@ -261,7 +269,7 @@ def unlearn_verified(
                 outcome = "fail"
                 verdict.reasons.append("the method made no update (0 steps): nothing was unlearned")
             attempts.append({"method": method, "outcome": outcome, "unlearning": report.to_dict(),
-                             "verification": verdict.to_dict()})
+                             "verification": verdict.to_dict(), "qualification": qualification})
             # A certified removal's claim is its (epsilon, delta) bound, not the statistics.
             if spec.exact or report.details.get("guarantee") == "certified" or outcome == PASS:
                 return _outcome(unlearned, method, False, report.details, attempts)
@@ -274,6 +282,28 @@ def unlearn_verified(
     return _outcome(unlearned, exact, method != exact, report.details, attempts)
 
 
+def is_approximate(method: str) -> bool:
+    spec = METHODS.get(method)
+    return spec is not None and spec.guarantee == "approximate"
+
+
+def qualify(adapter_name: str, hyperparameters: dict[str, Any], train: LabelledData, forget_keys: list[str],
+            heldout: LabelledData, method: str, *, runs: int, seed: int) -> dict[str, Any]:
+    """The per-example qualification study of ``method`` on this recipe (see
+    ``workers.unlearning.qualification``); every model it trains stays in memory."""
+    calibration, verification = verification_halves(heldout, seed)
+
+    def fit_recipe(data: LabelledData, fit_seed: int) -> Any:
+        return fit(adapter_name, hyperparameters, data, fit_seed)
+
+    def run_method(original: Any, retain: LabelledData, forget: LabelledData, run_seed: int) -> Any:
+        edited, _ = unlearn(method, original, retain, forget, calibration, {"seed": run_seed})
+        return edited
+
+    result = run_study(fit_recipe, run_method, train, forget_keys, verification, runs=runs, seed=seed)
+    return json_safe(result.to_dict())
+
+
 def _outcome(model: Any, method: str, fell_back: bool, details: dict[str, Any],
              attempts: list[dict[str, Any]]) -> UnlearningOutcome:
     units = len(details["shards_touched"]) if method == "sisa" else 1
@@ -283,6 +313,8 @@ def _outcome(model: Any, method: str, fell_back: bool, details: dict[str, Any],
         guarantee = "approximate"  # a Newton step without its certificate is only an approximation
     report = {"method_used": method, "guarantee": guarantee, "fell_back": fell_back, "attempts": attempts,
               "verdict": final["outcome"], "verification": final["verification"]}
+    if guarantee == "approximate" and final.get("qualification"):
+        report["qualification"] = final["qualification"]
     if details.get("guarantee") == "certified":
         report["certification"] = {key: details[key] for key in CERTIFICATION_FIELDS}
     return UnlearningOutcome(model=model, method_used=method, fell_back=fell_back, units=units,

@@ -5,9 +5,9 @@ from __future__ import annotations
 from fastapi import APIRouter, Query, status
 
 from app.api.deps import AdminClient, MLClient, ReaderClient, SessionDep
-from app.jobs import service
+from app.jobs import qualification, service
 from app.jobs.models import JobKind, JobStatus, UnlearningJob
-from app.jobs.schemas import BatchOut, JobDetail, JobOut, TrainBody
+from app.jobs.schemas import BatchOut, JobDetail, JobOut, QualificationBody, QualificationOut, TrainBody
 from app.registry.schemas import VersionImport, VersionOut
 
 router = APIRouter(tags=["jobs"])
@@ -67,3 +67,21 @@ def retry_job(job_id: str, session: SessionDep, admin: AdminClient) -> JobDetail
 @router.post("/v1/jobs/{job_id}/cancel", response_model=JobDetail)
 def cancel_job(job_id: str, session: SessionDep, admin: AdminClient) -> JobDetail:
     return _detail(session, service.cancel_job(session, job_id, actor=admin.id))
+
+
+@router.post("/v1/models/{name}/qualifications", status_code=status.HTTP_202_ACCEPTED,
+             response_model=QualificationOut)
+def start_qualification(name: str, body: QualificationBody, session: SessionDep, client: MLClient) -> QualificationOut:
+    study = qualification.start(session, name, method=body.method, band_min=body.band_min, band_max=body.band_max,
+                                runs=body.runs, actor=client.id)
+    return QualificationOut.model_validate(study)
+
+
+@router.get("/v1/models/{name}/qualifications", response_model=list[QualificationOut])
+def list_qualifications(name: str, session: SessionDep, _: ReaderClient) -> list[QualificationOut]:
+    return [QualificationOut.model_validate(q) for q in qualification.list_for_model(session, name)]
+
+
+@router.get("/v1/models/{name}/qualifications/{qualification_id}", response_model=QualificationOut)
+def get_qualification(name: str, qualification_id: str, session: SessionDep, _: ReaderClient) -> QualificationOut:
+    return QualificationOut.model_validate(qualification.get(session, name, qualification_id))

@@ -53,3 +53,32 @@ class BatchOut(BaseModel):
     units_saved: int
     estimated_seconds: float
     job: JobOut
+
+
+class QualificationBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    method: str = Field(min_length=1, max_length=32, description="An approximate method, e.g. neggrad_plus.")
+    band_min: int = Field(ge=1, description="Smallest forget set (records) the qualification covers.")
+    band_max: int = Field(ge=1, description="Largest forget set covered; the study samples forget sets of this size.")
+    runs: int = Field(default=8, ge=2, le=64, description="Models per population (unlearned, retrains, ceiling).")
+
+
+class QualificationOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    model_id: str
+    version_id: str
+    method: str
+    band_min: int
+    band_max: int
+    status: str
+    settings: dict[str, Any]
+    report: dict[str, Any]
+    report_sha256: str | None
+    signature: str | None
+    key_id: str | None
+    error: str | None
+    created_at: datetime
+    finished_at: datetime | None

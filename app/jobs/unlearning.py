@@ -8,6 +8,7 @@ purging if it dies after, so a job never creates a second result version.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +19,7 @@ from sqlalchemy.orm import Session
 from app.core.database import session_scope
 from app.core.errors import Conflict
 from app.core.hashing import json_safe
-from app.jobs import engine, lifecycle, storage
+from app.jobs import engine, lifecycle, qualification, storage
 from app.jobs.models import JobRequest, JobStage, UnlearningJob
 from app.lineage import service as lineage
 from app.registry import artifacts
@@ -50,6 +51,12 @@ class Inputs:
     heldout_fraction: float
     request_keys: dict[str, frozenset[str]]
     lineage_metrics: dict[str, Any]  # what every version of the lineage carries forward
+    qualification: dict[str, Any] | None
+
+    @property
+    def forget_keys(self) -> frozenset[str]:
+        # Records already forgotten for another model's sake go too: no new version may keep them.
+        return self.base_keys & (self.batch_keys | (self.records.ids.keys() - self.records.active))
 
     def records_by_request(self) -> dict[str, dict[str, int]]:
         """Per request, what this model held of its records (the certificate's counts)."""
@@ -77,7 +84,7 @@ def _inputs(session: Session, job: UnlearningJob) -> Inputs:
     ).tuples():
         request_keys.setdefault(request_id, set()).add(key)
     job.base_version_id = base.id
-    return Inputs(
+    inputs = Inputs(
         base_version_id=base.id,
         model_bytes=artifacts.get_bytes(base.artifact_uri),
         source=(dataset.uri, dataset.format, dict(dataset.schema)),
@@ -90,15 +97,19 @@ def _inputs(session: Session, job: UnlearningJob) -> Inputs:
         heldout_fraction=float(base.metrics.get("heldout_fraction", engine.DEFAULT_HELDOUT_FRACTION)),
         request_keys={rid: frozenset(keys) for rid, keys in request_keys.items()},
         lineage_metrics={key: base.metrics[key] for key in ("sisa_sizing",) if key in base.metrics},
+        qualification=None,
     )
+    if engine.is_approximate(job.method):
+        found = qualification.covering(session, base, job.method, len(inputs.forget_keys))
+        inputs = dataclasses.replace(inputs, qualification=found)
+    return inputs
 
 
 def run(job_id: str, worker: str, lease: lifecycle.Lease) -> None:
     with session_scope() as session:
         inputs = _inputs(session, lifecycle.owned_job(session, job_id, worker))
-    # Records already forgotten for another model's sake go too: no new version may keep them.
     forgotten_keys = inputs.records.ids.keys() - inputs.records.active
-    forget_keys = inputs.base_keys & (inputs.batch_keys | forgotten_keys)
+    forget_keys = inputs.forget_keys
     # Any other version of the model holding one of these goes too (a superseded one, one
     # trained or imported while a request was open): the lineage invariant's follow-up.
     doomed_ids = inputs.records.ids_of(inputs.batch_keys | forgotten_keys)
@@ -116,6 +127,7 @@ def run(job_id: str, worker: str, lease: lifecycle.Lease) -> None:
         base_model, inputs.method, data.select(retain_keys), data.select(forget_keys), heldout,
         engine.thresholds(inputs.policy.policy.thresholds), inputs.policy.policy.method_configs.options_for,
         seed=inputs.seed, on_stage=lambda stage: lifecycle.set_stage(job_id, worker, stage),
+        qualification=inputs.qualification,
     )
     stored = storage.store_parts(engine.artifact_parts(outcome.model, retain_keys))
     lease.check()

@@ -20,6 +20,38 @@ def _unlearn(api, admin, model: str) -> dict:
     return api.get(f"/v1/jobs/{job_id}", headers=admin.headers).json()
 
 
+def _qualify_by_fiat(model_name: str, method: str) -> dict:
+    """A passing study row written directly (the study itself is tested in test_qualification):
+    what lets the job try the approximate method at all."""
+    from app.core.database import session_scope, utcnow
+    from app.jobs.models import MethodQualification
+    from app.registry import service as registry
+
+    with session_scope() as session:
+        model = registry.get_model(session, model_name)
+        (version,) = registry.list_versions(session, model)
+        study = MethodQualification(model_id=model.id, version_id=version.id, method=method, band_min=1,
+                                    band_max=1000, status="qualified", report={"test": True},
+                                    report_sha256="ab" * 32, finished_at=utcnow())
+        session.add(study)
+        session.flush()
+        return {"id": study.id, "report_sha256": study.report_sha256}
+
+
+def test_an_unqualified_approximate_method_is_not_even_tried(env, api, make_client, install_demo):
+    admin, portal = make_client("admin"), make_client("portal")
+    [training] = install_demo(DemoModel("digits-mlp", "mlp", TINY_MLP, {"default_method": "finetune"}))
+    run_inline(training)
+    request = submit(api, portal, "demo-subject-40")["id"]
+    job = _unlearn(api, admin, "digits-mlp")
+    skipped, exact = job["report"]["attempts"]
+    assert skipped["outcome"] == "not qualified" and "no passing qualification" in skipped["reason"]
+    assert "unlearning" not in skipped and exact["method"] == "retrain" and job["method_used"] == "retrain"
+    assert job["report"]["guarantee"] == "exact"
+    history = api.get(f"/v1/deletion-requests/{request}", headers=portal.headers).json()["history"]
+    assert ("verifying", "unlearning") not in [(h["from_status"], h["to_status"]) for h in history]
+
+
 def test_impossible_thresholds_fall_back_to_retrain(env, api, make_client, install_demo):
     admin, portal = make_client("admin"), make_client("portal")
     impossible = {"default_method": "finetune", "thresholds": {"max_mia_auc": 0.0, "min_mia_auc": 1.0,
@@ -30,6 +62,7 @@ def test_impossible_thresholds_fall_back_to_retrain(env, api, make_client, insta
         model = session.scalar(select(RegisteredModel).where(RegisteredModel.name == "digits-mlp"))
         model.policy = {**model.policy, "thresholds": {**model.policy["thresholds"], "unknown_metric": 1.0}}
     run_inline(training)
+    cited = _qualify_by_fiat("digits-mlp", "finetune")
     request = submit(api, portal, "demo-subject-40")["id"]
     job = _unlearn(api, admin, "digits-mlp")
 
@@ -37,6 +70,7 @@ def test_impossible_thresholds_fall_back_to_retrain(env, api, make_client, insta
     assert job["method"] == "finetune" and job["method_used"] == "retrain" and report["fell_back"] is True
     first, last = report["attempts"]
     assert first["method"] == "finetune" and first["outcome"] == "fail" and first["verification"]["reasons"]
+    assert first["qualification"] == cited
     assert last["method"] == "retrain" and last["fallback"] is True
     assert report["ignored_thresholds"] == ["unknown_metric"]
     # The request went back from verifying to unlearning for the fallback, then completed.

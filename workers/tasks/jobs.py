@@ -10,7 +10,7 @@ import os
 
 from app.core.database import session_scope
 from app.core.queue import TaskName, get_celery
-from app.jobs import invariant, service
+from app.jobs import invariant, qualification, service
 
 celery = get_celery()
 
@@ -39,3 +39,9 @@ def lineage_sweep() -> int:
     Returns how many violations it found (each is also an admin audit event)."""
     with session_scope() as session:
         return len(invariant.sweep(session))
+
+
+@celery.task(name=TaskName.QUALIFY_METHOD, acks_late=True, ignore_result=True)
+def qualify_method(qualification_id: str) -> None:
+    """One method qualification study (minutes: it trains populations of models)."""
+    qualification.run(qualification_id)

@@ -1,0 +1,161 @@
+"""Method qualification studies: the only way an approximate method earns the right to run.
+
+A study is per (model version, approximate method, forget-size band). It samples a forget
+set of the band's size from the version's training records, and runs the engine's study
+(``engine.qualify``): N originals unlearned by the method against N exact retrains, plus N
+independent retrains for the ceiling, per-example. Its report is signed with the service
+key and stored; jobs on that version (or versions unlearned from it) whose forget set
+falls in the band may then try the method. The study's temporary models hold the training
+data; they are trained in memory only, never written to the artifact store, and are gone
+when the study ends (the report says so).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.audit import service as audit
+from app.audit.keys import ensure_current_key
+from app.core.database import session_scope, utcnow
+from app.core.errors import InvalidInput, NotFound
+from app.core.hashing import canonical_json, sha256_hex
+from app.core.outbox import enqueue
+from app.core.queue import TaskName
+from app.jobs import engine, storage
+from app.jobs.models import MethodQualification, QualificationStatus
+from app.registry import service as registry
+from app.registry.models import Dataset, ModelVersion, RegisteredModel, VersionState
+
+log = logging.getLogger("unlearnd.jobs")
+
+DEFAULT_RUNS = 8
+MAX_RUNS = 64
+TEMPORARY_MODELS = (
+    "the study's originals, retrains and unlearned models were trained in this worker's memory only, never "
+    "written to the artifact store or any file, and were discarded when the study ended"
+)
+
+
+def start(session: Session, model_name: str, *, method: str, band_min: int, band_max: int, runs: int,
+          actor: str) -> MethodQualification:
+    """Queue a study of ``method`` on the model's active version (enqueued after commit)."""
+    model = registry.get_model(session, model_name)
+    if not engine.is_approximate(method):
+        raise InvalidInput(f"'{method}' is not an approximate method; exact and certified methods need no "
+                           "qualification", field="method")
+    if not 1 <= band_min <= band_max:
+        raise InvalidInput("the forget-size band needs 1 <= band_min <= band_max", field="band_min")
+    if not 2 <= runs <= MAX_RUNS:
+        raise InvalidInput(f"runs must be between 2 and {MAX_RUNS}", field="runs")
+    version = session.scalar(select(ModelVersion).where(
+        ModelVersion.model_id == model.id, ModelVersion.state == VersionState.ACTIVE))
+    if version is None or version.snapshot_id is None:
+        raise InvalidInput(f"model '{model_name}' has no active trained version to qualify on", field="name")
+    study = MethodQualification(model_id=model.id, version_id=version.id, method=method, band_min=band_min,
+                                band_max=band_max, settings={"runs": runs}, created_by=actor)
+    session.add(study)
+    session.flush()
+    enqueue(session, TaskName.QUALIFY_METHOD, qualification_id=study.id)
+    audit.record(session, actor=actor, action="qualification.requested", entity_type="method_qualification",
+                 entity_id=study.id, payload={"model_id": model.id, "version_id": version.id, "method": method,
+                                              "band": [band_min, band_max], "runs": runs})
+    return study
+
+
+def list_for_model(session: Session, model_name: str) -> list[MethodQualification]:
+    model = registry.get_model(session, model_name)
+    return list(session.scalars(select(MethodQualification).where(MethodQualification.model_id == model.id)
+                                .order_by(MethodQualification.created_at.desc())))
+
+
+def get(session: Session, model_name: str, qualification_id: str) -> MethodQualification:
+    model = registry.get_model(session, model_name)
+    study = session.get(MethodQualification, qualification_id)
+    if study is None or study.model_id != model.id:
+        raise NotFound(f"no qualification {qualification_id} for model '{model_name}'")
+    return study
+
+
+def covering(session: Session, version: ModelVersion, method: str, forget_size: int) -> dict[str, Any] | None:
+    """The newest passing study of ``method`` whose band holds ``forget_size``, on this version
+    or the version it was unlearned from (and so on up): its id and report hash."""
+    lineage_ids = []
+    cursor: ModelVersion | None = version
+    while cursor is not None:
+        lineage_ids.append(cursor.id)
+        cursor = session.get(ModelVersion, cursor.parent_id) if cursor.parent_id else None
+    study = session.scalar(
+        select(MethodQualification).where(
+            MethodQualification.version_id.in_(lineage_ids), MethodQualification.method == method,
+            MethodQualification.status == QualificationStatus.QUALIFIED,
+            MethodQualification.band_min <= forget_size, MethodQualification.band_max >= forget_size,
+        ).order_by(MethodQualification.finished_at.desc())
+    )
+    return None if study is None else {"id": study.id, "report_sha256": study.report_sha256}
+
+
+def _forget_sample(keys: list[str], size: int, seed: int) -> list[str]:
+    return sorted(random.Random(seed).sample(sorted(keys), size))
+
+
+def run(qualification_id: str) -> None:
+    """The task body. A study that already finished is left alone (redelivery is harmless;
+    a study interrupted midway starts over, since its models were never stored)."""
+    with session_scope() as session:
+        study = session.get(MethodQualification, qualification_id)
+        if study is None or study.status != QualificationStatus.RUNNING:
+            return
+        model = session.get(RegisteredModel, study.model_id)
+        version = session.get(ModelVersion, study.version_id)
+        dataset = session.get(Dataset, model.dataset_id)
+        snapshot = registry.get_snapshot(session, version.snapshot_id)
+        trained_keys = registry.snapshot_record_keys(session, snapshot)
+        records = storage.dataset_records(session, dataset.id)
+        source = (dataset.uri, dataset.format, dict(dataset.schema))
+        recipe = (model.adapter, dict(model.hyperparameters))
+        seed = int(version.metrics.get("seed", 0))
+        fraction = float(version.metrics.get("heldout_fraction", engine.DEFAULT_HELDOUT_FRACTION))
+        context = {"qualification_id": study.id, "model": model.name, "model_id": model.id, "version_id": version.id,
+                   "version_number": version.number, "snapshot_merkle_root": snapshot.merkle_root,
+                   "method": study.method, "band": [study.band_min, study.band_max]}
+        runs, size = int(study.settings["runs"]), study.band_max
+    try:
+        data = engine.load_dataset(*source)
+        train = data.select(sorted(trained_keys))
+        _, heldout = engine.training_split(data.select(records.active), fraction, seed)
+        heldout = heldout.without(trained_keys)
+        size = min(size, len(train) // 2)
+        forget_keys = _forget_sample(list(train.keys), size, seed)
+        result = engine.qualify(*recipe, train, forget_keys, heldout, context["method"], runs=runs, seed=seed)
+    except Exception as exc:
+        log.exception("qualification study failed", extra={"qualification_id": qualification_id})
+        _finish(qualification_id, None, error=f"{type(exc).__name__}: {exc}"[:500])
+        return
+    report = {**context, "forget_size": size, "forget_set_sha256": sha256_hex(canonical_json(forget_keys)),
+              "study": result, "temporary_models": TEMPORARY_MODELS}
+    _finish(qualification_id, report)
+
+
+def _finish(qualification_id: str, report: dict[str, Any] | None, *, error: str | None = None) -> None:
+    with session_scope() as session:
+        study = session.get(MethodQualification, qualification_id)
+        if study.status != QualificationStatus.RUNNING:
+            return
+        study.finished_at = utcnow()
+        if report is None:
+            study.status, study.error = QualificationStatus.FAILED, error
+        else:
+            signer = ensure_current_key(session, actor="worker")
+            body = canonical_json(report)
+            study.report, study.report_sha256 = report, sha256_hex(body)
+            study.signature, study.key_id = signer.sign(body), signer.key_id
+            study.status = QualificationStatus.QUALIFIED if report["study"]["qualified"] \
+                else QualificationStatus.NOT_QUALIFIED
+        audit.record(session, actor="worker", action=f"qualification.{study.status}",
+                     entity_type="method_qualification", entity_id=study.id,
+                     payload={"report_sha256": study.report_sha256, "method": study.method})
