@@ -150,13 +150,14 @@ _PROBLEM_DESCRIPTIONS = {
 }
 
 
-def _problem_codes(path: str, method: str, operation: dict[str, Any]) -> list[str]:
+def _problem_codes(path: str, operation: dict[str, Any]) -> list[str]:
     """The problem statuses an operation can answer with, from what the service's layers send."""
     codes = ["422", "503"]  # input guard (NUL in any path or query) and transient database errors
-    if path.startswith("/v1/"):  # every /v1 route authenticates, then looks something up
-        codes += ["401", "403", "404"]
-    if method == "post":
-        codes.append("409")
+    parameters = operation.get("parameters", [])
+    if any(p.get("in") == "header" and p.get("name", "").lower() == "authorization" for p in parameters):
+        codes += ["401", "403"]
+    if path.startswith("/v1/"):  # looks something up, may meet a state it refuses
+        codes += ["404", "409"]
     if "requestBody" in operation:
         codes += ["413", "415"]
     return codes
@@ -177,9 +178,9 @@ def install_problem_openapi(app: FastAPI) -> None:
         schemas["Problem"] = PROBLEM_SCHEMA
         reference = {"$ref": "#/components/schemas/Problem"}
         for path, item in schema.get("paths", {}).items():
-            for method, operation in item.items():
+            for operation in item.values():
                 responses = operation.setdefault("responses", {})
-                for code in _problem_codes(path, method, operation):
+                for code in _problem_codes(path, operation):
                     described = responses.get(code, {}).get("description") if code != "422" else None
                     responses[code] = {
                         "description": described or _PROBLEM_DESCRIPTIONS[code],
