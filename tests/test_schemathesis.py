@@ -47,7 +47,7 @@ def server(env):
         process.wait(timeout=30)
 
 
-def _fuzz(server: str, api_key: str, max_examples: int) -> tuple[int, str]:
+def _fuzz(server: str, api_key: str, max_examples: int, workdir: Path) -> tuple[int, str]:
     """Run schemathesis; return the number of generated cases and its report."""
     assert SCHEMATHESIS, "schemathesis is in the test extras"
     result = subprocess.run(
@@ -55,7 +55,7 @@ def _fuzz(server: str, api_key: str, max_examples: int) -> tuple[int, str]:
          "--checks", "not_a_server_error,status_code_conformance", "--phases", "fuzzing",
          "--max-examples", str(max_examples), "--exclude-path-regex", "/revoke$", "--workers", "2",
          "--seed", "21", "--no-color"],
-        capture_output=True, text=True, timeout=900,
+        capture_output=True, text=True, timeout=900, cwd=workdir,  # its cache stays out of the checkout
     )
     report = result.stdout[-8000:] + result.stderr[-2000:]
     generated = re.search(r"(\d+) generated", report)
@@ -64,13 +64,13 @@ def _fuzz(server: str, api_key: str, max_examples: int) -> tuple[int, str]:
 
 
 @pytest.mark.parametrize("role", ["admin", "portal"])
-def test_generated_requests_get_no_5xx_and_only_declared_codes(server, make_client, role):
-    generated, report = _fuzz(server, make_client(role).api_key, max_examples=5)
+def test_generated_requests_get_no_5xx_and_only_declared_codes(server, make_client, role, tmp_path):
+    generated, report = _fuzz(server, make_client(role).api_key, max_examples=5, workdir=tmp_path)
     assert generated >= 100, report
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("role", ["admin", "portal"])
-def test_a_thousand_generated_requests_per_role(server, make_client, role):
-    generated, report = _fuzz(server, make_client(role).api_key, max_examples=25)
+def test_a_thousand_generated_requests_per_role(server, make_client, role, tmp_path):
+    generated, report = _fuzz(server, make_client(role).api_key, max_examples=25, workdir=tmp_path)
     assert generated >= 1000, report
