@@ -52,7 +52,17 @@ def test_sigkilled_worker_during_unlearning_is_resumed_once(env, api, make_clien
         completions = session.scalar(select(func.count()).select_from(RequestTransition).where(
             RequestTransition.request_id == request["id"], RequestTransition.to_status == "completed"))
         assert completions == 1
-        actions = list(session.scalars(select(AuditEvent.action).where(AuditEvent.entity_id == job_id)))
+
+    def sealed_actions() -> list[str] | None:
+        # Events enter the chain when a sealer runs after their commit (the worker's, or this one).
+        from app.audit.service import seal_if_free
+
+        seal_if_free()
+        with session_scope() as session:
+            found = list(session.scalars(select(AuditEvent.action).where(AuditEvent.entity_id == job_id)))
+        return found if "job.succeeded" in found else None
+
+    actions = wait_for(sealed_actions, timeout=60, what="the job's audit events in the chain")
     assert actions.count("job.succeeded") == 1 and "job.resumed" in actions
     assert api.get(f"/v1/deletion-requests/{request['id']}", headers=portal.headers).json()["status"] == "completed"
 
