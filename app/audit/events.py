@@ -41,10 +41,6 @@ def events_page(session: Session, *, after: int, limit: int) -> list[AuditEvent]
     return list(session.scalars(query))
 
 
-def event_by_seq(session: Session, seq: int) -> AuditEvent | None:
-    return session.get(AuditEvent, seq)
-
-
 def export_lines(*, after: int) -> Iterator[bytes]:
     """Every event after ``after``, one canonical JSON object per line. Each page is read in a
     short transaction of its own, so a long download holds no connection or snapshot open."""

@@ -29,7 +29,7 @@ from app.lineage import service as lineage
 from app.registry import service as registry
 from app.registry.models import DataRecord, RegisteredModel
 from app.requests import service as requests
-from app.requests.models import Guarantee, RequestModelVersion, RequestRecord, RequestStatus, weakest
+from app.requests.models import Guarantee, RequestStatus, weakest
 
 log = logging.getLogger("unlearnd.jobs")
 
@@ -169,9 +169,7 @@ _FORWARD = [RequestStatus.SCHEDULED, RequestStatus.UNLEARNING, RequestStatus.VER
 
 def _model_levels(session: Session, request_id: str) -> dict[str, int]:
     """For each model the request touches, how far its latest live job has come (0-3)."""
-    models = set(session.scalars(select(RequestModelVersion.model_id).where(
-        RequestModelVersion.request_id == request_id)))
-    levels = dict.fromkeys(models, 0)
+    levels = dict.fromkeys(requests.models_of(session, request_id), 0)
     jobs = session.execute(
         select(UnlearningJob.model_id, UnlearningJob.status, UnlearningJob.stage)
         .join(JobRequest, JobRequest.job_id == UnlearningJob.id)
@@ -255,7 +253,7 @@ def complete_request(session: Session, request: Any, *, actor: str) -> bool:
     future snapshot takes them) and the check is kept for the certificate. Otherwise it
     stays open, and returns False: the version holding it has a follow-up job, whose end
     syncs the request again (and so does the scheduler's tick)."""
-    record_ids = list(session.scalars(select(RequestRecord.record_id).where(RequestRecord.request_id == request.id)))
+    record_ids = requests.record_ids_of(session, request.id)
     check = completion_check(session, record_ids)
     if not check["passed"]:
         log.info("request completion deferred by the lineage check", extra={

@@ -9,8 +9,9 @@ import logging
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import exists, func, or_, select
+from sqlalchemy import Select, exists, func, or_, select
 from sqlalchemy.orm import Session
 
 from app.audit import service as audit
@@ -26,9 +27,9 @@ from app.jobs.planner import BatchPolicy, CostModel, Decision, PendingDeletion, 
 from app.jobs.unlearning import active_version
 from app.lineage import service as lineage
 from app.registry import service as registry
-from app.registry.models import DataRecord, ModelVersion, RegisteredModel
+from app.registry.models import ModelVersion, RegisteredModel
 from app.requests import service as requests
-from app.requests.models import DeletionRequest, RequestModelVersion, RequestRecord, RequestStatus
+from app.requests.models import DeletionRequest, RequestStatus
 
 log = logging.getLogger("unlearnd.jobs.scheduler")
 
@@ -69,25 +70,21 @@ def unlearn_now(session: Session, model_name: str, *, actor: str) -> BatchOutcom
     return outcome
 
 
-def _pending_query(model_id: str):  # noqa: ANN202 - a Select of DeletionRequest
-    taken = exists().where(
-        JobRequest.request_id == DeletionRequest.id,
-        JobRequest.job_id == UnlearningJob.id,
+def _held_by_live_job(model_id: str) -> Select[Any]:
+    """Ids of the requests a live (or finished) unlearning job of the model already holds."""
+    return select(JobRequest.request_id).join(UnlearningJob, UnlearningJob.id == JobRequest.job_id).where(
         UnlearningJob.model_id == model_id,
         UnlearningJob.kind == JobKind.UNLEARN,
         UnlearningJob.status.in_(LIVE_JOB_STATES),
     )
-    touches = exists().where(RequestModelVersion.request_id == DeletionRequest.id,
-                             RequestModelVersion.model_id == model_id)
-    return select(DeletionRequest).where(DeletionRequest.status.in_(OPEN_STATES), touches, ~taken)
+
+
+def _pending(session: Session, model_id: str, *, limit: int | None = None) -> list[DeletionRequest]:
+    return requests.awaiting_for_model(session, model_id, excluding=_held_by_live_job(model_id), limit=limit)
 
 
 def models_with_pending(session: Session) -> list[RegisteredModel]:
-    models = []
-    for model in registry.list_models(session):
-        if session.scalar(_pending_query(model.id).limit(1)) is not None:
-            models.append(model)
-    return models
+    return [model for model in registry.list_models(session) if _pending(session, model.id, limit=1)]
 
 
 def _shards_by_request(session: Session, model: RegisteredModel, request_ids: list[str],
@@ -97,11 +94,7 @@ def _shards_by_request(session: Session, model: RegisteredModel, request_ids: li
     if assign is None:
         return dict.fromkeys(request_ids)
     keys: dict[str, set[int]] = defaultdict(set)
-    for request_id, key in session.execute(
-        select(RequestRecord.request_id, DataRecord.record_key)
-        .join(DataRecord, DataRecord.id == RequestRecord.record_id)
-        .where(RequestRecord.request_id.in_(request_ids), DataRecord.dataset_id == model.dataset_id)
-    ).tuples():
+    for request_id, _, key in requests.records_in_dataset(session, request_ids, model.dataset_id):
         keys[request_id].add(assign(key))
     return {request_id: frozenset(keys[request_id]) for request_id in request_ids}
 
@@ -131,7 +124,7 @@ def plan_model(session: Session, model: RegisteredModel, *, now: datetime, actor
     base = active_version(session, model.id)
     if base is None:
         return BatchOutcome(model.name, Decision(run=False, reason="no active version yet"), None)
-    pending_rows = list(session.scalars(_pending_query(model.id)))
+    pending_rows = _pending(session, model.id)
     shards = _shards_by_request(session, model, [r.id for r in pending_rows], base)
     pending = [PendingDeletion(request_id=r.id, received_at=r.received_at, due_at=r.due_at, shards=shards[r.id])
                for r in pending_rows]
@@ -185,11 +178,8 @@ def retrain_history(session: Session, model_id: str) -> dict[str, float | int]:
 
 def create_job(session: Session, model: RegisteredModel, decision: Decision, *, actor: str) -> UnlearningJob:
     request_ids = [p.request_id for p in decision.batch]
-    forget_count = session.scalar(
-        select(func.count(func.distinct(RequestRecord.record_id)))
-        .join(DataRecord, DataRecord.id == RequestRecord.record_id)
-        .where(RequestRecord.request_id.in_(request_ids), DataRecord.dataset_id == model.dataset_id)
-    )
+    forget_count = len({record_id for _, record_id, _ in
+                        requests.records_in_dataset(session, request_ids, model.dataset_id)})
     job = UnlearningJob(
         kind=JobKind.UNLEARN, model_id=model.id, method=registry.model_policy(model).method,
         cost_units=decision.units, forget_count=forget_count or 0, created_by=actor,

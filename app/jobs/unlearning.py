@@ -34,7 +34,8 @@ from app.registry.models import (
     VersionState,
 )
 from app.registry.policy import StoredPolicy
-from app.requests.models import Guarantee, RequestRecord
+from app.requests import service as requests
+from app.requests.models import Guarantee
 
 
 @dataclass(frozen=True)
@@ -76,12 +77,8 @@ def _inputs(session: Session, job: UnlearningJob) -> Inputs:
         raise Conflict(f"model '{model.name}' has no active version with a stored model to unlearn from")
     dataset = session.get(Dataset, model.dataset_id)
     request_keys: dict[str, set[str]] = {}
-    for request_id, key in session.execute(
-        select(RequestRecord.request_id, DataRecord.record_key)
-        .join(RequestRecord, RequestRecord.record_id == DataRecord.id)
-        .join(JobRequest, JobRequest.request_id == RequestRecord.request_id)
-        .where(JobRequest.job_id == job.id, DataRecord.dataset_id == dataset.id)
-    ).tuples():
+    batch = session.scalars(select(JobRequest.request_id).where(JobRequest.job_id == job.id))
+    for request_id, _, key in requests.records_in_dataset(session, batch, dataset.id):
         request_keys.setdefault(request_id, set()).add(key)
     job.base_version_id = base.id
     inputs = Inputs(

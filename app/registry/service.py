@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import ValidationError
 from pyroaring import BitMap
-from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
 from app.audit import service as audit
@@ -432,7 +432,3 @@ def purge_version(session: Session, version: ModelVersion, actor: str) -> ModelV
                                                 "deleted": len(deleted), "kept_shared": len(uris & shared),
                                                 "outside_store": len(outside)})
     return version
-
-
-def delete_dataset_records(session: Session, dataset_id: str) -> None:
-    session.execute(delete(DataRecord).where(DataRecord.dataset_id == dataset_id))

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, func, or_, select, tuple_
+from sqlalchemy import Select, or_, select, tuple_
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -105,13 +105,6 @@ class ScheduledRequest:
     due_at: datetime
     record_ids: list[int]
     version_ids: list[str]
-
-
-@dataclass(frozen=True)
-class ScheduledModel:
-    model_id: str
-    request_count: int
-    earliest_due_at: datetime
 
 
 # --- intake -----------------------------------------------------------------------------------
@@ -641,32 +634,6 @@ def note_completion_check(request: DeletionRequest, check: dict[str, Any]) -> No
     request.affected = {**request.affected, "completion_check": check}
 
 
-def scheduled_models(session: Session) -> list[ScheduledModel]:
-    """Models with scheduled requests waiting, most urgent first."""
-    query = (
-        select(RequestModelVersion.model_id, func.count(func.distinct(DeletionRequest.id)), func.min(DeletionRequest.due_at))
-        .join(DeletionRequest, DeletionRequest.id == RequestModelVersion.request_id)
-        .where(DeletionRequest.status == S.SCHEDULED.value)
-        .group_by(RequestModelVersion.model_id)
-        .order_by(func.min(DeletionRequest.due_at))
-    )
-    return [ScheduledModel(model_id=m, request_count=n, earliest_due_at=d) for m, n, d in session.execute(query)]
-
-
-def list_scheduled_for_model(session: Session, model_id: str, *, limit: int | None = None) -> list[ScheduledRequest]:
-    """Scheduled requests touching ``model_id``, earliest deadline first, with their records
-    and the versions of that model they affect."""
-    requests = (
-        select(DeletionRequest.id, DeletionRequest.due_at)
-        .join(RequestModelVersion, RequestModelVersion.request_id == DeletionRequest.id)
-        .where(DeletionRequest.status == S.SCHEDULED.value, RequestModelVersion.model_id == model_id)
-        .group_by(DeletionRequest.id, DeletionRequest.due_at)
-        .order_by(DeletionRequest.due_at, DeletionRequest.id)
-        .limit(limit)
-    )
-    return _with_resolution(session, session.execute(requests).tuples().all(), model_id=model_id)
-
-
 def list_scheduled_without_models(session: Session, *, limit: int | None = None) -> list[ScheduledRequest]:
     """Scheduled requests whose records no model version saw: only the records need forgetting."""
     has_versions = select(RequestModelVersion.request_id).where(RequestModelVersion.request_id == DeletionRequest.id)
@@ -677,6 +644,47 @@ def list_scheduled_without_models(session: Session, *, limit: int | None = None)
         .limit(limit)
     )
     return _with_resolution(session, session.execute(requests).tuples().all(), model_id=None)
+
+
+# Requests some model may still have to forget: one touching two models can be unlearning
+# for one while the other's job has not started.
+AWAITING_UNLEARNING = (S.SCHEDULED, S.UNLEARNING, S.VERIFYING)
+
+
+def awaiting_for_model(
+    session: Session, model_id: str, *, excluding: Select[Any] | None = None, limit: int | None = None
+) -> list[DeletionRequest]:
+    """Requests awaiting unlearning whose resolved versions include one of ``model_id``, less
+    the request ids ``excluding`` selects (the jobs room's: those a live job already holds)."""
+    touches = select(RequestModelVersion.request_id).where(
+        RequestModelVersion.request_id == DeletionRequest.id, RequestModelVersion.model_id == model_id
+    )
+    query = select(DeletionRequest).where(DeletionRequest.status.in_(AWAITING_UNLEARNING), touches.exists())
+    if excluding is not None:
+        query = query.where(DeletionRequest.id.not_in(excluding))
+    return list(session.scalars(query.limit(limit)))
+
+
+def models_of(session: Session, request_id: str) -> set[str]:
+    """The models whose versions the request resolved to at intake."""
+    return set(session.scalars(
+        select(RequestModelVersion.model_id).where(RequestModelVersion.request_id == request_id)
+    ))
+
+
+def records_in_dataset(session: Session, request_ids: Iterable[str], dataset_id: str) -> list[tuple[str, int, str]]:
+    """(request id, record id, record key) of every record the requests resolved to in one dataset."""
+    return list(session.execute(
+        select(RequestRecord.request_id, DataRecord.id, DataRecord.record_key)
+        .join(DataRecord, DataRecord.id == RequestRecord.record_id)
+        .where(RequestRecord.request_id.in_(list(request_ids)), DataRecord.dataset_id == dataset_id)
+        .order_by(RequestRecord.request_id, DataRecord.id)
+    ).tuples())
+
+
+def record_ids_of(session: Session, request_id: str) -> list[int]:
+    """Every record the request resolved to."""
+    return list(session.scalars(select(RequestRecord.record_id).where(RequestRecord.request_id == request_id)))
 
 
 def _with_resolution(

@@ -61,6 +61,7 @@ def test_unknown_subject_completes_at_once_with_no_data_found(api, make_client, 
 
 def test_known_subject_is_scheduled_with_its_records_and_versions(api, make_client, seed_model, backend):
     from app.core.database import session_scope
+    from app.registry import service as registry
     from app.requests import service
 
     seeded = seed_model({"r1": ("email", "Alice@Example.org"), "r2": ("email", "bob@example.org")})
@@ -77,12 +78,13 @@ def test_known_subject_is_scheduled_with_its_records_and_versions(api, make_clie
         seeded.version_id, seeded.model_id, seeded.model_name, 1,
     )
     with session_scope() as session:
-        waiting = service.list_scheduled_for_model(session, seeded.model_id)
-        models = service.scheduled_models(session)
-    assert [(w.request_id, w.record_ids, w.version_ids) for w in waiting] == [
-        (created["id"], [seeded.record_ids["r1"]], [seeded.version_id])
-    ]
-    assert models[0].model_id == seeded.model_id and models[0].request_count == 1
+        waiting = [r.id for r in service.awaiting_for_model(session, seeded.model_id)]
+        models = service.models_of(session, created["id"])
+        dataset_id = registry.get_dataset(session, seeded.dataset).id
+        records = service.records_in_dataset(session, [created["id"]], dataset_id)
+    # What the jobs room batches on: the request, the model it touches, and its record.
+    assert waiting == [created["id"]] and models == {seeded.model_id}
+    assert records == [(created["id"], seeded.record_ids["r1"], "r1")]
 
 
 def test_explicit_records_resolve_without_a_subject(api, make_client, seed_model):
@@ -104,7 +106,7 @@ def test_records_no_model_saw_are_scheduled_for_record_forgetting(api, make_clie
                        headers=make_client("portal").headers).json()
     assert created["status"] == "scheduled"
     with session_scope() as session:
-        assert service.list_scheduled_for_model(session, seeded.model_id) == []
+        assert service.awaiting_for_model(session, seeded.model_id) == []
         loose = service.list_scheduled_without_models(session)
     assert [(s.request_id, s.record_ids, s.version_ids) for s in loose] == [
         (created["id"], [seeded.record_ids["r1"]], [])
