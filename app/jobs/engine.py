@@ -3,34 +3,27 @@
 No database and no artifact store here: the one read is a dataset file, opened by the registry.
 The rules that need both (which records, which versions) live in ``training`` and
 ``unlearning``; this module turns their answers into engine calls and back.
+
+PyTorch is imported inside the functions that fit, load, unlearn or verify a model (they run on
+workers), never at module import: the API and the CLI import this module for its torch-free
+parts (recipe layout, record placement, constants) and must not pay for loading the engine.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from app.core.errors import InvalidInput
 from app.core.hashing import json_safe
 from app.registry import locations
-from workers.unlearning import (
-    CertifiedBudgetExceeded,
-    LabelledData,
-    Thresholds,
-    adapter_from_state,
-    get_adapter,
-    load_table,
-    split,
-    unlearn,
-    verify,
-)
-from workers.unlearning.adapters import SisaAdapter
-from workers.unlearning.data import is_held_out
-from workers.unlearning.methods import METHODS, UnsupportedModel
-from workers.unlearning.methods.base import make_config
-from workers.unlearning.qualification import run_study
-from workers.unlearning.sizing import size_sisa
+from workers.unlearning.options import from_mapping
+from workers.unlearning.placement import SISA, SisaParams, is_held_out, sisa_place
+
+if TYPE_CHECKING:
+    from workers.unlearning import LabelledData, Thresholds
+    from workers.unlearning.adapters import SisaAdapter
 
 # Share of a dataset's records never trained on, chosen by a keyed hash of the record key,
 # so the same rows stay out at every retrain and can stand for non-members when verifying.
@@ -46,6 +39,8 @@ def load_dataset(uri: str, fmt: str, columns: dict[str, Any]) -> LabelledData:
     """Every row of a registered dataset file, keyed by its record key, opened the way
     ingestion opens it (a local path under the dataset root or a URL under a configured
     remote prefix, re-checked now)."""
+    from workers.unlearning import load_table
+
     try:
         with locations.open_dataset(uri) as handle:
             return load_table(
@@ -63,6 +58,8 @@ def load_dataset(uri: str, fmt: str, columns: dict[str, Any]) -> LabelledData:
 
 def training_split(data: LabelledData, heldout_fraction: float, seed: int) -> tuple[LabelledData, LabelledData]:
     """(train, heldout): the held-out rows are fixed by key and seed, so retrains agree on them."""
+    from workers.unlearning import split
+
     train, _, heldout = split(data, [], heldout_fraction, seed)
     return train, heldout
 
@@ -81,6 +78,8 @@ def record_counts(keys: Iterable[str], trained_keys: frozenset[str], heldout_fra
 def verification_halves(heldout: LabelledData, seed: int) -> tuple[LabelledData, LabelledData]:
     """(calibration, verification): approximate methods tune on one half, ``verify`` judges on
     the other, so a method is never graded on the rows it calibrated against."""
+    from workers.unlearning import split
+
     calibration, _, verification = split(heldout, [], 0.5, seed + 1)
     return calibration, verification
 
@@ -88,6 +87,8 @@ def verification_halves(heldout: LabelledData, seed: int) -> tuple[LabelledData,
 def check_recipe(adapter_name: str, hyperparameters: dict[str, Any]) -> Any:
     """An unfitted adapter of the recipe; a bad name or hyper-parameter is refused here,
     before any job is queued."""
+    from workers.unlearning import get_adapter
+
     try:
         return get_adapter(adapter_name, **hyperparameters)
     except (ValueError, TypeError) as exc:
@@ -109,10 +110,14 @@ def fit(adapter_name: str, hyperparameters: dict[str, Any], data: LabelledData, 
 
 
 def load_model(raw: bytes) -> Any:
+    from workers.unlearning import adapter_from_state
+
     return adapter_from_state(raw)
 
 
 def is_sharded(model: Any) -> bool:
+    from workers.unlearning.adapters import SisaAdapter
+
     return isinstance(model, SisaAdapter)
 
 
@@ -125,21 +130,28 @@ def shard_assigner(adapter_name: str, hyperparameters: dict[str, Any], seed: int
 
     Placement is a keyed hash of (seed, key), so the recipe and seed alone decide it.
     """
-    if adapter_name != SisaAdapter.name:
+    if adapter_name != SISA:
         return None
-    layout = SisaAdapter(**hyperparameters)
-    layout.seed = seed
-    return layout.shard_of
+    layout = _sisa_params(hyperparameters)
+    return lambda key: sisa_place(seed, str(key), layout.shards, layout.slices)[0]
+
+
+def _sisa_params(hyperparameters: dict[str, Any]) -> SisaParams:
+    """A SISA recipe's layout, read the way the adapter reads it (an unknown name is refused)."""
+    return from_mapping(SisaParams, hyperparameters, EngineInputError, "hyper-parameter")
 
 
 def needs_sizing(adapter_name: str, hyperparameters: dict[str, Any]) -> bool:
     """A SISA recipe that leaves the shard count open is sized to its data at training."""
-    return adapter_name == SisaAdapter.name and "shards" not in hyperparameters
+    return adapter_name == SISA and "shards" not in hyperparameters
 
 
 def sisa_sizing(hyperparameters: dict[str, Any], train: LabelledData, heldout: LabelledData, seed: int,
                 max_accuracy_loss: float) -> dict[str, Any]:
     """The base recipe's learning curve and the shards and slices it affords (engine ``sizing``)."""
+    from workers.unlearning.adapters import SisaAdapter
+    from workers.unlearning.sizing import size_sisa
+
     recipe = SisaAdapter(**hyperparameters).hyperparameters
     layout = size_sisa(recipe.base, dict(recipe.base_params), train, heldout, seed, max_accuracy_loss)
     return json_safe(layout.to_dict())
@@ -154,9 +166,9 @@ def sized(hyperparameters: dict[str, Any], sizing: dict[str, Any] | None) -> dic
 
 def shard_count(adapter_name: str, hyperparameters: dict[str, Any]) -> int:
     """How many independent pieces training splits into: SISA shards, else one."""
-    if adapter_name != SisaAdapter.name:
+    if adapter_name != SISA:
         return 1
-    return SisaAdapter(**hyperparameters).hyperparameters.shards
+    return _sisa_params(hyperparameters).shards
 
 
 def num_classes_of(hyperparameters: dict[str, Any], data: LabelledData) -> int:
@@ -168,6 +180,8 @@ def num_classes_of(hyperparameters: dict[str, Any], data: LabelledData) -> int:
 def fit_shard(hyperparameters: dict[str, Any], data: LabelledData, seed: int, shard: int, num_classes: int) -> bytes:
     """Train one SISA shard exactly as a whole fit would (placement, seeds and checkpoints
     depend only on the recipe, the seed and the shard's own records); returns the state."""
+    from workers.unlearning.adapters import SisaAdapter
+
     assign = shard_assigner(SisaAdapter.name, hyperparameters, seed)
     own = data.take([i for i, key in enumerate(data.keys) if assign(key) == shard])
     partial = SisaAdapter(**{**hyperparameters, "num_classes": num_classes})
@@ -177,6 +191,9 @@ def fit_shard(hyperparameters: dict[str, Any], data: LabelledData, seed: int, sh
 def merge_shards(hyperparameters: dict[str, Any], seed: int, feature_shape: tuple[int, ...], num_classes: int,
                  shard_states: dict[int, bytes]) -> SisaAdapter:
     """One SISA model from shards trained apart: byte-identical to fitting it whole."""
+    from workers.unlearning import adapter_from_state
+    from workers.unlearning.adapters import SisaAdapter
+
     whole = SisaAdapter(**hyperparameters).build(feature_shape, num_classes, seed)
     for shard, raw in shard_states.items():
         part = adapter_from_state(raw)
@@ -216,6 +233,9 @@ def artifact_parts(model: Any, trained_keys: Iterable[str]) -> list[ArtifactPart
 
 def thresholds(values: Mapping[str, Any]) -> Thresholds:
     """The verifier's thresholds from the policy's (already typed and checked at registration)."""
+    from workers.unlearning import Thresholds
+    from workers.unlearning.methods.base import make_config
+
     return make_config(Thresholds, values)
 
 
@@ -244,6 +264,9 @@ def unlearn_verified(
     """Run the policy's method; keep an approximate result only if verification passes,
     otherwise (or when the method refuses) run the exact method instead. Exact results are
     correct by construction; their verification is reported, not gated."""
+    from workers.unlearning import CertifiedBudgetExceeded, unlearn, verify
+    from workers.unlearning.methods import METHODS, UnsupportedModel
+
     calibration, verification = verification_halves(heldout, seed)
     exact = exact_method_for(base)
     attempts: list[dict[str, Any]] = []
@@ -283,6 +306,8 @@ def unlearn_verified(
 
 
 def is_approximate(method: str) -> bool:
+    from workers.unlearning.methods import METHODS
+
     spec = METHODS.get(method)
     return spec is not None and spec.guarantee == "approximate"
 
@@ -291,6 +316,9 @@ def qualify(adapter_name: str, hyperparameters: dict[str, Any], train: LabelledD
             heldout: LabelledData, method: str, *, runs: int, seed: int) -> dict[str, Any]:
     """The per-example qualification study of ``method`` on this recipe (see
     ``workers.unlearning.qualification``); every model it trains stays in memory."""
+    from workers.unlearning import unlearn
+    from workers.unlearning.qualification import run_study
+
     calibration, verification = verification_halves(heldout, seed)
 
     def fit_recipe(data: LabelledData, fit_seed: int) -> Any:
@@ -306,6 +334,8 @@ def qualify(adapter_name: str, hyperparameters: dict[str, Any], train: LabelledD
 
 def _outcome(model: Any, method: str, fell_back: bool, details: dict[str, Any],
              attempts: list[dict[str, Any]]) -> UnlearningOutcome:
+    from workers.unlearning.methods import METHODS
+
     units = len(details["shards_touched"]) if method == "sisa" else 1
     final = attempts[-1]
     guarantee = METHODS[method].guarantee

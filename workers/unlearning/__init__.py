@@ -3,16 +3,33 @@
 A plain library (no Celery, HTTP or database): load labelled data, fit a
 model recipe ("adapter"), make it forget records with an exact, certified or
 approximate method, and verify the result. See docs/unlearning.md.
+
+The names below are loaded on first use (PEP 562), not at import: importing a torch-free
+submodule (``placement``, ``options``) must not pull in PyTorch, so the API and the CLI can
+use them without paying for it.
 """
 
-from .adapters import adapter_from_state, available_adapters, get_adapter
-from .data import LabelledData, load_table, split
-from .methods import CertifiedBudgetExceeded, UnlearningReport, available_methods, unlearn
-from .runtime import configure
-from .verify import Thresholds, VerificationReport, verify
+from __future__ import annotations
 
-__all__ = [
-    "CertifiedBudgetExceeded", "LabelledData", "Thresholds", "UnlearningReport",
-    "VerificationReport", "adapter_from_state", "available_adapters", "available_methods",
-    "configure", "get_adapter", "load_table", "split", "unlearn", "verify",
-]
+from importlib import import_module
+from typing import Any
+
+_HOMES = {
+    "adapter_from_state": ".adapters", "available_adapters": ".adapters", "get_adapter": ".adapters",
+    "LabelledData": ".data", "load_table": ".data", "split": ".data",
+    "CertifiedBudgetExceeded": ".methods", "UnlearningReport": ".methods", "available_methods": ".methods",
+    "unlearn": ".methods",
+    "configure": ".runtime",
+    "Thresholds": ".verify", "VerificationReport": ".verify", "verify": ".verify",
+}
+
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(home, __name__), name)
+    globals()[name] = value
+    return value

@@ -18,6 +18,8 @@ from typing import IO
 import numpy as np
 import torch
 
+from .placement import is_held_out
+
 FORMATS = ("parquet", "csv", "npz")
 
 
@@ -184,16 +186,6 @@ def split(
     heldout_mask &= ~forget_mask
     retain_mask = ~(forget_mask | heldout_mask)
     return data.take(retain_mask), data.take(forget_mask), data.take(heldout_mask)
-
-
-def is_held_out(key: str, heldout_fraction: float, seed: int) -> bool:
-    """Whether ``split`` holds this key out (never trains on it), from the key alone."""
-    return _unit_hash(seed, str(key)) < heldout_fraction
-
-
-def _unit_hash(seed: int, key: str) -> float:
-    digest = hashlib.blake2b(f"{seed}\x00{key}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") / 2.0**64
 
 
 def _build(features: np.ndarray, labels: np.ndarray, keys: list[str], source: str) -> LabelledData:

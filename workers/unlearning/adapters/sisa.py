@@ -16,30 +16,16 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from .. import runtime
 from ..data import LabelledData
+from ..placement import SisaParams, sisa_place
 from ..serialization import canonical_json
 from .base import AdapterError, BaseAdapter, make_params, params_to_dict
-
-
-@dataclass(frozen=True)
-class SisaParams:
-    base: str = "mlp"
-    base_params: dict[str, Any] = field(default_factory=dict)  # the base recipe, per shard
-    shards: int = 10
-    slices: int = 4
-    num_classes: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.base == "sisa":
-            raise ValueError("sisa cannot wrap sisa")
-        if self.shards < 1 or self.slices < 1:
-            raise ValueError("shards and slices must be >= 1")
 
 
 @dataclass
@@ -80,10 +66,7 @@ class SisaAdapter(BaseAdapter):
         return max(1, round(2 * epochs / (self.hyperparameters.slices + 1)))
 
     def _place(self, key: str) -> tuple[int, int, bytes]:
-        digest = hashlib.blake2b(f"{self.seed}\x00{key}".encode(), digest_size=16).digest()
-        hp = self.hyperparameters
-        return (int.from_bytes(digest[:8], "little") % hp.shards,
-                int.from_bytes(digest[8:], "little") % hp.slices, digest)
+        return sisa_place(self.seed, key, self.hyperparameters.shards, self.hyperparameters.slices)
 
     def _layout(self, keys: Iterable[str]) -> list[list[list[str]]]:
         hp = self.hyperparameters
