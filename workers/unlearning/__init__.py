@@ -11,7 +11,9 @@ use them without paying for it.
 
 from __future__ import annotations
 
+import sys
 from importlib import import_module
+from types import ModuleType
 from typing import Any
 
 _HOMES = {
@@ -33,3 +35,15 @@ def __getattr__(name: str) -> Any:
     value = getattr(import_module(home, __name__), name)
     globals()[name] = value
     return value
+
+
+class _Package(ModuleType):
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Importing the submodule ``verify`` binds it on the package, over the public function
+        # of the same name; the eager imports this replaces re-bound the function afterwards.
+        if name == "verify" and isinstance(value, ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
