@@ -11,13 +11,16 @@ from tests.jobs.conftest import TINY_MLP, wait_job
 
 
 def test_torch_threads_setting_reaches_the_worker_process(env, start_worker):
-    from workers.tasks.core import ping
+    from app.core.queue import TaskName, get_celery
 
     env["UNLEARND_TORCH_THREADS"] = "3"
     start_worker()
+    # Sent by name through this test's app: a task object imported earlier in this process
+    # stays bound to the app (and broker) of the test that first imported it.
+    result = get_celery().send_task(TaskName.PING, args=["threads"])
     # The pool child sets the threads as it starts (after the worker answers pings): on a
     # loaded machine its first task can wait well past a minute.
-    assert ping.delay("threads").get(timeout=240)["torch_threads"] == 3
+    assert result.get(timeout=240)["torch_threads"] == 3
 
 
 def test_artifacts_a_worker_stores_at_the_store_url_are_read_by_another_process(env, install_demo, start_worker,
