@@ -16,10 +16,11 @@ from tests.conftest import RUN_TAG, _pg_exec, _pg_url
 
 
 def test_task_round_trips_through_redis_and_a_worker_process(env, start_worker):
-    from workers.tasks.core import ping
+    from app.core.queue import TaskName, get_celery
 
     worker = start_worker()
-    result = ping.delay("hello").get(timeout=30)
+    # By name through this test's app: a task object stays bound to the app it was imported with.
+    result = get_celery().send_task(TaskName.PING, args=["hello"]).get(timeout=60)
     assert result["echo"] == "hello"
     assert result["worker_pid"] not in (os.getpid(), None)
     assert worker.process.poll() is None
