@@ -14,7 +14,7 @@ from app.core.config import Settings, get_settings
 from app.core.inputs import InputGuardMiddleware
 from app.core.limits import BodySizeLimitMiddleware
 from app.core.logging import RequestIdMiddleware, configure_logging
-from app.core.metrics import HttpMetricsMiddleware
+from app.core.metrics import observe_request
 from app.core.problems import install_problem_handlers, install_problem_openapi
 from app.core.transient import TransientDatabaseErrorMiddleware
 from app.dashboard.router import install as install_dashboard
@@ -48,8 +48,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(TransientDatabaseErrorMiddleware)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes,
                        streamed={ARTIFACT_UPLOAD_PATH: settings.max_artifact_bytes})
-    app.add_middleware(RequestIdMiddleware)
-    app.add_middleware(HttpMetricsMiddleware)
+    app.add_middleware(RequestIdMiddleware, on_response=observe_request)
     for router in ROUTERS:
         app.include_router(router)
     install_dashboard(app)

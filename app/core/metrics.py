@@ -9,11 +9,13 @@ samples there and one scrape of any of them sums them all. Without that variable
 from __future__ import annotations
 
 import os
-import time
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.multiprocess import MultiProcessCollector
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+if TYPE_CHECKING:
+    from starlette.types import Scope
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -35,29 +37,8 @@ def process_registry() -> CollectorRegistry | None:
     return registry
 
 
-class HttpMetricsMiddleware:
-    """Times every HTTP request under its route template (never the raw path: ids in paths
-    would make one series per request)."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = 500
-
-        async def recording_send(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, recording_send)
-        finally:
-            route = scope.get("route")
-            template = getattr(route, "path", None) or "unmatched"
-            HTTP_REQUEST_SECONDS.labels(template, scope["method"], str(status)).observe(time.perf_counter() - started)
+def observe_request(scope: Scope, status: int, seconds: float) -> None:
+    """Record one HTTP request under its route template (never the raw path: ids in paths
+    would make one series per request). Called by the request-id middleware, which times it."""
+    template = getattr(scope.get("route"), "path", None) or "unmatched"
+    HTTP_REQUEST_SECONDS.labels(template, scope["method"], str(status)).observe(seconds)
