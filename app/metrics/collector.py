@@ -9,13 +9,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import timedelta
 
-from prometheus_client.core import GaugeHistogramMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeHistogramMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy.orm import Session
 
 from app.core import outbox
 from app.jobs import stats as job_stats
 from app.requests import stats as request_stats
+from app.webhooks import stats as webhook_stats
 
 # Deadline slack and completion times are measured in days and hours, not milliseconds.
 SLACK_BUCKETS = tuple(d * 86400.0 for d in (-7, -1, 0, 1, 3, 5, 10, 20, 30, 45))
@@ -78,3 +79,23 @@ class DatabaseStateCollector(Collector):
                                 value=pending)
         yield GaugeMetricFamily("unlearnd_outbox_oldest_pending_age_seconds",
                                 "Age of the oldest outbox message not yet handed to the broker.", value=age)
+        webhooks = webhook_stats.backlog(session)
+        deliveries = GaugeMetricFamily(
+            "unlearnd_webhook_deliveries",
+            "Webhook deliveries by status (pending: the backlog; failed: every retry spent).",
+            labels=["status"],
+        )
+        for status, count in sorted(webhooks.by_status.items()):
+            deliveries.add_metric([status], count)
+        yield deliveries
+        yield GaugeMetricFamily("unlearnd_webhook_oldest_pending_age_seconds",
+                                "Age of the oldest webhook delivery not yet delivered.",
+                                value=webhooks.oldest_pending_age_seconds)
+        yield CounterMetricFamily("unlearnd_webhook_failed_attempts",
+                                  "Webhook HTTP attempts that did not deliver (refused, timed out, non-2xx).",
+                                  value=webhooks.failed_attempts)
+        endpoints = GaugeMetricFamily("unlearnd_webhook_endpoints_unhealthy",
+                                      "Webhook endpoints failing now (still active) or disabled.", labels=["state"])
+        endpoints.add_metric(["failing"], webhooks.endpoints_failing)
+        endpoints.add_metric(["disabled"], webhooks.endpoints_disabled)
+        yield endpoints
