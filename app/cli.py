@@ -158,9 +158,10 @@ def serve(host: str, port: int) -> None:
     import uvicorn
 
     _share_metrics(fresh=False)
+    from app.core.http_protocol import ProblemHTTPProtocol
     from app.main import create_app
 
-    uvicorn.run(create_app(), host=host, port=port, log_config=None)
+    uvicorn.run(create_app(), host=host, port=port, log_config=None, http=ProblemHTTPProtocol)
 
 
 @main.command()
@@ -177,6 +178,7 @@ def run(host: str, port: int, demo: bool) -> None:
     from app.clients.service import create_client
     from app.core import migrate
     from app.core.database import session_scope
+    from app.core.http_protocol import ProblemHTTPProtocol
     from app.main import create_app
 
     # A local receiver is the usual first webhook endpoint; production allow-lists nothing.
@@ -209,7 +211,7 @@ def run(host: str, port: int, demo: bool) -> None:
         click.echo("admin API key (shown once):")
         click.echo(key, err=False)
         sys.stdout.flush()
-        uvicorn.run(create_app(settings), host=host, port=port, log_config=None)
+        uvicorn.run(create_app(settings), host=host, port=port, log_config=None, http=ProblemHTTPProtocol)
     finally:
         worker_process.send_signal(signal.SIGTERM)
         try:
