@@ -4,6 +4,8 @@ dataset file with synthetic subjects, registered, ingested, and two models train
 
 Subjects are ``demo-subject-0`` ... ``demo-subject-99`` (identifier type ``user_id``), each
 owning every hundredth record, so a deletion request for one of them touches ~18 records.
+Every row names its source: every tenth row came from the synthetic vendor feed ``feed-a``
+(~10%), the rest from ``feed-b``, so the walk-through can remove a whole source.
 """
 
 from __future__ import annotations
@@ -23,11 +25,17 @@ from app.registry.models import Dataset, DatasetStatus, RegisteredModel
 
 DATASET_NAME = "digits"
 SUBJECT_COUNT = 100
+SOURCES = ("feed-a", "feed-b")
 FEATURES = [f"pixel_{i:02d}" for i in range(64)]
 
 
 def subject_id(index: int) -> str:
     return f"demo-subject-{index}"
+
+
+def source_of(index: int) -> str:
+    """Row ``index``'s feed: ``feed-a`` for every tenth row, ``feed-b`` otherwise."""
+    return SOURCES[0] if index % 10 == 3 else SOURCES[1]
 
 
 @dataclass(frozen=True)
@@ -48,7 +56,7 @@ DEMO_MODELS = (
 
 
 def write_digits(path: Path, *, limit: int | None = None) -> Path:
-    """The bundled digits as Parquet: record key, subject id, label, 64 pixel columns."""
+    """The bundled digits as Parquet: record key, subject id, source, label, 64 pixel columns."""
     from sklearn.datasets import load_digits
 
     digits = load_digits()
@@ -56,6 +64,7 @@ def write_digits(path: Path, *, limit: int | None = None) -> Path:
     columns: dict[str, Any] = {
         "record_key": [f"digit-{i:04d}" for i in range(rows)],
         "user_id": [subject_id(i % SUBJECT_COUNT) for i in range(rows)],
+        "source": [source_of(i) for i in range(rows)],
         "label": digits.target[:rows].astype("int64"),
     }
     for i, name in enumerate(FEATURES):
@@ -66,7 +75,7 @@ def write_digits(path: Path, *, limit: int | None = None) -> Path:
 
 
 DIGITS_SCHEMA = {"record_key": "record_key", "subject_column": "user_id", "identifier_type": "user_id",
-                 "label": "label", "features": FEATURES}
+                 "label": "label", "features": FEATURES, "source_column": "source"}
 
 
 def install(*, actor: str = "demo", models: tuple[DemoModel, ...] = DEMO_MODELS, limit: int | None = None) -> list[str]:

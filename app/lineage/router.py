@@ -7,7 +7,7 @@ from fastapi import APIRouter, Path
 from app.api.deps import AdminClient, ReaderClient, SessionDep
 from app.core.fields import INT32_MAX
 from app.lineage import service
-from app.lineage.schemas import RecordLineage, SubjectLineage, SubjectQuery, VersionLineage
+from app.lineage.schemas import RecordLineage, SourceLineage, SubjectLineage, SubjectQuery, VersionLineage
 
 router = APIRouter(prefix="/v1", tags=["lineage"])
 
@@ -15,6 +15,12 @@ router = APIRouter(prefix="/v1", tags=["lineage"])
 @router.get("/lineage/records/{dataset}/{record_key:path}", response_model=RecordLineage)
 def record_lineage(dataset: str, record_key: str, session: SessionDep, _: ReaderClient) -> RecordLineage:
     return service.record_lineage(session, dataset, record_key)
+
+
+@router.get("/lineage/datasets/{dataset}/sources/{source:path}", response_model=SourceLineage)
+def source_lineage(dataset: str, source: str, session: SessionDep, _: ReaderClient) -> SourceLineage:
+    """Which model versions contain records of the dataset that came from ``source``."""
+    return service.source_lineage(session, dataset, source)
 
 
 @router.post("/lineage/subjects", response_model=SubjectLineage)

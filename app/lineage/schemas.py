@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -59,6 +60,21 @@ class SubjectLineage(BaseModel):
     still_contained: bool
 
 
+class SourceVersion(VersionRef):
+    # How many of the source's records this version (or one of its parts) was trained on.
+    record_count: int
+
+
+class SourceLineage(BaseModel):
+    dataset: str
+    source: str
+    record_count: int = Field(description="records of the dataset from this source")
+    forgotten_count: int
+    model_versions: list[SourceVersion] = Field(description="every version trained on one of them, purged included")
+    # True while any non-purged version or artifact was trained on one of the source's records.
+    still_contained: bool
+
+
 class LineageEdge(BaseModel):
     parent: int
     child: int
@@ -92,6 +108,16 @@ class AffectedVersion:
     state: str
     # The resolved records this version (or one of its artifacts) was trained on.
     record_ids: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class RecordSelection:
+    """A removal request's selector: every record of a dataset, or those of one source,
+    or those ingested before a time (both narrow it when given together)."""
+
+    dataset: str
+    source: str | None = None
+    ingested_before: datetime | None = None
 
 
 @dataclass

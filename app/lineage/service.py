@@ -32,9 +32,12 @@ from app.lineage.schemas import (
     ArtifactRef,
     LineageEdge,
     RecordLineage,
+    RecordSelection,
     Resolution,
     ResolvedRecord,
     SnapshotRef,
+    SourceLineage,
+    SourceVersion,
     SubjectLineage,
     VersionLineage,
     VersionRef,
@@ -116,12 +119,15 @@ def _ready_records():  # noqa: ANN202 - a Select over _ROW_COLUMNS
 
 
 def _containing(session: Session, rows: list[_Row]) -> tuple[dict[str, set[int]], dict[str, SnapshotRef]]:
-    """(snapshot id -> ids of the given records it contains, refs of those snapshots)."""
-    by_dataset: dict[str, list[_Row]] = defaultdict(list)
+    """(snapshot id -> ids of the given records it contains, refs of those snapshots).
+    Membership is a bitmap intersection per snapshot, so a whole source costs no more
+    Python work per snapshot than the records it actually holds."""
+    by_dataset: dict[str, dict[int, int]] = defaultdict(dict)
     for row in rows:
-        by_dataset[row.dataset_id].append(row)
+        by_dataset[row.dataset_id][row.row_index] = row.id
     if not by_dataset:
         return {}, {}
+    wanted = {dataset_id: BitMap(positions) for dataset_id, positions in by_dataset.items()}
     snapshots = session.execute(
         select(DatasetSnapshot.id, DatasetSnapshot.dataset_id, DatasetSnapshot.record_count,
                DatasetSnapshot.merkle_root)
@@ -132,8 +138,8 @@ def _containing(session: Session, rows: list[_Row]) -> tuple[dict[str, set[int]]
     contains: dict[str, set[int]] = {}
     refs: dict[str, SnapshotRef] = {}
     for sid, dataset_id, count, root in snapshots:
-        members = bitmaps[sid]
-        hit = {row.id for row in by_dataset[dataset_id] if row.row_index in members}
+        ids = by_dataset[dataset_id]
+        hit = {ids[position] for position in bitmaps[sid] & wanted[dataset_id]}
         if hit:
             contains[sid] = hit
             refs[sid] = SnapshotRef(id=sid, record_count=count, merkle_root=root)
@@ -254,26 +260,60 @@ def lookup_subject(session: Session, identifier_type: str, identifier: str, *, a
     return subject_lineage(session, hashed.current, also=hashed.lookup)
 
 
+def _selected(selection: RecordSelection):  # noqa: ANN202 - a Select over _ROW_COLUMNS
+    query = _ready_records().where(Dataset.name == selection.dataset)
+    if selection.source is not None:
+        query = query.where(DataRecord.source == selection.source)
+    if selection.ingested_before is not None:
+        query = query.where(DataRecord.ingested_at < selection.ingested_before)
+    return query
+
+
+def source_lineage(session: Session, dataset_name: str, source: str) -> SourceLineage:
+    """Which model versions (and how many of the source's records each) were trained on
+    records of ``source`` in the dataset: the question a bad feed or an ended licence asks."""
+    dataset = registry.get_dataset(session, dataset_name)
+    rows = [_Row(*r) for r in session.execute(_selected(RecordSelection(dataset=dataset.name, source=source)))]
+    contains, _ = _containing(session, rows)
+    trained = _trained_on(session, list(contains))
+    versions = []
+    for ref, _, via in trained.versions:
+        held = set().union(*(contains[sid] for sid in via))
+        versions.append(SourceVersion(**ref.model_dump(), record_count=len(held)))
+    live = any(v.state != VersionState.PURGED for v in versions) or any(
+        a.state != VersionState.PURGED for a in trained.artifacts)
+    return SourceLineage(dataset=dataset.name, source=source, record_count=len(rows),
+                         forgotten_count=sum(1 for r in rows if r.state != "active"),
+                         model_versions=versions, still_contained=live)
+
+
 def resolve(
     session: Session,
     *,
     subject_hashes: list[str],
     record_refs: list[tuple[str, str]],
     scope_models: list[str] | None = None,
+    selection: RecordSelection | None = None,
 ) -> Resolution:
-    """Records a deletion request names (by subject or by key) and the live versions trained on them."""
+    """Records a deletion request names (by subject, by key, or by a selector over a dataset's
+    provenance) and the live versions trained on them."""
     rows: dict[int, _Row] = {}
+    resolution = Resolution()
+    if selection is not None:
+        if session.scalar(select(Dataset.id).where(Dataset.name == selection.dataset)) is None:
+            resolution.unknown_datasets.append(selection.dataset)
+        for r in session.execute(_selected(selection)):
+            rows[r[0]] = _Row(*r)
     hashes = sorted(set(subject_hashes))
     for start in range(0, len(hashes), _CHUNK):
         for r in session.execute(_ready_records().where(DataRecord.subject_hash.in_(hashes[start : start + _CHUNK]))):
             rows[r[0]] = _Row(*r)
-    resolution = Resolution()
     wanted: dict[str, set[str]] = defaultdict(set)
     for dataset_name, key in record_refs:
         wanted[dataset_name].add(key)
     if wanted:
         known = dict(session.execute(select(Dataset.name, Dataset.id).where(Dataset.name.in_(list(wanted)))).tuples().all())
-        resolution.unknown_datasets = sorted(set(wanted) - set(known))
+        resolution.unknown_datasets = sorted({*resolution.unknown_datasets, *(set(wanted) - set(known))})
         for dataset_name in sorted(set(wanted) & set(known)):
             keys = sorted(wanted[dataset_name])
             found: set[str] = set()

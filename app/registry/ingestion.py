@@ -12,7 +12,7 @@ import logging
 import os
 import socket
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -28,16 +28,30 @@ from app.core.hashing import CANONICALISER_VERSION, canonical_json, sha256_hex, 
 from app.registry import locations
 from app.registry.models import DataRecord, Dataset, DatasetStatus, RecordState
 from app.registry.readers import DatasetFileError, RowBatch, read_batches
-from app.registry.schemas import DatasetColumns, DatasetFormat
+from app.registry.schemas import MAX_SOURCE_LENGTH, DatasetColumns, DatasetFormat
 
 log = logging.getLogger("unlearnd.registry.ingestion")
-_COLUMNS = ("dataset_id", "row_index", "record_key", "subject_hash", "content_hash", "state")
+_COLUMNS = ("dataset_id", "row_index", "record_key", "subject_hash", "content_hash", "state", "source",
+            "ingested_at")
 # Row positions are stored in 32-bit roaring bitmaps.
 MAX_ROWS = 2**32 - 1
 
 
+def _source_of(batch: RowBatch, offset: int, first_row: int, columns: DatasetColumns) -> str | None:
+    """The row's provenance: its source column's value, or the file's one source."""
+    if batch.sources is None:
+        return columns.source
+    value = batch.sources[offset]
+    if value is None or value == "":
+        return None
+    if len(value) > MAX_SOURCE_LENGTH:
+        raise DatasetFileError(f"row {first_row + offset}: source column '{columns.source_column}': "
+                               f"longer than {MAX_SOURCE_LENGTH} characters")
+    return value
+
+
 def _hash_rows(dataset_id: str, batch: RowBatch, first_row: int, columns: DatasetColumns,
-               pepper: bytes) -> list[tuple[Any, ...]]:
+               pepper: bytes, ingested_at: datetime) -> list[tuple[Any, ...]]:
     """Rows hashed with the current canonicaliser (``_start`` records it on the dataset)."""
     rows: list[tuple[Any, ...]] = []
     seen: set[str] = set()
@@ -67,7 +81,7 @@ def _hash_rows(dataset_id: str, batch: RowBatch, first_row: int, columns: Datase
         if batch.images is not None:
             content["image"] = batch.images[offset]
         rows.append((dataset_id, first_row + offset, key, subject, sha256_hex(canonical_json(content)),
-                     RecordState.ACTIVE.value))
+                     RecordState.ACTIVE.value, _source_of(batch, offset, first_row, columns), ingested_at))
     return rows
 
 
@@ -177,13 +191,15 @@ def _write(dataset: Dataset, worker: str) -> None:
     pepper = get_settings().pepper_bytes()
     written = 0
     batch_keys: list[str] = []
+    # Every row of one ingestion carries the same time: "ingested before T" selects whole runs.
+    ingested_at = utcnow()
     try:
         with locations.open_dataset(dataset.uri) as handle:
             size = handle.size if hasattr(handle, "size") else 0
             for batch in read_batches(handle, DatasetFormat(dataset.format), columns, size or 0):
                 if written + len(batch) > MAX_ROWS:
                     raise DatasetFileError(f"more than {MAX_ROWS} rows")
-                rows = _hash_rows(dataset_id, batch, written, columns, pepper)
+                rows = _hash_rows(dataset_id, batch, written, columns, pepper, ingested_at)
                 batch_keys = batch.keys
                 with session_scope() as session:
                     # Locks the dataset row first: a batch of a delivery that lost its lease never lands.

@@ -69,6 +69,7 @@ class DataRecord(Base):
         UniqueConstraint("dataset_id", "record_key"),
         UniqueConstraint("dataset_id", "row_index"),
         Index("ix_data_records_subject_hash", "subject_hash"),
+        Index("ix_data_records_dataset_source", "dataset_id", "source"),
         # The lineage check reads every forgotten record; they are few, the table is large.
         Index("ix_data_records_forgotten", "dataset_id", "row_index",
               postgresql_where=text("state = 'forgotten'"), sqlite_where=text("state = 'forgotten'")),
@@ -83,6 +84,10 @@ class DataRecord(Base):
     content_hash: Mapped[str] = mapped_column(String(64))
     state: Mapped[str] = mapped_column(String(16), default=RecordState.ACTIVE)
     forgotten_at: Mapped[datetime | None] = mapped_column(default=None)
+    # Provenance: the source the row came from (the dataset's source column, or the one
+    # source named for the file) and when it was ingested. Removal requests select by them.
+    source: Mapped[str | None] = mapped_column(String(200), default=None)
+    ingested_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
 class DatasetSnapshot(Base):

@@ -40,6 +40,9 @@ class RowBatch:
     # Fraction of the file consumed once this batch is written.
     progress: float
 
+    # The source column's values (None when the dataset has no source column).
+    sources: list[Any] | None = None
+
     def __len__(self) -> int:
         return len(self.keys)
 
@@ -83,7 +86,8 @@ def _from_arrow(batch: pa.RecordBatch, columns: DatasetColumns, progress: float)
             ]
         )
         features = matrix.tolist()
-    return RowBatch(keys, subjects, labels, features, None, progress)
+    sources = pc.cast(batch.column(columns.source_column), pa.string()).to_pylist() if columns.source_column else None
+    return RowBatch(keys, subjects, labels, features, None, progress, sources)
 
 
 def _parquet(handle: IO[bytes], columns: DatasetColumns) -> Iterator[RowBatch]:
@@ -119,6 +123,8 @@ def _csv(handle: IO[bytes], columns: DatasetColumns, size: int) -> Iterator[RowB
     types: dict[str, pa.DataType] = {columns.record_key: pa.string()}
     if columns.subject_column:
         types[columns.subject_column] = pa.string()
+    if columns.source_column:
+        types[columns.source_column] = pa.string()
     types.update({name: pa.float64() for name in columns.features})
     try:
         reader = pacsv.open_csv(
@@ -214,4 +220,5 @@ def _npz_batch(block: dict[str, np.ndarray], columns: DatasetColumns, progress: 
             {"dtype": dtype, "shape": shape, "sha256": hashlib.sha256(row.tobytes()).hexdigest()}
             for row in pixels
         ]
-    return RowBatch(keys, subjects, labels, features, images, progress)
+    sources = block[columns.source_column].astype(str).tolist() if columns.source_column else None
+    return RowBatch(keys, subjects, labels, features, images, progress, sources)

@@ -12,6 +12,8 @@ from app.core.hashing import IdentifierType
 from app.registry.models import VersionState
 from app.registry.policy import UnlearningPolicy
 
+# A record's source name (registry column width).
+MAX_SOURCE_LENGTH = 200
 SLUG = r"^[a-z][a-z0-9_.+-]*$"
 NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 
@@ -48,12 +50,18 @@ class DatasetColumns(BaseModel):
     label: str | None = Field(default=None, min_length=1)
     features: list[str] = Field(default_factory=list)
     image: str | None = Field(default=None, min_length=1)
+    # Provenance: the column naming each row's source (a vendor feed, an export), or one
+    # source for the whole file. Each record stores it; removal requests can select by it.
+    source_column: str | None = Field(default=None, min_length=1)
+    source: str | None = Field(default=None, min_length=1, max_length=MAX_SOURCE_LENGTH)
 
     @model_validator(mode="after")
     def _has_content(self) -> DatasetColumns:
         if not self.features and not self.image:
             raise ValueError("name at least one feature column or an image array")
-        named = [self.record_key, self.subject_column, self.label, *self.features, self.image]
+        if self.source_column and self.source:
+            raise ValueError("give a source column or one source for the whole file, not both")
+        named = [self.record_key, self.subject_column, self.label, *self.features, self.image, self.source_column]
         present = [n for n in named if n]
         if len(present) != len(set(present)):
             raise ValueError("a column may play only one role")
@@ -62,7 +70,7 @@ class DatasetColumns(BaseModel):
         return self
 
     def columns(self) -> list[str]:
-        named = [self.record_key, self.subject_column, self.label, *self.features, self.image]
+        named = [self.record_key, self.subject_column, self.label, *self.features, self.image, self.source_column]
         return [n for n in named if n]
 
 
