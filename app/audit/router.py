@@ -4,7 +4,7 @@ from dataclasses import asdict
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, status
-from fastapi.responses import StreamingResponse
+from fastapi.responses import PlainTextResponse, StreamingResponse
 from sqlalchemy.orm import Session
 
 from app.api.deps import AuditorClient, CurrentClient, SessionDep
@@ -34,6 +34,19 @@ def _head_out(session: Session, head: TreeHead) -> TreeHeadOut:
 @router.get("/tree-heads/latest", response_model=TreeHeadOut)
 def latest_tree_head(session: SessionDep, _: CurrentClient) -> TreeHeadOut:
     return _head_out(session, tree.require_latest_tree_head(session))
+
+
+@router.get(
+    "/checkpoint",
+    response_class=PlainTextResponse,
+    responses={200: {"content": {"text/plain": {}},
+                     "description": "The latest signed tree head as a C2SP tlog-checkpoint signed note."}},
+)
+def checkpoint(session: SessionDep, _: CurrentClient) -> PlainTextResponse:
+    """The latest signed tree head in the C2SP `tlog-checkpoint` signed-note format (origin,
+    size, base64 root; one Ed25519 signature line). Its verifier keys are at
+    `/.well-known/unlearnd-checkpoint-keys`; the proofs below are RFC 9162 proofs against it."""
+    return PlainTextResponse(tree.latest_checkpoint(session))
 
 
 @router.post("/tree-heads", status_code=status.HTTP_201_CREATED, response_model=TreeHeadOut)
@@ -88,3 +101,13 @@ def verify(session: SessionDep, _: AuditorClient, expected_head: str | None = No
 def published_keys(session: SessionDep) -> dict[str, Any]:
     """Every public key that ever signed a tree head or certificate (JWKS, OKP/Ed25519)."""
     return keys.key_set(session)
+
+
+@well_known_router.get(
+    "/.well-known/unlearnd-checkpoint-keys",
+    response_class=PlainTextResponse,
+    responses={200: {"content": {"text/plain": {}}, "description": "One note verifier key a line, current first."}},
+)
+def checkpoint_keys(session: SessionDep) -> PlainTextResponse:
+    """The same keys as the JWKS, as signed-note verifier keys (`name+hash+base64(0x01||key)`)."""
+    return PlainTextResponse("".join(f"{line}\n" for line in tree.checkpoint_verifier_keys(session)))

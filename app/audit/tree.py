@@ -14,7 +14,8 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from app.audit.keys import ensure_current_key
+from app.audit import checkpoint
+from app.audit.keys import ensure_current_key, published_keys
 from app.audit.models import AuditEvent, TreeHead
 from app.audit.proofs import event_leaf, tree_head_statement
 from app.audit.service import GENESIS_HASH, seal_pending
@@ -150,3 +151,19 @@ def consistency_proof(session: Session, first_size: int, second_size: int | None
         first_root=merkle.root(tree[:first_size]).hex(), second_root=merkle.root(tree).hex(),
         proof=[node.hex() for node in merkle.consistency_proof(tree, first_size)],
     )
+
+
+def latest_checkpoint(session: Session) -> str:
+    """The latest signed tree head as a C2SP ``tlog-checkpoint`` signed note, signed by the
+    current key (Ed25519 is deterministic: the same head and key give the same note)."""
+    head = require_latest_tree_head(session)
+    return checkpoint.signed_checkpoint(
+        ensure_current_key(session), checkpoint.origin(), head.tree_size, bytes.fromhex(head.root_hash)
+    )
+
+
+def checkpoint_verifier_keys(session: Session) -> list[str]:
+    """Every published key as a note verifier key for the checkpoint origin, current first."""
+    ensure_current_key(session)
+    keys = sorted(published_keys(session), key=lambda k: k.retired_at is not None)
+    return [checkpoint.verifier_key(checkpoint.origin(), bytes(k.public_key)) for k in keys]

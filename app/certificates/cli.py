@@ -49,15 +49,16 @@ def _read_if_file(argument: str) -> str:
               help="PEM/JWK/JWKS file, or the key itself (base64url or hex of the 32 raw bytes).")
 @click.option("--keys-url", metavar="URL", help="Where the service publishes its keys: .../.well-known/unlearnd-keys")
 def verify(file: Path, public_key: str | None, keys_url: str | None) -> None:
-    """Check a certificate offline; exit 1 with the reason if any check fails."""
-    from app.certificates.verify import CertificateInvalid, verify_certificate
+    """Check a certificate offline (the .json file or the .jws envelope); exit 1 with the
+    reason if any check fails."""
+    from app.certificates.verify import CertificateInvalid, verify_certificate_file
     from app.core.signing import SignatureInvalid
 
     if bool(public_key) == bool(keys_url):
         raise click.UsageError("give exactly one of --public-key or --keys-url")
     try:
         keys = _keys_from_url(keys_url) if keys_url else _keys_from_text(_read_if_file(public_key))
-        verified = verify_certificate(file.read_bytes(), keys)
+        verified = verify_certificate_file(file.read_bytes(), keys)
     except (CertificateInvalid, SignatureInvalid, ValueError, OSError) as exc:
         click.echo(f"INVALID: {exc}", err=True)
         sys.exit(1)
@@ -65,6 +66,7 @@ def verify(file: Path, public_key: str | None, keys_url: str | None) -> None:
         f"valid: certificate {verified.certificate_id} for request {verified.request_id}, signed by "
         f"{verified.key_id}, anchored at audit event {verified.audit_seq} of a signed tree of {verified.tree_size}; "
         f"{verified.lineage_proofs_checked} non-inclusion proof(s) checked against the stated snapshot roots"
+        + (f"; JWS envelope signed by {verified.jws_key_id}" if verified.jws_key_id else "")
     )
 
 

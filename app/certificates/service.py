@@ -25,12 +25,22 @@ from app.core.auth import ApiClient, Role
 from app.core.database import new_id, utcnow
 from app.core.errors import Conflict, Forbidden, NotFound
 from app.core.hashing import canonical_json
+from app.core.signing import jws_sign
 from app.requests import service as requests
 from app.requests.models import DeletionRequest, RequestStatus
 
 
 def certificate_file(certificate: Certificate) -> bytes:
     return envelope_bytes(certificate.document, key_id=certificate.key_id, signature=certificate.signature)
+
+
+def certificate_jws(session: Session, certificate: Certificate) -> str:
+    """The certificate file wrapped in a compact JWS (RFC 7515, EdDSA per RFC 8037) signed by
+    the current key, so any JOSE library can check it against ``/.well-known/unlearnd-keys``.
+    The payload is the canonical file itself, inner signature included: a verifier that
+    unwraps it can still run every offline check. Ed25519 is deterministic, so the same key
+    gives the same bytes on every download; nothing is written unless the key is unpublished."""
+    return jws_sign(ensure_current_key(session), certificate_file(certificate))
 
 
 def _content(session: Session, request: DeletionRequest, certificate_id: str, key_id: str) -> dict[str, Any]:

@@ -10,7 +10,7 @@ signed tree head, and that head's own signature holds.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from importlib import resources
 from typing import Any
@@ -22,7 +22,7 @@ from app.audit.service import chain_hash
 from app.certificates.document import content_digest
 from app.core.hashing import canonical_json
 from app.core.merkle import ProofError
-from app.core.signing import SignatureInvalid, verify_signature
+from app.core.signing import SignatureInvalid, jws_verify, looks_like_jws, verify_signature
 from app.lineage.proofs import verify_proof
 
 ANCHOR_EVENT_FIELDS = ("seq", "occurred_at", "actor", "action", "entity_type", "entity_id", "payload")
@@ -41,6 +41,7 @@ class VerifiedCertificate:
     tree_size: int
     document: dict[str, Any]
     lineage_proofs_checked: int = 0
+    jws_key_id: str | None = None
 
 
 @lru_cache
@@ -139,3 +140,17 @@ def verify_certificate(raw: bytes, keys: dict[str, bytes]) -> VerifiedCertificat
         audit_seq=document["anchor"]["event"]["seq"], tree_size=document["anchor"]["tree_head"]["tree_size"],
         document=document, lineage_proofs_checked=proofs_checked,
     )
+
+
+def verify_certificate_file(raw: bytes, keys: dict[str, bytes]) -> VerifiedCertificate:
+    """A certificate file in either form: the canonical JSON, or that JSON as the payload of a
+    compact JWS (``certificate.jws``). For the JWS the envelope's signature is checked first
+    (by the key its ``kid`` names), then everything the plain file is checked for."""
+    if not looks_like_jws(raw.strip()):
+        return verify_certificate(raw, keys)
+    try:
+        header, payload = jws_verify(raw.decode("ascii"), keys)
+    except (SignatureInvalid, UnicodeDecodeError) as exc:
+        raise CertificateInvalid(f"JWS: {exc}") from None
+    verified = verify_certificate(payload, keys)
+    return replace(verified, jws_key_id=header["kid"])

@@ -108,6 +108,9 @@ class Settings(BaseSettings):
     webhook_sweep_interval_seconds: float = 5.0
     # Base of the certificate URL in payloads; empty means a path relative to the API.
     public_url: str = ""
+    # The audit log's name in C2SP checkpoints (the note's origin line and key name); empty
+    # means the public URL's host and path plus /audit-log, or unlearnd/audit-log.
+    checkpoint_origin: str = Field(default="", pattern=r"^[^\s+]*$")
     # A dashboard session ends after this long without a page load.
     dashboard_idle_minutes: float = Field(default=30.0, gt=0, le=24 * 60)
 

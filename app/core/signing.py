@@ -181,3 +181,48 @@ def replace_signing_key(settings: Settings | None = None) -> Signer:
     signer = Signer(Ed25519PrivateKey.generate())
     _write_private(settings.resolved_signing_key_path(), signer.private_key, replace=True)
     return signer
+
+
+# --- JWS (RFC 7515 compact serialization, EdDSA per RFC 8037) ---------------------------------
+
+JWS_TYPE = "JOSE"
+
+
+def jws_sign(signer: Signer, payload: bytes) -> str:
+    """Compact JWS of ``payload``: ``b64url(header).b64url(payload).b64url(signature)``.
+
+    The protected header is fixed for a key (canonical JSON of alg, kid, typ) and Ed25519 is
+    deterministic, so one key and one payload give one JWS, byte for byte."""
+    header = canonical_json({"alg": ALGORITHM, "kid": signer.key_id, "typ": JWS_TYPE})
+    signing_input = f"{_b64url(header)}.{_b64url(payload)}".encode()
+    return f"{signing_input.decode()}.{_b64url(signer.private_key.sign(signing_input))}"
+
+
+def jws_verify(token: str, keys: dict[str, bytes]) -> tuple[dict[str, Any], bytes]:
+    """Check a compact JWS signed with EdDSA by one of ``keys`` (key id → raw public key);
+    return its protected header and payload, or raise SignatureInvalid."""
+    parts = token.strip().split(".")
+    if len(parts) != 3:
+        raise SignatureInvalid("a compact JWS has three dot-separated parts")
+    try:
+        header = json.loads(_b64url_decode(parts[0]))
+        payload = _b64url_decode(parts[1])
+        signature = _b64url_decode(parts[2])
+    except (ValueError, UnicodeDecodeError):
+        raise SignatureInvalid("JWS parts are not base64url JSON") from None
+    if not isinstance(header, dict) or header.get("alg") != ALGORITHM:
+        raise SignatureInvalid("JWS header must name alg EdDSA")
+    if set(header.get("crit", [])):
+        raise SignatureInvalid("JWS header carries critical extensions this verifier does not know")
+    public_key = keys.get(header.get("kid", ""))
+    if public_key is None:
+        raise SignatureInvalid(f"no public key {header.get('kid')!r} among those given")
+    try:
+        Ed25519PublicKey.from_public_bytes(public_key).verify(signature, f"{parts[0]}.{parts[1]}".encode())
+    except (ValueError, InvalidSignature):
+        raise SignatureInvalid("JWS signature does not match its header and payload") from None
+    return header, payload
+
+
+def looks_like_jws(raw: bytes) -> bool:
+    return raw[:2] == b"ey" and raw.count(b".") == 2 and b"{" not in raw

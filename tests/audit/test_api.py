@@ -126,3 +126,40 @@ def test_well_known_keys_need_no_authentication(api):
     (key,) = published.json()["keys"]
     assert (key["kty"], key["crv"], key["alg"], key["status"]) == ("OKP", "Ed25519", "EdDSA", "active")
     public_key_from_jwk(key)  # kid is the RFC 7638 thumbprint of x, or this raises
+
+
+def test_checkpoint_is_a_c2sp_signed_note_of_the_latest_head(api, make_client, monkeypatch):
+    """Byte layout per C2SP signed-note / tlog-checkpoint: origin, size, base64 root, blank line,
+    `— name base64(keyhash || sig)`; the verifier key is `name+hash+base64(0x01||key)`."""
+    import base64
+    import hashlib
+
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    from app.core.config import get_settings
+
+    portal = make_client("portal")
+    assert api.get("/v1/audit/checkpoint", headers=portal.headers).status_code == 404
+    assert api.get("/v1/audit/checkpoint").status_code == 401
+    _record(5)
+    head = api.post("/v1/audit/tree-heads", headers=make_client("auditor").headers).json()
+    note = api.get("/v1/audit/checkpoint", headers=portal.headers).text
+    body, signature_line = note.split("\n\n")
+    assert body.split("\n") == ["unlearnd/audit-log", str(head["tree_size"]),
+                                base64.b64encode(bytes.fromhex(head["root_hash"])).decode()]
+    assert signature_line.endswith("\n") and signature_line.count("\n") == 1
+    (vkey,) = api.get("/.well-known/unlearnd-checkpoint-keys").text.split()
+    name, key_hash, key = vkey.split("+", 2)
+    raw_key = base64.b64decode(key)
+    assert raw_key[0] == 1 and raw_key[1:] == next(iter(_published_keys(api).values()))
+    assert hashlib.sha256(name.encode() + b"\n" + raw_key).digest()[:4].hex() == key_hash
+    dash, signer, blob = signature_line.strip().split(" ")
+    assert (dash, signer) == ("\u2014", name) and base64.b64decode(blob)[:4].hex() == key_hash
+    Ed25519PublicKey.from_public_bytes(raw_key[1:]).verify(base64.b64decode(blob)[4:], (body + "\n").encode())
+
+    monkeypatch.setenv("UNLEARND_PUBLIC_URL", "https://privacy.example.com/unlearnd/")
+    get_settings.cache_clear()
+    assert api.get("/v1/audit/checkpoint", headers=portal.headers).text.startswith("privacy.example.com/unlearnd/audit-log\n")
+    monkeypatch.setenv("UNLEARND_CHECKPOINT_ORIGIN", "example.org/log")
+    get_settings.cache_clear()
+    assert api.get("/.well-known/unlearnd-checkpoint-keys").text.startswith("example.org/log+")

@@ -318,3 +318,34 @@ def test_cli_verifies_a_fetched_certificate_and_rejects_a_hand_edited_copy(api, 
     edited.write_bytes(certificate.read_bytes().replace(b'"count":2', b'"count":1'))
     bad = _cli("certificate", "verify", str(edited), "--public-key", str(jwks), cwd=tmp_path)
     assert bad.returncode == 1 and "INVALID" in bad.stderr
+
+
+def test_jws_download_verifies_with_a_jose_library_and_never_writes(api, make_client, completed_request):
+    """The `.jws` form is the canonical file under a compact JWS (EdDSA); a JOSE library checks
+    it against the published JWKS, the payload is the file byte for byte, downloads are
+    stable, nothing is written, and after a rotation the new key wraps it (old key still listed)."""
+    from joserfc import jws
+    from joserfc.jwk import KeySet
+
+    from app.audit.keys import rotate_signing_key
+
+    owner = make_client("portal")
+    request_id = completed_request(client_id=owner.id)
+    raw = _issue(request_id)
+    url = f"/v1/deletion-requests/{request_id}/certificate.jws"
+    before = _row_counts()
+    first = api.get(url, headers=owner.headers)
+    assert first.status_code == 200 and first.headers["content-type"] == "application/jose"
+    assert api.get(url, headers=owner.headers).content == first.content and _row_counts() == before
+    key_set = KeySet.import_key_set(api.get("/.well-known/unlearnd-keys").json())
+    verified = jws.deserialize_compact(first.text, key_set, algorithms=["EdDSA"])
+    assert verified.payload == raw and verified.headers()["kid"] == json.loads(raw)["signature"]["key_id"]
+    assert api.get(url, headers=make_client("portal").headers).status_code == 404
+
+    with session_scope() as session:
+        new_key = rotate_signing_key(session, actor="test").key_id
+    rewrapped = api.get(url, headers=owner.headers).text
+    key_set = KeySet.import_key_set(api.get("/.well-known/unlearnd-keys").json())
+    assert jws.deserialize_compact(rewrapped, key_set, algorithms=["EdDSA"]).headers()["kid"] == new_key
+    # The first download, by the now retired key, still verifies.
+    assert jws.deserialize_compact(first.text, key_set, algorithms=["EdDSA"]).payload == raw
