@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
@@ -39,6 +41,43 @@ def events_page(session: Session, *, after: int, limit: int) -> list[AuditEvent]
         raise InvalidInput(f"limit must be between 1 and {MAX_PAGE}", field="limit")
     query = select(AuditEvent).where(AuditEvent.seq > after).order_by(AuditEvent.seq).limit(limit)
     return list(session.scalars(query))
+
+
+@dataclass(frozen=True)
+class EventFilters:
+    """What the dashboard's event browser narrows the log to; None: any."""
+
+    action: str | None = None
+    entity_type: str | None = None
+    entity_id: str | None = None
+    actor: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+
+def browse(session: Session, filters: EventFilters, *, before: int | None = None, limit: int = 50) -> list[AuditEvent]:
+    """The newest events matching ``filters`` with ``seq`` below ``before``, newest first."""
+    if not 1 <= limit <= MAX_PAGE:
+        raise InvalidInput(f"limit must be between 1 and {MAX_PAGE}", field="limit")
+    query = select(AuditEvent)
+    for column, value in ((AuditEvent.action, filters.action), (AuditEvent.entity_type, filters.entity_type),
+                          (AuditEvent.entity_id, filters.entity_id), (AuditEvent.actor, filters.actor)):
+        if value:
+            query = query.where(column == value)
+    if filters.since is not None:
+        query = query.where(AuditEvent.occurred_at >= filters.since)
+    if filters.until is not None:
+        query = query.where(AuditEvent.occurred_at < filters.until)
+    if before is not None:
+        query = query.where(AuditEvent.seq < before)
+    return list(session.scalars(query.order_by(AuditEvent.seq.desc()).limit(limit)))
+
+
+def known_values(session: Session) -> tuple[list[str], list[str]]:
+    """The actions and entity types the log holds so far, for the browser's choices."""
+    actions = session.scalars(select(AuditEvent.action).distinct().order_by(AuditEvent.action))
+    kinds = session.scalars(select(AuditEvent.entity_type).distinct().order_by(AuditEvent.entity_type))
+    return list(actions), list(kinds)
 
 
 def export_lines(*, after: int) -> Iterator[bytes]:

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import csv
 import io
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Cookie, FastAPI, Form, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
@@ -26,7 +27,8 @@ from app.core.config import get_settings
 from app.core.errors import Unauthenticated, UnlearndError
 from app.dashboard import service
 from app.dashboard.service import SignedIn
-from app.dashboard.svg import VersionNode, lineage_svg
+from app.dashboard.svg import VersionNode, lineage_svg, loss_distribution_svg
+from app.jobs import qualification as qualifications
 from app.jobs import service as jobs_service
 from app.jobs.models import JobStatus
 from app.registry import service as registry_service
@@ -39,6 +41,7 @@ COOKIE = "unlearnd_dashboard"
 templates = Jinja2Templates(directory=HERE / "templates")
 router = APIRouter(prefix="/admin", include_in_schema=False)
 REQUEST_ACTIONS = ("approve", "reject", "cancel", "retry", "extend")
+AUDIT_PAGE = 50
 
 
 class SignInRequired(Exception):
@@ -58,7 +61,7 @@ Token = Annotated[str | None, Cookie(alias=COOKIE)]
 
 def _page(request: Request, name: str, viewer: SignedIn | None, status_code: int = 200, **context: Any) -> HTMLResponse:
     return templates.TemplateResponse(
-        request, name, {"viewer": viewer, "now": datetime.now().astimezone(), **context}, status_code=status_code
+        request, name, {"viewer": viewer, "now": datetime.now().astimezone(), "utc": UTC, **context}, status_code=status_code
     )
 
 
@@ -108,7 +111,10 @@ def overview(request: Request, session: SessionDep, token: Token = None) -> Resp
         return RedirectResponse("/admin/audit", status_code=303)
     summary = service.overview(session, viewer.client)
     failed_jobs = jobs_service.list_jobs(session, jobs_service.JobFilters(status=JobStatus.FAILED), limit=20)
+    failing_endpoints = [e for e in webhooks_service.list_endpoints(session, viewer.client)
+                         if e.failing_since is not None or not e.active]
     return _page(request, "overview.html", viewer, summary=summary, failed_jobs=failed_jobs,
+                 failing_endpoints=failing_endpoints, lapsed=qualifications.lapsed(session),
                  days_left=service.days_left, urgency=service.urgency)
 
 
@@ -253,7 +259,11 @@ def jobs_page(request: Request, session: SessionDep, token: Token = None) -> HTM
 def job_page(job_id: str, request: Request, session: SessionDep, token: Token = None) -> HTMLResponse:
     viewer = _viewer(request, session, token)
     job = jobs_service.get_job(session, job_id)
-    return _page(request, "job.html", viewer, job=job, request_ids=jobs_service.job_requests(session, job_id))
+    mia = ((job.report or {}).get("verification") or {}).get("mia") or {}
+    plot = (loss_distribution_svg(mia["loss_histogram"], "Per-record loss: forget set against held-out records")
+            if mia.get("loss_histogram") else None)
+    return _page(request, "job.html", viewer, job=job, request_ids=jobs_service.job_requests(session, job_id),
+                 mia=mia, plot=plot)
 
 
 @router.get("/jobs/{job_id}/progress")
@@ -303,20 +313,70 @@ def model_page(name: str, request: Request, session: SessionDep, token: Token = 
         for v in versions
     ]
     graph = lineage_svg(nodes, f"Version lineage of {model.name}")
-    return _page(request, "model.html", viewer, model=model, versions=versions, graph=graph)
+    return _page(request, "model.html", viewer, model=model, versions=versions, graph=graph,
+                 qualifications=qualifications.list_for_model(session, name),
+                 numbers={v.id: v.number for v in versions})
+
+
+@router.post("/models/{name}/{action}")
+def model_action(name: str, action: str, request: Request, session: SessionDep, token: Token = None,
+                 csrf: Annotated[str | None, Form()] = None) -> Response:
+    """Train a new version, or unlearn now whatever waits for the model: the API's own calls."""
+    viewer = _viewer(request, session, token)
+    service.check_csrf(viewer, csrf)
+    service.require_admin(viewer)
+    try:
+        if action == "train":
+            job = jobs_service.start_training(session, name, actor=viewer.client.id)
+        elif action == "unlearn-now":
+            job = jobs_service.unlearn_now(session, name, actor=viewer.client.id).job
+        else:
+            raise UnlearndError(f"no model action '{action}'")
+    except UnlearndError as exc:
+        return _refused(request, session, viewer, exc)
+    return RedirectResponse(f"/admin/jobs/{job.id}", status_code=303)
 
 
 # --- audit ------------------------------------------------------------------------------------
 
 
-@router.get("/audit")
-def audit_page(request: Request, session: SessionDep, token: Token = None,
-               after: Annotated[int | None, Query(ge=0, le=2**62)] = None) -> HTMLResponse:
-    viewer = _viewer(request, session, token)
-    start = after if after is not None else max(0, audit_tree.log_size(session) - 50)
-    events = audit_events.events_page(session, after=start, limit=50)
+def _as_utc(value: datetime | None) -> datetime | None:
+    """A browser's datetime-local value has no zone: the page says it is UTC."""
+    return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
+
+
+def _audit(request: Request, session: Any, viewer: SignedIn, verification: Any = None, *,
+           filters: audit_events.EventFilters | None = None, before: int | None = None) -> HTMLResponse:
+    filters = filters or audit_events.EventFilters()
+    events = audit_events.browse(session, filters, before=before, limit=AUDIT_PAGE)
+    actions, entity_types = audit_events.known_values(session)
+    older = None
+    if len(events) == AUDIT_PAGE:
+        query = {k: v for k, v in request.query_params.items() if k != "before"}
+        older = "/admin/audit?" + urlencode({**query, "before": events[-1].seq})
     return _page(request, "audit.html", viewer, head=audit_tree.latest_tree_head(session), events=events,
-                 verification=None)
+                 verification=verification, filters=filters, actions=actions, entity_types=entity_types,
+                 older=older, filtered=filters != audit_events.EventFilters())
+
+
+@router.get("/audit")
+def audit_page(
+    request: Request, session: SessionDep, token: Token = None,
+    action: Annotated[str | None, Query(max_length=64)] = None,
+    entity_type: Annotated[str | None, Query(max_length=40)] = None,
+    entity_id: Annotated[str | None, Query(max_length=64)] = None,
+    actor: Annotated[str | None, Query(max_length=64)] = None,
+    since: Annotated[datetime | None, Query()] = None,
+    until: Annotated[datetime | None, Query()] = None,
+    before: Annotated[int | None, Query(ge=1, le=2**62)] = None,
+) -> HTMLResponse:
+    """The event browser: newest first, narrowed by event type, entity, actor and time window."""
+    viewer = _viewer(request, session, token)
+    filters = audit_events.EventFilters(action=action or None, entity_type=entity_type or None,
+                                        entity_id=(entity_id or "").strip() or None,
+                                        actor=(actor or "").strip() or None,
+                                        since=_as_utc(since), until=_as_utc(until))
+    return _audit(request, session, viewer, filters=filters, before=before)
 
 
 @router.post("/audit/verify")
@@ -325,10 +385,7 @@ def audit_verify(request: Request, session: SessionDep, token: Token = None,
     """The same check as `unlearnd audit verify`."""
     viewer = _viewer(request, session, token)
     service.check_csrf(viewer, csrf)
-    verification = verify_log(session)
-    events = audit_events.events_page(session, after=max(0, audit_tree.log_size(session) - 50), limit=50)
-    return _page(request, "audit.html", viewer, head=audit_tree.latest_tree_head(session), events=events,
-                 verification=verification)
+    return _audit(request, session, viewer, verify_log(session))
 
 
 # --- webhooks ---------------------------------------------------------------------------------

@@ -1,9 +1,12 @@
-"""Server-side SVG for the models page: the version lineage graph. Pure functions, no I/O."""
+"""Server-side SVG: the models page's version lineage graph and the job page's per-record loss
+distributions. Pure functions, no I/O."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from html import escape
+from typing import Any
 
 BOX_W, BOX_H, GAP_X, GAP_Y, PAD = 150, 54, 60, 24, 12
 STATE_FILL = {"active": "#d8f3dc", "training": "#fff3bf", "superseded": "#e9ecef", "purged": "#ffe3e3"}
@@ -71,4 +74,84 @@ def lineage_svg(nodes: list[VersionNode], title: str) -> str:
                          'stroke="#c92a2a" stroke-width="2"/>')
         parts.append("</g>")
     parts.append("</svg>")
+    return "".join(parts)
+
+
+# --- per-record loss distributions (job evidence) ------------------------------------------------
+
+PLOT_W, PLOT_H, AXIS_L, AXIS_B, AXIS_T, PANEL_GAP = 300, 150, 44, 34, 28, 36
+FORGET_FILL, HELDOUT_STROKE = "#c92a2a", "#1864ab"
+PANELS = (("After unlearning", "forget", "heldout"), ("Original model", "original_forget", "original_heldout"))
+
+
+def _shares(counts: Sequence[int]) -> list[float]:
+    total = sum(counts)
+    return [c / total if total else 0.0 for c in counts]
+
+
+def _panel(x0: int, y0: int, title: str, forget: Sequence[int], heldout: Sequence[int],
+           edges: Sequence[float], top: float) -> list[str]:
+    bins = len(edges) - 1
+    step = PLOT_W / bins
+    ox, oy = x0 + AXIS_L, y0 + AXIS_T + PLOT_H  # the plot's origin (bottom left)
+    parts = [f'<g class="panel" data-panel="{escape(title)}">',
+             f'<text x="{ox}" y="{y0 + 16}" font-size="13" font-weight="bold" font-family="sans-serif">'
+             f'{escape(title)}</text>',
+             f'<line x1="{ox}" y1="{oy}" x2="{ox + PLOT_W}" y2="{oy}" stroke="#343a40"/>',
+             f'<line x1="{ox}" y1="{oy}" x2="{ox}" y2="{oy - PLOT_H}" stroke="#343a40"/>']
+    for share, label in ((0.0, "0"), (top, f"{top:.0%}")):
+        y = oy - PLOT_H * (share / top if top else 0)
+        parts.append(f'<text x="{ox - 4}" y="{y + 4:.1f}" font-size="10" text-anchor="end" '
+                     f'font-family="sans-serif">{label}</text>')
+    for i, share in enumerate(_shares(forget)):
+        height = PLOT_H * share / top if top else 0
+        parts.append(f'<rect class="bar forget" x="{ox + i * step + 1:.1f}" y="{oy - height:.1f}" '
+                     f'width="{step - 2:.1f}" height="{height:.1f}" fill="{FORGET_FILL}" fill-opacity="0.55"/>')
+    points = []
+    for i, share in enumerate(_shares(heldout)):
+        y = oy - PLOT_H * share / top if top else oy
+        points += [f"{ox + i * step:.1f},{y:.1f}", f"{ox + (i + 1) * step:.1f},{y:.1f}"]
+    parts.append(f'<polyline class="line heldout" points="{" ".join(points)}" fill="none" '
+                 f'stroke="{HELDOUT_STROKE}" stroke-width="2"/>')
+    for i in (0, bins // 2, bins):
+        label = f"{edges[i]:.2f}" + ("+" if i == bins else "")
+        parts.append(f'<text x="{ox + i * step:.1f}" y="{oy + 14}" font-size="10" text-anchor="middle" '
+                     f'font-family="sans-serif">{label}</text>')
+    parts.append(f'<text x="{ox + PLOT_W / 2}" y="{oy + 28}" font-size="11" text-anchor="middle" '
+                 'font-family="sans-serif">per-record loss</text>')
+    parts.append("</g>")
+    return parts
+
+
+def loss_distribution_svg(histogram: Mapping[str, Any], title: str) -> str:
+    """Forget set (filled bars) against held-out records (blue line) as shares of each group,
+    after unlearning and, for comparison, under the original model. A model that forgot
+    shows the bars where the line is; one that remembers shows them piled at low loss."""
+    edges = [float(e) for e in histogram["edges"]]
+    counts = {name: [int(c) for c in values] for name, values in histogram["counts"].items()}
+    bins = len(edges) - 1
+    zero = [0] * bins
+    top = max((share for values in counts.values() for share in _shares(values)), default=0.0) or 1.0
+    panel_w = AXIS_L + PLOT_W + 12
+    width = panel_w * 2 + PANEL_GAP
+    legend_y = AXIS_T + PLOT_H + AXIS_B + 14
+    height = legend_y + 18
+    sizes = {name: sum(values) for name, values in counts.items()}
+    desc = (f"{sizes.get('forget', 0)} forget-set records against {sizes.get('heldout', 0)} held-out records "
+            f"never trained on, in {bins} loss bins from 0 to {edges[-1]:.2f}; left after unlearning, right "
+            "under the original model.")
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" role="img" class="loss-plot" width="{width}" '
+             f'height="{height}" viewBox="0 0 {width} {height}" aria-labelledby="loss-title loss-desc">',
+             f'<title id="loss-title">{escape(title)}</title><desc id="loss-desc">{escape(desc)}</desc>']
+    for n, (label, forget, heldout) in enumerate(PANELS):
+        parts += _panel(n * (panel_w + PANEL_GAP), 0, label, counts.get(forget, zero), counts.get(heldout, zero),
+                        edges, top)
+    parts += [f'<rect x="{AXIS_L}" y="{legend_y - 10}" width="14" height="10" fill="{FORGET_FILL}" '
+              'fill-opacity="0.55"/>',
+              f'<text x="{AXIS_L + 20}" y="{legend_y}" font-size="12" font-family="sans-serif">forget set</text>',
+              f'<line x1="{AXIS_L + 110}" y1="{legend_y - 5}" x2="{AXIS_L + 126}" y2="{legend_y - 5}" '
+              f'stroke="{HELDOUT_STROKE}" stroke-width="2"/>',
+              f'<text x="{AXIS_L + 132}" y="{legend_y}" font-size="12" font-family="sans-serif">'
+              'held-out (never trained on)</text>',
+              "</svg>"]
     return "".join(parts)

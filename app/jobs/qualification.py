@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import random
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select
@@ -81,14 +82,20 @@ def get(session: Session, model_name: str, qualification_id: str) -> MethodQuali
     return study
 
 
-def covering(session: Session, version: ModelVersion, method: str, forget_size: int) -> dict[str, Any] | None:
-    """The newest passing study of ``method`` whose band holds ``forget_size``, on this version
-    or the version it was unlearned from (and so on up): its id and report hash."""
+def _ancestry(session: Session, version: ModelVersion) -> list[str]:
+    """The version's id and those of the versions it was unlearned from, nearest first."""
     lineage_ids = []
     cursor: ModelVersion | None = version
     while cursor is not None:
         lineage_ids.append(cursor.id)
         cursor = session.get(ModelVersion, cursor.parent_id) if cursor.parent_id else None
+    return lineage_ids
+
+
+def covering(session: Session, version: ModelVersion, method: str, forget_size: int) -> dict[str, Any] | None:
+    """The newest passing study of ``method`` whose band holds ``forget_size``, on this version
+    or the version it was unlearned from (and so on up): its id and report hash."""
+    lineage_ids = _ancestry(session, version)
     study = session.scalar(
         select(MethodQualification).where(
             MethodQualification.version_id.in_(lineage_ids), MethodQualification.method == method,
@@ -97,6 +104,48 @@ def covering(session: Session, version: ModelVersion, method: str, forget_size: 
         ).order_by(MethodQualification.finished_at.desc())
     )
     return None if study is None else {"id": study.id, "report_sha256": study.report_sha256}
+
+
+@dataclass(frozen=True)
+class Lapsed:
+    """An approximate method that once qualified on a model but covers its active version no
+    more (the model was retrained, or a version was imported): its jobs now run the exact
+    method until a new study passes."""
+
+    model: str
+    method: str
+    band_min: int
+    band_max: int
+    qualified_on_version: int
+    active_version: int | None
+    study_id: str
+
+
+def lapsed(session: Session) -> list[Lapsed]:
+    """Every (model, method, band) whose newest passing study no longer covers the active version."""
+    found = []
+    for model in registry.list_models(session):
+        studies = list(session.scalars(select(MethodQualification).where(
+            MethodQualification.model_id == model.id, MethodQualification.status == QualificationStatus.QUALIFIED,
+        ).order_by(MethodQualification.finished_at.desc())))
+        if not studies:
+            continue
+        active = session.scalar(select(ModelVersion).where(
+            ModelVersion.model_id == model.id, ModelVersion.state == VersionState.ACTIVE))
+        covered = set(_ancestry(session, active)) if active is not None else set()
+        newest: dict[tuple[str, int, int], MethodQualification] = {}
+        for study in studies:
+            newest.setdefault((study.method, study.band_min, study.band_max), study)
+        for (method, low, high), study in newest.items():
+            if study.version_id not in covered and not any(
+                    s.version_id in covered and s.method == method and s.band_min <= low and s.band_max >= high
+                    for s in studies):
+                version = session.get(ModelVersion, study.version_id)
+                found.append(Lapsed(model=model.name, method=method, band_min=low, band_max=high,
+                                    qualified_on_version=version.number,
+                                    active_version=active.number if active is not None else None,
+                                    study_id=study.id))
+    return found
 
 
 def _forget_sample(keys: list[str], size: int, seed: int) -> list[str]:

@@ -131,3 +131,205 @@ def test_sign_out_ends_the_session(api, sign_in):
     csrf = sign_in("admin")
     assert api.post("/admin/logout", data={"csrf": csrf}, follow_redirects=False).status_code == 303
     assert api.get("/admin/audit", follow_redirects=False).status_code == 303
+
+
+def _model_and_version(model_name: str) -> tuple[str, str]:
+    from sqlalchemy import select
+
+    from app.core.database import session_scope
+    from app.registry.models import ModelVersion, RegisteredModel
+
+    with session_scope() as session:
+        model = session.scalar(select(RegisteredModel).where(RegisteredModel.name == model_name))
+        version = session.scalar(select(ModelVersion).where(ModelVersion.model_id == model.id,
+                                                            ModelVersion.number == 1))
+        return model.id, version.id
+
+
+def _add_study(model_name: str, *, status: str = "qualified", score: float = 0.91) -> str:
+    """A finished qualification study of neggrad_plus on v1, as the worker's _finish leaves it."""
+    from app.core.database import session_scope, utcnow
+    from app.jobs.models import MethodQualification
+
+    model_id, version_id = _model_and_version(model_name)
+    study = {"qualified": status == "qualified", "reasons": [] if status == "qualified" else ["too weak"],
+             "forget_size": 8, "runs": 4, "flag_rate_unlearned": 0.04, "flag_rate_retrain": 0.03,
+             "forget_score": score, "forget_score_ceiling": 0.95, "forget_score_original": 0.12,
+             "accuracy_unlearned": 0.93, "accuracy_retrain": 0.94, "accuracy_original": 0.95}
+    with session_scope() as session:
+        row = MethodQualification(model_id=model_id, version_id=version_id, method="neggrad_plus", band_min=1,
+                                  band_max=8, status=status, settings={"runs": 4}, report={"study": study},
+                                  report_sha256="a" * 64, finished_at=utcnow())
+        session.add(row)
+        session.flush()
+        return row.id
+
+
+def _retrain_from_scratch(model_name: str) -> None:
+    """A newly trained version (no parent) becomes active: what lapses a qualification."""
+    from sqlalchemy import select
+
+    from app.core.database import session_scope
+    from app.registry.models import ModelVersion, VersionState
+
+    model_id, version_id = _model_and_version(model_name)
+    with session_scope() as session:
+        first = session.get(ModelVersion, version_id)
+        first.state = VersionState.SUPERSEDED
+        number = len(session.scalars(select(ModelVersion.id).where(ModelVersion.model_id == model_id)).all()) + 1
+        session.add(ModelVersion(model_id=model_id, number=number, snapshot_id=first.snapshot_id,
+                                 state=VersionState.ACTIVE, origin="trained", artifact_sha256="2" * 64))
+
+
+def test_model_page_lists_qualifications_with_their_scores(api, sign_in, seeded):
+    sign_in("admin")
+    qualified = _add_study(seeded.model_name)
+    refused = _add_study(seeded.model_name, status="not_qualified", score=0.2)
+    page = api.get(f"/admin/models/{seeded.model_name}").text
+    assert f'data-qualification="{qualified}"' in page and f'data-qualification="{refused}"' in page
+    assert '<span data-field="forget-score">0.91</span> (0.95 / 0.12)' in page
+    assert '<span class="bad">not_qualified</span>' in page and "Why not: too weak" in page
+
+
+def test_admin_trains_and_unlearns_now_from_the_model_page(api, make_client, sign_in, seeded):
+    admin = make_client("admin")
+    csrf = sign_in("admin")
+    page = api.get(f"/admin/models/{seeded.model_name}").text
+    assert "Train a new version" in page and "Unlearn now" in page
+    # Nothing approved yet: the scheduler's own refusal, shown as a page, nothing queued.
+    nothing = api.post(f"/admin/models/{seeded.model_name}/unlearn-now", data={"csrf": csrf})
+    assert nothing.status_code == 409 and "nothing to unlearn" in nothing.text
+    assert api.get("/v1/jobs", headers=admin.headers).json() == []
+    for request_id in seeded.pending[:2]:
+        api.post(f"/admin/requests/{request_id}/approve", data={"csrf": csrf})
+    batch = api.post(f"/admin/models/{seeded.model_name}/unlearn-now", data={"csrf": csrf}, follow_redirects=False)
+    assert batch.status_code == 303
+    job_id = batch.headers["location"].rsplit("/", 1)[1]
+    job = api.get(f"/v1/jobs/{job_id}", headers=admin.headers).json()
+    assert job["kind"] == "unlearn" and sorted(job["request_ids"]) == sorted(seeded.pending[:2])
+    trained = api.post(f"/admin/models/{seeded.model_name}/train", data={"csrf": csrf}, follow_redirects=False)
+    assert trained.status_code == 303
+    train_job = api.get(f"/v1/jobs/{trained.headers['location'].rsplit('/', 1)[1]}", headers=admin.headers).json()
+    assert (train_job["kind"], train_job["status"]) == ("train", "queued")
+    # Without the form's token nothing is queued; an unknown action is refused.
+    assert api.post(f"/admin/models/{seeded.model_name}/train", data={}).status_code == 403
+    assert api.post(f"/admin/models/{seeded.model_name}/delete", data={"csrf": csrf}).status_code == 400
+    assert len(api.get("/v1/jobs", headers=admin.headers).json()) == 2
+
+
+def test_auditor_sees_qualifications_but_no_model_buttons_and_cannot_train(api, make_client, sign_in, seeded):
+    admin = make_client("admin")
+    csrf = sign_in("auditor")
+    _add_study(seeded.model_name)
+    page = api.get(f"/admin/models/{seeded.model_name}").text
+    assert "neggrad_plus" in page and "<button" in page  # only the sign-out button
+    assert "Train a new version" not in page and "Unlearn now" not in page
+    assert page.count("<button") == 1
+    assert api.post(f"/admin/models/{seeded.model_name}/train", data={"csrf": csrf}).status_code == 403
+    assert api.get("/v1/jobs", headers=admin.headers).json() == []
+
+
+def test_overview_shows_failing_webhooks_and_lapsed_qualifications(webhook_env, api, make_client, sign_in, seeded):
+    import socket
+
+    from tests.webhooks.test_dispatch import deliver_now
+
+    admin = make_client("admin")
+    csrf = sign_in("admin")
+    overview = api.get("/admin").text
+    assert "All webhook endpoints are delivering." in overview and "No qualification has lapsed." in overview
+    with socket.socket() as sock:  # a port nothing listens on: every delivery is refused
+        sock.bind(("127.0.0.1", 0))
+        closed = sock.getsockname()[1]
+    created = api.post("/v1/webhooks/endpoints", json={"url": f"http://127.0.0.1:{closed}/hook"},
+                       headers=admin.headers)
+    assert created.status_code == 201, created.text
+    endpoint_id = created.json()["id"]
+    assert "All webhook endpoints are delivering." in api.get("/admin").text
+    api.post(f"/admin/requests/{seeded.pending[0]}/approve", data={"csrf": csrf})
+    deliver_now()  # the real dispatcher tries, fails, and marks the endpoint failing
+    overview = api.get("/admin").text
+    assert f'data-endpoint="{endpoint_id}"' in overview and f"127.0.0.1:{closed}/hook" in overview
+
+    _add_study(seeded.model_name)
+    assert "No qualification has lapsed." in api.get("/admin").text  # v1 is still the active version
+    _retrain_from_scratch(seeded.model_name)
+    overview = api.get("/admin").text
+    assert f'data-lapsed="{seeded.model_name}:neggrad_plus"' in overview
+    assert "<td>v1</td><td>v2</td>" in overview
+
+
+def test_job_page_plots_the_per_record_loss_distributions(api, make_client, sign_in, seeded):
+    from app.core.database import session_scope
+    from app.jobs.models import UnlearningJob
+
+    sign_in("auditor")
+    model_id, version_id = _model_and_version(seeded.model_name)
+    histogram = {"edges": [0.0, 0.5, 1.0, 1.5, 2.0],
+                 "counts": {"forget": [1, 2, 3, 2], "heldout": [2, 4, 6, 4],
+                            "original_forget": [7, 1, 0, 0], "original_heldout": [2, 4, 6, 4]},
+                 "clipped": {"forget": 0, "heldout": 1, "original_forget": 0, "original_heldout": 1}}
+    mia = {"auc": 0.51, "auc_ci_low": 0.4, "auc_ci_high": 0.62, "original_auc": 0.83, "power": 0.9,
+           "forget_size": 8, "reference_size": 16, "loss_histogram": histogram}
+    with session_scope() as session:
+        plotted = UnlearningJob(model_id=model_id, base_version_id=version_id, method="retrain", status="succeeded",
+                                report={"verification": {"verdict": "pass", "mia": mia}, "verdict": "pass"})
+        older = UnlearningJob(model_id=model_id, method="retrain", status="succeeded",
+                              report={"verification": {"verdict": "pass", "mia": {"testable": False}}})
+        session.add_all([plotted, older])
+        session.flush()
+        plotted_id, older_id = plotted.id, older.id
+    page = api.get(f"/admin/jobs/{plotted_id}").text
+    assert 'aria-labelledby="loss-title loss-desc"' in page
+    assert "8 forget-set records against 16 held-out records" in page
+    # Two panels (after unlearning, the original), each with one bar per bin and a held-out line.
+    assert page.count('class="bar forget"') == 8 and page.count('class="line heldout"') == 2
+    assert "Loss-attack AUC 0.51" in page and "the original model's 0.83" in page
+    assert "No per-record loss distribution was recorded" in api.get(f"/admin/jobs/{older_id}").text
+
+
+def test_audit_browser_filters_by_event_type_entity_actor_and_time(api, make_client, sign_in, seeded):
+    from datetime import UTC, datetime, timedelta
+
+    from app.audit.service import seal_if_free
+
+    csrf = sign_in("admin")
+    first = seeded.pending[0]
+    api.post(f"/admin/requests/{first}/approve", data={"csrf": csrf})
+    seal_if_free()  # chain whatever the sealer after commit has not reached yet
+    everything = api.get("/admin/audit").text
+    assert "request.scheduled" in everything and "request.received" in everything
+    approved = api.get("/admin/audit", params={"action": "request.scheduled"}).text
+    assert _actions(approved) == ["request.scheduled"]
+    assert "<select" in approved and '<option value="request.scheduled" selected>' in approved
+    by_entity = api.get("/admin/audit", params={"entity_id": first}).text
+    assert set(_actions(by_entity)) >= {"request.received", "request.scheduled"}
+    assert all(f"<code>{first}</code>" in row for row in by_entity.split("<tr data-seq")[1:])
+    future = (datetime.now(UTC) + timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%S")
+    assert "No events match." in api.get("/admin/audit", params={"since": future}).text
+    assert "request.received" in api.get("/admin/audit", params={"until": future}).text
+    assert "No events match." in api.get("/admin/audit", params={"actor": "nobody"}).text
+    assert api.get("/admin/audit", params={"since": "not a time"}).status_code == 422
+
+
+def test_audit_browser_pages_back_through_older_events(api, make_client, sign_in, seeded):
+    import re
+
+    sign_in("admin")
+    from app.audit.service import seal_if_free
+
+    for n in range(50):  # enough events for more than one page
+        make_client("portal", name=f"extra-{n}")
+    seal_if_free()
+    page = api.get("/admin/audit").text
+    seqs = [int(s) for s in re.findall(r'data-seq="(\d+)"', page)]
+    assert len(seqs) == 50 and seqs == sorted(seqs, reverse=True)
+    older = re.search(r'<a href="([^"]+)">Older events</a>', page).group(1).replace("&amp;", "&")
+    more = [int(s) for s in re.findall(r'data-seq="(\d+)"', api.get(older).text)]
+    assert more and max(more) < min(seqs)
+
+
+def _actions(page: str) -> list[str]:
+    import re
+
+    return re.findall(r'<td data-field="action">([^<]+)</td>', page)

@@ -141,3 +141,37 @@ def test_a_membership_test_that_would_not_catch_the_original_is_inconclusive(mem
     # At the default band the same forget set has power against the original, and the retrain passes.
     powered = verify(original, retrained, retain, forget, test)
     assert powered.mia["power"] >= 0.8 and powered.verdict == "pass", powered.reasons
+
+
+def test_loss_histogram_bins_every_record_on_one_scale():
+    from workers.unlearning.stats import loss_histogram
+
+    forget = torch.tensor([0.0, 0.1, 0.2, 0.3])
+    heldout = torch.cat([torch.linspace(0.0, 2.0, 99), torch.tensor([50.0])])
+    histogram = loss_histogram({"forget": forget, "heldout": heldout, "empty": torch.zeros(0)}, bins=10)
+    edges = histogram["edges"]
+    assert len(edges) == 11 and edges[0] == 0.0 and edges == sorted(edges)
+    # The outlier does not stretch the scale (the 99th percentile, just under 2, ends it): it and
+    # the top 2.0 are counted in the last bin and as clipped.
+    assert edges[-1] < 50.0 and histogram["clipped"] == {"forget": 0, "heldout": 2, "empty": 0}
+    assert [sum(c) for c in histogram["counts"].values()] == [4, 100, 0]
+    # The low forget losses land in the first bins, the spread held-out ones across all.
+    assert histogram["counts"]["forget"][0] >= 1 and sum(histogram["counts"]["forget"][:3]) == 4
+    assert histogram["counts"]["heldout"][-1] >= 2
+    all_zero = loss_histogram({"a": torch.zeros(3)}, bins=4)
+    assert all_zero["edges"][-1] == 1.0 and all_zero["counts"]["a"] == [3, 0, 0, 0]
+
+
+def test_the_report_carries_binned_loss_distributions_and_no_single_loss(memorised):
+    original, _, retain, forget, _, test = memorised
+    report = verify(original, original, retain, forget, test)
+    histogram = report.mia["loss_histogram"]
+    assert set(histogram["counts"]) == {"forget", "heldout", "original_forget", "original_heldout"}
+    assert sum(histogram["counts"]["forget"]) == len(forget)
+    assert sum(histogram["counts"]["heldout"]) == report.mia["reference_size"]
+    # The model remembers: the forget set's losses sit lower than the held-out ones.
+    bins = len(histogram["edges"]) - 1
+    mean_bin = {name: sum(i * c for i, c in enumerate(counts)) / max(sum(counts), 1)
+                for name, counts in histogram["counts"].items()}
+    assert mean_bin["forget"] < mean_bin["heldout"] < bins
+    assert all(isinstance(c, int) for counts in histogram["counts"].values() for c in counts)

@@ -28,6 +28,7 @@ from .stats import (
     js_divergence,
     logistic_attack_auc,
     loss_auc,
+    loss_histogram,
     matched_reference,
     min_group_size,
 )
@@ -202,10 +203,15 @@ def _membership(original: Any, unlearned: Any, forget: LabelledData, heldout: La
         return mia, []
     forget_loss = unlearned.per_sample_loss(forget)
     reference_loss = unlearned.per_sample_loss(reference)
+    original_forget_loss = original.per_sample_loss(forget)
+    original_reference_loss = original.per_sample_loss(reference)
     point, low, high = auc_confidence_interval(-forget_loss, -reference_loss)
     mia.update(auc=point, auc_ci_low=low, auc_ci_high=high,
-               original_auc=loss_auc(original.per_sample_loss(forget),
-                                     original.per_sample_loss(reference)))
+               original_auc=loss_auc(original_forget_loss, original_reference_loss),
+               # What the test compared, for the dashboard's plot: binned counts only.
+               loss_histogram=loss_histogram({"forget": forget_loss, "heldout": reference_loss,
+                                              "original_forget": original_forget_loss,
+                                              "original_heldout": original_reference_loss}))
     attack = logistic_attack_auc(
         attack_features(unlearned.predict_proba(forget.features), forget.labels),
         attack_features(unlearned.predict_proba(reference.features), reference.labels),
