@@ -26,7 +26,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import delete, event, select, text
+from sqlalchemy import ColumnElement, delete, event, exists, or_, select, text
 from sqlalchemy.orm import Session
 
 from app.audit.models import AuditEvent, PendingAuditEvent
@@ -127,6 +127,13 @@ def recent(session: Session, *, action: str, actor: str, since: datetime) -> lis
         times += session.scalars(select(model.occurred_at).where(
             model.action == action, model.actor == actor, model.occurred_at >= since))
     return sorted(times)
+
+
+def recorded(*, action: str, entity_id: Any) -> ColumnElement[bool]:
+    """A clause: an ``action`` event about ``entity_id`` (a value or a correlated column) is
+    in the log, sealed or still pending."""
+    return or_(*(exists().where(model.action == action, model.entity_id == entity_id)
+                 for model in (AuditEvent, PendingAuditEvent)))
 
 
 def append(

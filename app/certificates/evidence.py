@@ -19,8 +19,9 @@ from app.jobs.models import JobRequest, JobStatus, UnlearningJob
 from app.lineage import proofs
 from app.lineage import service as lineage
 from app.registry.leaves import leaf_hash
-from app.registry.models import DataRecord, DatasetSnapshot, ModelArtifact, ModelVersion, RegisteredModel, VersionState
-from app.requests.models import DeletionRequest, RequestModelVersion, RequestOutcome, RequestRecord
+from app.registry.models import DatasetSnapshot, ModelArtifact, ModelVersion, RegisteredModel, VersionState
+from app.requests import service as requests
+from app.requests.models import DeletionRequest, RequestOutcome
 
 LEAF_ENCODING = (
     "RFC 6962 tree; leaf = canonical JSON [record_key, content_hash], the snapshot leaf form, "
@@ -56,12 +57,7 @@ def request_facts(request: DeletionRequest) -> dict[str, Any]:
 
 
 def forgotten_records(session: Session, request_id: str) -> dict[str, Any]:
-    query = (
-        select(DataRecord.record_key, DataRecord.content_hash)
-        .join(RequestRecord, RequestRecord.record_id == DataRecord.id)
-        .where(RequestRecord.request_id == request_id)
-    )
-    rows = sorted(session.execute(query).tuples().all())
+    rows = requests.record_keys_and_hashes(session, request_id)
     return {
         "count": len(rows),
         "merkle_root": merkle.root([leaf_hash(key, content) for key, content in rows]).hex(),
@@ -108,10 +104,7 @@ GUARANTEE_BASIS = {
 
 
 def _request_keys(session: Session, request_id: str, dataset_id: str) -> list[str]:
-    return sorted(session.scalars(
-        select(DataRecord.record_key).join(RequestRecord, RequestRecord.record_id == DataRecord.id)
-        .where(RequestRecord.request_id == request_id, DataRecord.dataset_id == dataset_id)
-    ))
+    return sorted(key for _, _, key in requests.records_in_dataset(session, [request_id], dataset_id))
 
 
 def _proof_block(session: Session, snapshot_id: str, part: dict[str, Any], keys: list[str]) -> dict[str, Any]:
@@ -189,12 +182,8 @@ def models(session: Session, request_id: str) -> list[dict[str, Any]]:
     """Per model: the versions the request resolved to (with what was purged of them) and
     the succeeded jobs that unlearned it."""
     affected: dict[str, list[ModelVersion]] = defaultdict(list)
-    query = (
-        select(ModelVersion)
-        .join(RequestModelVersion, RequestModelVersion.version_id == ModelVersion.id)
-        .where(RequestModelVersion.request_id == request_id)
-    )
-    for version in session.scalars(query):
+    version_ids = requests.version_ids_of(session, request_id)
+    for version in session.scalars(select(ModelVersion).where(ModelVersion.id.in_(version_ids))):
         affected[version.model_id].append(version)
     jobs: dict[str, list[UnlearningJob]] = defaultdict(list)
     query = (

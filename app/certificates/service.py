@@ -116,11 +116,4 @@ def certificate_for(session: Session, request_id: str, viewer: ApiClient) -> Cer
 
 
 def requests_missing_certificates(session: Session, *, limit: int = 100) -> list[str]:
-    query = (
-        select(DeletionRequest.id)
-        .outerjoin(Certificate, Certificate.request_id == DeletionRequest.id)
-        .where(DeletionRequest.status == RequestStatus.COMPLETED, Certificate.id.is_(None))
-        .order_by(DeletionRequest.completed_at)
-        .limit(limit)
-    )
-    return list(session.scalars(query))
+    return requests.completed_excluding(session, select(Certificate.request_id), limit=limit)

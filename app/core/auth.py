@@ -32,6 +32,12 @@ class Role(StrEnum):
     ADMIN = "admin"
 
 
+def sees_every_client(role: str) -> bool:
+    """The one visibility rule: admins and auditors see every client's requests and events;
+    a portal sees its own; an ML client sees jobs and versions, never requests."""
+    return role in (Role.ADMIN, Role.AUDITOR)
+
+
 class ApiClient(Base):
     __tablename__ = "api_clients"
 

@@ -95,14 +95,15 @@ def check_recipe(adapter_name: str, hyperparameters: dict[str, Any]) -> Any:
         raise EngineInputError(f"model recipe rejected: {exc}") from exc
 
 
-def recipe_under_policy(adapter_name: str, hyperparameters: dict[str, Any], policy: dict[str, Any]) -> dict[str, Any]:
+def recipe_under_policy(
+    adapter_name: str, hyperparameters: dict[str, Any], *, epsilon: float, delta: float
+) -> dict[str, Any]:
     """The hyper-parameters a training run uses: the recipe's own, plus what the model's
     policy decides for this adapter (a certified model's epsilon and delta) where the recipe
     is silent."""
     if adapter_name != "logreg":
         return dict(hyperparameters)
-    defaults = {name: policy[name] for name in ("epsilon", "delta") if name in policy}
-    return {**defaults, **hyperparameters}
+    return {"epsilon": epsilon, "delta": delta, **hyperparameters}
 
 
 def fit(adapter_name: str, hyperparameters: dict[str, Any], data: LabelledData, seed: int) -> Any:

@@ -33,6 +33,7 @@ from app.core.queue import TaskName
 from app.jobs import lifecycle
 from app.jobs.models import JobKind, JobRequest, JobStatus, UnlearningJob
 from app.lineage import service as lineage
+from app.registry import service as registry
 from app.registry.models import (
     DataRecord,
     DatasetSnapshot,
@@ -43,13 +44,13 @@ from app.registry.models import (
     VersionState,
 )
 from app.requests import service as requests
-from app.requests.models import DeletionRequest, RequestModelVersion, RequestStatus
+from app.requests.models import RequestStatus
 
 log = logging.getLogger("unlearnd.jobs.invariant")
 
 LIVE = lineage.LIVE_STATES
 # Requests a job may carry; the others (received, pending approval, failed) wait on a person.
-CARRIABLE = (RequestStatus.SCHEDULED, RequestStatus.UNLEARNING, RequestStatus.VERIFYING)
+CARRIABLE = requests.AWAITING_UNLEARNING
 
 
 @dataclass
@@ -167,10 +168,8 @@ def violations(session: Session, found: list[Holding]) -> list[Violation]:
     if not found:
         return []
     request_ids = sorted({rid for h in found for rid in h.requests})
-    status = dict(session.execute(select(DeletionRequest.id, DeletionRequest.status)
-                                  .where(DeletionRequest.id.in_(request_ids))).tuples().all()) if request_ids else {}
-    attached = set(session.execute(select(RequestModelVersion.request_id, RequestModelVersion.version_id).where(
-        RequestModelVersion.version_id.in_([h.version_id for h in found]))).tuples().all())
+    status = requests.statuses(session, request_ids)
+    attached = requests.attached_versions(session, [h.version_id for h in found])
     jobs = list(session.scalars(select(UnlearningJob).where(
         UnlearningJob.kind == JobKind.UNLEARN, UnlearningJob.model_id.in_({h.model_id for h in found}),
         UnlearningJob.status.in_((JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.SUCCEEDED)))))
@@ -239,7 +238,7 @@ def follow_up(session: Session, violation: Violation, *, actor: str) -> Unlearni
     if job is None:
         model = session.get(RegisteredModel, violation.model_id)
         job = UnlearningJob(kind=JobKind.UNLEARN, model_id=model.id,
-                            method=model.policy.get("default_method", "retrain"), created_by=actor,
+                            method=registry.model_policy(model).method, created_by=actor,
                             report={"plan": {"reason": "lineage: a live version holds records at stake"}})
         session.add(job)
         session.flush()

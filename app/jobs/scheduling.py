@@ -11,11 +11,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, exists, func, or_, select
+from sqlalchemy import Select, func, or_, select
 from sqlalchemy.orm import Session
 
 from app.audit import service as audit
-from app.audit.models import AuditEvent
 from app.core.config import get_settings
 from app.core.database import utcnow
 from app.core.errors import Conflict
@@ -33,11 +32,7 @@ from app.requests.models import DeletionRequest, RequestStatus
 
 log = logging.getLogger("unlearnd.jobs.scheduler")
 
-# Requests a job may carry while they are in these states (a request with several models
-# is already unlearning for one model while it waits for the next).
-OPEN_STATES = (RequestStatus.SCHEDULED, RequestStatus.UNLEARNING, RequestStatus.VERIFYING)
 LIVE_JOB_STATES = (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.SUCCEEDED)
-NOT_YET_UNLEARNING = (RequestStatus.RECEIVED, RequestStatus.PENDING_APPROVAL, RequestStatus.SCHEDULED)
 
 
 @dataclass(frozen=True)
@@ -54,7 +49,7 @@ def schedule(session: Session, *, now: datetime | None = None, actor: str = "sch
     registry.resend_stalled_ingestions(session, now, patience=resend_patience())
     complete_requests_without_models(session, actor=actor)
     resync_waiting_requests(session, actor=actor)
-    flag_deadlines_at_risk(session, now, actor=actor)
+    requests.flag_deadlines_at_risk(session, now, actor=actor)
     outcomes = []
     for model in models_with_pending(session):
         outcomes.append(plan_model(session, model, now=now, actor=actor))
@@ -248,31 +243,12 @@ def resync_waiting_requests(session: Session, *, actor: str) -> int:
     """Requests every job of which has finished but which are still open: their completion
     was deferred by the lineage check (a training run under way, a version holding them
     whose follow-up job has since run). Sync them again; returns how many completed."""
-    def carried(*statuses: JobStatus):  # noqa: ANN202 - an EXISTS clause
-        return exists().where(JobRequest.request_id == DeletionRequest.id, JobRequest.job_id == UnlearningJob.id,
-                              UnlearningJob.status.in_(statuses))
+    def carried(*statuses: JobStatus) -> Select[Any]:
+        return select(JobRequest.request_id).join(UnlearningJob, UnlearningJob.id == JobRequest.job_id).where(
+            UnlearningJob.status.in_(statuses))
 
-    waiting = list(session.scalars(select(DeletionRequest.id).where(
-        DeletionRequest.status.in_(OPEN_STATES), ~carried(JobStatus.QUEUED, JobStatus.RUNNING),
-        carried(JobStatus.SUCCEEDED),
-    ).order_by(DeletionRequest.due_at).limit(500)))
+    waiting = requests.awaiting_among(session, carried(JobStatus.SUCCEEDED),
+                                      excluding=carried(JobStatus.QUEUED, JobStatus.RUNNING), limit=500)
     for request_id in waiting:
         lifecycle.sync_request(session, request_id, actor=actor)
     return len(waiting)
-
-
-def flag_deadlines_at_risk(session: Session, now: datetime, *, actor: str) -> list[str]:
-    """One ``deadline.at_risk`` event per request within the margin of its due date and not
-    yet being unlearned."""
-    margin = timedelta(hours=get_settings().deadline_risk_margin_hours)
-    warned = exists().where(AuditEvent.action == "deadline.at_risk", AuditEvent.entity_id == DeletionRequest.id)
-    rows = session.execute(
-        select(DeletionRequest.id, DeletionRequest.due_at, DeletionRequest.status)
-        .where(DeletionRequest.status.in_(NOT_YET_UNLEARNING), DeletionRequest.due_at <= now + margin, ~warned)
-        .order_by(DeletionRequest.due_at).limit(500)
-    ).tuples().all()
-    for request_id, due_at, status in rows:
-        audit.record(session, actor=actor, action="deadline.at_risk", entity_type="deletion_request",
-                     entity_id=request_id, payload={"due_at": due_at.isoformat(), "status": status,
-                                                    "hours_left": round((due_at - now).total_seconds() / 3600, 2)})
-    return [request_id for request_id, _, _ in rows]

@@ -21,9 +21,6 @@ from app.registry import artifacts
 from app.registry import service as registry
 from app.registry.models import Dataset, DatasetStatus, RegisteredModel
 
-# The policy's default (registry schema): the ensemble may lose one accuracy point.
-DEFAULT_MAX_ACCURACY_LOSS = 0.01
-
 
 @dataclass(frozen=True)
 class TrainingConfig:
@@ -78,13 +75,15 @@ class _Setup:
 def _setup(session: Session, job: UnlearningJob) -> _Setup:
     model = session.get(RegisteredModel, job.model_id)
     dataset = session.get(Dataset, model.dataset_id)
-    hyperparameters = engine.recipe_under_policy(model.adapter, dict(model.hyperparameters), dict(model.policy))
+    policy = registry.model_policy(model).policy
+    hyperparameters = engine.recipe_under_policy(model.adapter, dict(model.hyperparameters),
+                                                 epsilon=policy.epsilon, delta=policy.delta)
     sizing = job.report.get("sizing")
     records = storage.dataset_records(session, dataset.id)
     return _Setup(model.id, dataset.id, (model.adapter, engine.sized(hyperparameters, sizing)),
                   (dataset.uri, dataset.format, dict(dataset.schema)), records,
                   storage.trainable(session, dataset.id, records), TrainingConfig(**job.report.get("config", {})), job.report.get("fanout"), sizing,
-                  float(model.policy.get("max_accuracy_loss", DEFAULT_MAX_ACCURACY_LOSS)))
+                  policy.max_accuracy_loss)
 
 
 def _size(job_id: str, worker: str, setup: _Setup, train: Any, heldout: Any) -> _Setup:

@@ -21,7 +21,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.audit import service as audit
-from app.core.auth import ApiClient, Role
+from app.core.auth import ApiClient, sees_every_client
 from app.core.config import get_settings
 from app.core.database import utcnow
 from app.core.errors import Conflict, IllegalTransition, InvalidInput, NotFound
@@ -67,7 +67,6 @@ AT_STAKE = tuple(s.value for s in S if s not in TERMINAL)
 # A portal's clock may run a little ahead of ours; beyond this, requested_at is refused.
 CLOCK_SKEW = timedelta(minutes=2)
 MAX_IDEMPOTENCY_KEY = 255
-SEE_ALL_ROLES = frozenset({Role.ADMIN, Role.AUDITOR})
 
 
 @dataclass(frozen=True)
@@ -519,7 +518,7 @@ def extend(
 
 def _visible(query: Select[Any], viewer: ApiClient | None) -> Select[Any]:
     """A portal sees only its own requests; everyone else allowed here sees all."""
-    if viewer is None or viewer.role_enum in SEE_ALL_ROLES:
+    if viewer is None or sees_every_client(viewer.role):
         return query
     return query.where(DeletionRequest.client_id == viewer.id)
 
@@ -665,6 +664,57 @@ def awaiting_for_model(
     return list(session.scalars(query.limit(limit)))
 
 
+def awaiting_among(
+    session: Session, among: Select[Any], *, excluding: Select[Any] | None = None, limit: int | None = None
+) -> list[str]:
+    """Ids of requests awaiting unlearning that ``among`` selects and ``excluding`` does not
+    (both the jobs room's selects of request ids), deadline first."""
+    query = select(DeletionRequest.id).where(DeletionRequest.status.in_(AWAITING_UNLEARNING),
+                                             DeletionRequest.id.in_(among))
+    if excluding is not None:
+        query = query.where(DeletionRequest.id.not_in(excluding))
+    return list(session.scalars(query.order_by(DeletionRequest.due_at, DeletionRequest.id).limit(limit)))
+
+
+def statuses(session: Session, request_ids: Iterable[str]) -> dict[str, str]:
+    """Each request's status, by id (unknown ids are left out)."""
+    ids = list(request_ids)
+    if not ids:
+        return {}
+    return dict(session.execute(
+        select(DeletionRequest.id, DeletionRequest.status).where(DeletionRequest.id.in_(ids))).tuples().all())
+
+
+def attached_versions(session: Session, version_ids: Iterable[str]) -> set[tuple[str, str]]:
+    """(request id, version id) for every request attached to one of the versions."""
+    ids = list(version_ids)
+    if not ids:
+        return set()
+    return set(session.execute(select(RequestModelVersion.request_id, RequestModelVersion.version_id).where(
+        RequestModelVersion.version_id.in_(ids))).tuples().all())
+
+
+# Not yet unlearning: a deadline at risk can still be met by starting now.
+NOT_YET_UNLEARNING = (S.RECEIVED, S.PENDING_APPROVAL, S.SCHEDULED)
+
+
+def flag_deadlines_at_risk(session: Session, now: datetime, *, actor: str) -> list[str]:
+    """One ``deadline.at_risk`` event per request within the margin of its due date and not
+    yet being unlearned."""
+    margin = timedelta(hours=get_settings().deadline_risk_margin_hours)
+    warned = audit.recorded(action="deadline.at_risk", entity_id=DeletionRequest.id)
+    rows = session.execute(
+        select(DeletionRequest.id, DeletionRequest.due_at, DeletionRequest.status)
+        .where(DeletionRequest.status.in_(NOT_YET_UNLEARNING), DeletionRequest.due_at <= now + margin, ~warned)
+        .order_by(DeletionRequest.due_at).limit(500)
+    ).tuples().all()
+    for request_id, due_at, status in rows:
+        audit.record(session, actor=actor, action="deadline.at_risk", entity_type="deletion_request",
+                     entity_id=request_id, payload={"due_at": due_at.isoformat(), "status": status,
+                                                    "hours_left": round((due_at - now).total_seconds() / 3600, 2)})
+    return [request_id for request_id, _, _ in rows]
+
+
 def models_of(session: Session, request_id: str) -> set[str]:
     """The models whose versions the request resolved to at intake."""
     return set(session.scalars(
@@ -680,6 +730,31 @@ def records_in_dataset(session: Session, request_ids: Iterable[str], dataset_id:
         .where(RequestRecord.request_id.in_(list(request_ids)), DataRecord.dataset_id == dataset_id)
         .order_by(RequestRecord.request_id, DataRecord.id)
     ).tuples())
+
+
+def record_keys_and_hashes(session: Session, request_id: str) -> list[tuple[str, str]]:
+    """(record key, content hash) of every record the request resolved to, sorted."""
+    return sorted(session.execute(
+        select(DataRecord.record_key, DataRecord.content_hash)
+        .join(RequestRecord, RequestRecord.record_id == DataRecord.id)
+        .where(RequestRecord.request_id == request_id)
+    ).tuples().all())
+
+
+def version_ids_of(session: Session, request_id: str) -> list[str]:
+    """The model versions the request is attached to (resolved at intake or found later)."""
+    return list(session.scalars(
+        select(RequestModelVersion.version_id).where(RequestModelVersion.request_id == request_id)))
+
+
+def completed_excluding(session: Session, excluding: Select[Any], *, limit: int) -> list[str]:
+    """Completed requests that ``excluding`` (a select of request ids) leaves out, oldest
+    completion first."""
+    return list(session.scalars(
+        select(DeletionRequest.id)
+        .where(DeletionRequest.status == S.COMPLETED, DeletionRequest.id.not_in(excluding))
+        .order_by(DeletionRequest.completed_at).limit(limit)
+    ))
 
 
 def record_ids_of(session: Session, request_id: str) -> list[int]:

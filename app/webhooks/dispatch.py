@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session, aliased
 
 from app.audit import events as audit_events
 from app.audit import service as audit
-from app.core.auth import ApiClient, Role
+from app.core.auth import ApiClient, Role, sees_every_client
 from app.core.config import get_settings
 from app.core.database import session_scope, utcnow
 from app.core.hashing import canonical_json
@@ -48,7 +48,6 @@ MAX_PAYLOAD_BYTES = 20 * 1024
 # Keep going while work keeps coming, but hand the worker back now and then; beat resumes.
 ROUND_BUDGET_SECONDS = 60.0
 JITTER = 0.2
-_SEE_ALL = frozenset({Role.ADMIN, Role.AUDITOR})
 
 _pool: ThreadPoolExecutor | None = None
 
@@ -92,7 +91,7 @@ def _subscribers(session: Session) -> list[_Subscriber]:
 def _receives(subscriber: _Subscriber, event: events.WebhookEvent, owner: str | None) -> bool:
     if subscriber.event_types and event.type not in subscriber.event_types:
         return False
-    if subscriber.role in _SEE_ALL or (owner is not None and owner == subscriber.client_id):
+    if sees_every_client(subscriber.role) or (owner is not None and owner == subscriber.client_id):
         return True
     # ML clients follow jobs and versions; requests belong to the portal that sent them.
     return subscriber.role == Role.ML and event.request_id is None and event.client_id is None

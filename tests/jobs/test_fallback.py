@@ -112,8 +112,8 @@ def test_demo_logreg_removes_a_subject_with_a_certificate(env, api, make_client,
 
 
 def test_policy_epsilon_and_delta_reach_a_logreg_recipe_unless_it_sets_its_own():
-    policy = {"default_method": "newton", "epsilon": 0.5, "delta": 1e-6, "max_accuracy_loss": 0.01}
-    assert engine.recipe_under_policy("logreg", {"l2": 1e-3}, policy) == {"l2": 1e-3, "epsilon": 0.5, "delta": 1e-6}
-    assert engine.recipe_under_policy("logreg", {"epsilon": 2.0}, policy)["epsilon"] == 2.0
-    assert engine.recipe_under_policy("mlp", {"hidden": [8]}, policy) == {"hidden": [8]}
-    assert engine.check_recipe("logreg", engine.recipe_under_policy("logreg", {}, policy)).hyperparameters.epsilon == 0.5
+    policy = {"epsilon": 0.5, "delta": 1e-6}
+    assert engine.recipe_under_policy("logreg", {"l2": 1e-3}, **policy) == {"l2": 1e-3, "epsilon": 0.5, "delta": 1e-6}
+    assert engine.recipe_under_policy("logreg", {"epsilon": 2.0}, **policy)["epsilon"] == 2.0
+    assert engine.recipe_under_policy("mlp", {"hidden": [8]}, **policy) == {"hidden": [8]}
+    assert engine.check_recipe("logreg", engine.recipe_under_policy("logreg", {}, **policy)).hyperparameters.epsilon == 0.5
