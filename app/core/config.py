@@ -9,7 +9,7 @@ from collections.abc import Callable
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, IPvAnyNetwork, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -111,6 +111,16 @@ class Settings(BaseSettings):
     # The audit log's name in C2SP checkpoints (the note's origin line and key name); empty
     # means the public URL's host and path plus /audit-log, or unlearnd/audit-log.
     checkpoint_origin: str = Field(default="", pattern=r"^[^\s+]*$")
+    # OpenLineage RunEvents for every training and unlearning run, sent by the worker after the
+    # job's outcome is committed. "file": JSON lines in openlineage_file (default
+    # data_dir/openlineage/events.jsonl); "http": POSTed to openlineage_url (a Marquez-compatible
+    # server; the client adds /api/v1/lineage); "none": nothing is emitted.
+    openlineage_transport: Literal["file", "http", "none"] = "file"
+    openlineage_file: Path | None = None
+    openlineage_url: str = ""
+    openlineage_api_key: str = ""
+    openlineage_timeout_seconds: float = 5.0
+    openlineage_namespace: str = "unlearnd"
     # A dashboard session ends after this long without a page load.
     dashboard_idle_minutes: float = Field(default=30.0, gt=0, le=24 * 60)
 

@@ -17,7 +17,7 @@ from app.core.database import utcnow
 from app.core.errors import IllegalTransition, InvalidInput, NotFound
 from app.core.outbox import enqueue
 from app.core.queue import TaskName
-from app.jobs import invariant, lifecycle, training, unlearning
+from app.jobs import invariant, lifecycle, lineage_events, training, unlearning
 from app.jobs.lifecycle import LeaseLost
 from app.jobs.models import JobKind, JobRequest, JobStage, JobStatus, UnlearningJob
 from app.jobs.scheduling import BatchOutcome, schedule, unlearn_now
@@ -50,6 +50,14 @@ def execute(job_id: str, worker: str) -> float | None:
         return lifecycle.lease_seconds()
     if claim.result is lifecycle.ClaimResult.FINISHED:
         return None
+    lineage_events.run_started(job_id)
+    try:
+        return _attempt(job_id, worker, claim)
+    finally:
+        lineage_events.run_finished(job_id)  # the attempt's outcome is committed by now
+
+
+def _attempt(job_id: str, worker: str, claim: lifecycle.Claim) -> float | None:
     try:
         with lifecycle.Lease(job_id, worker) as lease:
             if claim.resume_purge:
