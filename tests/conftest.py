@@ -90,6 +90,50 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     process.wait(timeout=10)
 
 
+def _start_redis(port: int, workdir: Path) -> subprocess.Popen:
+    import redis
+
+    process = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", str(workdir)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            redis.Redis(port=port).ping()
+            return process
+        except redis.ConnectionError:
+            time.sleep(0.05)
+    process.kill()
+    raise RuntimeError("redis-server did not start")
+
+
+@pytest.fixture
+def own_redis(env, monkeypatch, tmp_path):
+    """A redis-server of this test's own as its broker, which the test may stop and restart
+    (``port, stop, restart``); restarted without persistence, it has lost every message."""
+    port = _free_port()
+    processes = [_start_redis(port, tmp_path)]
+    # The env dict too: worker processes take their settings from it.
+    env["UNLEARND_BROKER_URL"] = f"redis://127.0.0.1:{port}/0"
+    monkeypatch.setenv("UNLEARND_BROKER_URL", env["UNLEARND_BROKER_URL"])
+    reset_caches()
+
+    def stop() -> None:
+        processes[-1].terminate()
+        processes[-1].wait(timeout=30)
+
+    def restart() -> None:
+        processes.append(_start_redis(port, tmp_path))
+
+    yield port, stop, restart
+    for process in processes:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=30)
+
+
 @pytest.fixture(scope="session")
 def pg_template() -> Iterator[str]:
     from app.core import migrate

@@ -4,52 +4,9 @@ or stored twice, every outbox message reaches the restarted broker, the audit ch
 
 from __future__ import annotations
 
-import subprocess
 import time
-from pathlib import Path
 
-import pytest
 import redis
-
-from tests.conftest import _free_port, reset_caches
-
-
-def _start_redis(port: int, workdir: Path) -> subprocess.Popen:
-    process = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", str(workdir)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            redis.Redis(port=port).ping()
-            return process
-        except redis.ConnectionError:
-            time.sleep(0.05)
-    process.kill()
-    raise RuntimeError("redis-server did not start")
-
-
-@pytest.fixture
-def own_redis(env, monkeypatch, tmp_path):
-    port = _free_port()
-    processes = [_start_redis(port, tmp_path)]
-    monkeypatch.setenv("UNLEARND_BROKER_URL", f"redis://127.0.0.1:{port}/0")
-    reset_caches()
-
-    def stop() -> None:
-        processes[-1].terminate()
-        processes[-1].wait(timeout=30)
-
-    def restart() -> None:
-        processes.append(_start_redis(port, tmp_path))
-
-    yield port, stop, restart
-    for process in processes:
-        if process.poll() is None:
-            process.kill()
-            process.wait(timeout=30)
 
 
 def _submit(api, headers, n: int) -> list[int]:

@@ -1,0 +1,213 @@
+"""Fault drills during an unlearning job, with real processes (issue 21).
+
+Each drill trains a small model on part of the demo digits, starts a real Celery worker,
+queues an unlearning job and, while a client keeps submitting deletion requests and
+reading the job, breaks something: the broker (a redis-server of the test's own) stops and
+restarts; PostgreSQL terminates every connection of the API and the worker; the worker is
+SIGKILLed in each stage of the job. Each then asserts: every request submitted is stored
+exactly once (none lost), the job succeeds exactly once (one result version, no
+duplicate), the API never answered 5xx other than 503 with Retry-After, and the audit
+chain verifies.
+
+A kill "in stage X" is made exact: once the job row says X, the test locks that row
+(``SELECT ... FOR UPDATE``). Every stage change locks the job row first, so while the
+test holds it the worker cannot leave stage X; it is killed there, and the lock released.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+import pytest
+
+from app.demo import DemoModel
+from tests.jobs.conftest import job_state, run_inline, wait_for, wait_job
+
+# Big enough that the unlearning and verifying stages last a moment, small enough for seconds.
+DRILL_MLP = {"hidden": [16], "epochs": 8}
+DEMO_ROWS = 600
+UNLEARN_STAGES = ["loading", "unlearning", "verifying", "purging", "done"]
+
+
+@dataclass
+class IntakeLoad:
+    """A client in a thread: submits a deletion request (retrying 503s with its Idempotency-Key, as
+    documented) and reads the job, over and over, recording every status it is answered."""
+
+    api: Any
+    headers: dict[str, str]
+    reader: dict[str, str]
+    job_id: str
+    statuses: list[tuple[str, int, str | None]] = field(default_factory=list)
+    keys: list[str] = field(default_factory=list)
+    unanswered: list[str] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def _call(self, what: str, send: Callable[[], Any]) -> int:
+        response = send()
+        self.statuses.append((what, response.status_code, response.headers.get("retry-after")))
+        return response.status_code
+
+    def _run(self) -> None:
+        n = 0
+        while not self._stop.is_set():
+            key = f"drill-{n}"
+            body = {"legal_basis": "gdpr_art17", "subject": [{"type": "email", "value": f"drill{n}@example.org"}]}
+            self.keys.append(key)
+            for _ in range(30):
+                code = self._call("submit", lambda key=key, body=body: self.api.post(
+                    "/v1/deletion-requests", json=body, headers={**self.headers, "Idempotency-Key": key}))
+                if code != 503:
+                    break
+                time.sleep(0.5)
+            else:
+                self.unanswered.append(key)
+            self._call("job", lambda: self.api.get(f"/v1/jobs/{self.job_id}", headers=self.reader))
+            n += 1
+            self._stop.wait(0.3)
+
+    def __enter__(self) -> IntakeLoad:
+        self._thread = threading.Thread(target=self._run, name="intake-load", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=120)
+
+
+@dataclass
+class Drill:
+    env: dict[str, str]
+    api: Any
+    admin: Any
+    portal: Any
+    start_worker: Callable[..., Any]
+    beat_schedule: str
+    dsn: str
+    request_id: str = ""
+    job_id: str = ""
+
+    def worker(self) -> Any:
+        """A worker with the beat: its scheduler re-sends a job whose holder stopped beating."""
+        return self.start_worker("--beat", "--schedule", self.beat_schedule)
+
+    def queue_job(self) -> None:
+        response = self.api.post("/v1/deletion-requests", headers=self.portal.headers, json={
+            "subject": [{"type": "user_id", "value": "demo-subject-3"}], "legal_basis": "gdpr_art17"})
+        assert response.status_code == 202, response.text
+        self.request_id = response.json()["id"]
+        response = self.api.post("/v1/models/digits-mlp/unlearn-now", headers=self.admin.headers)
+        assert response.status_code == 202, response.text
+        self.job_id = response.json()["job"]["id"]
+
+    def load(self) -> IntakeLoad:
+        return IntakeLoad(self.api, self.portal.headers, self.admin.headers, self.job_id)
+
+    def wait_stage(self, stage: str, timeout: float = 180) -> None:
+        wait_for(lambda: _reached(job_state(self.job_id)["stage"], stage), timeout=timeout, interval=0.02,
+                 what=f"stage {stage}")
+
+    def kill_in_stage(self, worker: Any, stage: str) -> None:
+        """Freeze the job in ``stage`` by locking its row, SIGKILL the worker there, let go."""
+        deadline = time.monotonic() + 180
+        with psycopg.connect(self.dsn) as conn:
+            while True:
+                assert time.monotonic() < deadline, f"the job never reached {stage}"
+                row = conn.execute("SELECT stage, status FROM unlearning_jobs WHERE id = %s FOR UPDATE",
+                                   (self.job_id,)).fetchone()
+                if row == (stage, "running"):
+                    break
+                conn.rollback()
+                assert not _reached(row[0], UNLEARN_STAGES[UNLEARN_STAGES.index(stage) + 1]), \
+                    f"the job passed {stage} between two looks ({row})"
+                time.sleep(0.01)
+            worker.kill()
+            conn.rollback()
+        assert job_state(self.job_id)["stage"] == stage
+
+    def check(self, load: IntakeLoad) -> dict[str, Any]:
+        """What every drill must leave behind; returns the job's final state."""
+        from sqlalchemy import func, select
+
+        from app.audit.service import seal_if_free
+        from app.audit.verify import verify_log
+        from app.core.database import session_scope
+        from app.jobs.models import UnlearningJob
+        from app.registry.models import ModelVersion
+        from app.requests.models import DeletionRequest, RequestTransition
+
+        state = wait_job(self.job_id, timeout=240)
+        errors = [s for s in load.statuses if s[1] >= 500 and not (s[1] == 503 and s[2])]
+        assert not errors, errors
+        assert not load.unanswered, load.unanswered
+        assert load.keys, "the client never got to submit"
+        assert self.api.get(f"/v1/deletion-requests/{self.request_id}",
+                            headers=self.portal.headers).json()["status"] == "completed"
+        with session_scope() as session:
+            stored = dict(session.execute(select(DeletionRequest.idempotency_key, func.count()).where(
+                DeletionRequest.idempotency_key.is_not(None)).group_by(DeletionRequest.idempotency_key)).tuples().all())
+            # Every submission the client made is stored, once (the last may be in flight when stopped).
+            assert set(load.keys[:-1]) <= set(stored) and set(stored) <= set(load.keys), (load.keys, stored)
+            assert set(stored.values()) == {1}
+            versions = session.execute(select(ModelVersion.number, ModelVersion.state)
+                                       .order_by(ModelVersion.number)).tuples().all()
+            assert versions == [(1, "purged"), (2, "active")], versions
+            unlearn_jobs = session.scalars(select(UnlearningJob.result_version_id).where(
+                UnlearningJob.kind == "unlearn")).all()
+            assert len(unlearn_jobs) == 1 and unlearn_jobs[0] is not None
+            completions = session.scalar(select(func.count()).select_from(RequestTransition).where(
+                RequestTransition.request_id == self.request_id, RequestTransition.to_status == "completed"))
+            assert completions == 1
+        seal_if_free()
+        with session_scope() as session:
+            verification = verify_log(session)
+            assert verification.ok, verification
+        return state
+
+
+def _reached(current: str | None, stage: str) -> bool:
+    return current is not None and UNLEARN_STAGES.index(current) >= UNLEARN_STAGES.index(stage)
+
+
+@pytest.fixture
+def drill(env, make_client, start_worker, monkeypatch, tmp_path) -> Iterator[Drill]:
+    from fastapi.testclient import TestClient
+
+    from app import demo
+    from app.main import create_app
+    from tests.conftest import reset_caches
+
+    # A lost worker's lease expires after 5 s (half the broker's redelivery timeout) and the
+    # beat ticks every second, so recovery takes seconds, not the production minutes.
+    for key, value in {"UNLEARND_TASK_VISIBILITY_TIMEOUT_SECONDS": "10",
+                       "UNLEARND_SCHEDULER_INTERVAL_SECONDS": "1"}.items():
+        env[key] = value
+        monkeypatch.setenv(key, value)
+    reset_caches()
+    [training] = demo.install(actor="test", limit=DEMO_ROWS, models=(
+        DemoModel("digits-mlp", "mlp", DRILL_MLP, {"default_method": "retrain"}),))
+    run_inline(training)
+    with TestClient(create_app(), raise_server_exceptions=False) as api:
+        yield Drill(env=env, api=api, admin=make_client("admin"), portal=make_client("portal"),
+                    start_worker=start_worker, beat_schedule=str(tmp_path / "beat-schedule"),
+                    dsn=env["UNLEARND_DATABASE_URL"].replace("postgresql+psycopg://", "postgresql://"))
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("stage", ["loading", "unlearning", "verifying", "purging"])
+def test_worker_sigkilled_in_each_stage_the_job_resumes_and_completes_once(drill, stage):
+    worker = drill.worker()
+    drill.queue_job()
+    with drill.load() as load:
+        drill.kill_in_stage(worker, stage)
+        drill.worker()
+        wait_job(drill.job_id, timeout=240)
+    state = drill.check(load)
+    assert state["attempts"] == 2, state
