@@ -34,6 +34,7 @@ def db() -> None:
 @db.command("upgrade")
 @click.option("--revision", default="head", show_default=True)
 def db_upgrade(revision: str) -> None:
+    """Migrate the database up to REVISION (default: the latest)."""
     from app.core import migrate
 
     migrate.upgrade(revision=revision)
@@ -43,6 +44,7 @@ def db_upgrade(revision: str) -> None:
 @db.command("downgrade")
 @click.option("--revision", default="base", show_default=True)
 def db_downgrade(revision: str) -> None:
+    """Migrate the database down to REVISION (default: empty). Destroys data."""
     from app.core import migrate
 
     migrate.downgrade(revision=revision)

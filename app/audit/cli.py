@@ -80,6 +80,7 @@ def rotate() -> None:
 
 @keys_cli.command("list")
 def list_keys() -> None:
+    """The signing keys published in /.well-known/unlearnd-keys, active and retired."""
     from app.audit.keys import key_set
 
     with session_scope() as session:

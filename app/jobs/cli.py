@@ -62,6 +62,7 @@ def schedule() -> None:
 @click.option("--model")
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(1, service.MAX_PAGE))
 def list_jobs(status: str | None, kind: str | None, model: str | None, limit: int) -> None:
+    """One line per job, newest first."""
     filters = service.JobFilters(status=JobStatus(status) if status else None, kind=JobKind(kind) if kind else None,
                                  model=model)
     with as_click_errors(), session_scope() as session:
@@ -73,6 +74,7 @@ def list_jobs(status: str | None, kind: str | None, model: str | None, limit: in
 @cli.command("show")
 @click.argument("job_id")
 def show(job_id: str) -> None:
+    """One job as JSON: its status, report (verification, guarantee) and requests."""
     with as_click_errors(), session_scope() as session:
         job = service.get_job(session, job_id)
         document = JobOut.model_validate(job).model_dump(mode="json")
