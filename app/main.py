@@ -24,6 +24,7 @@ from app.lineage.router import router as lineage_router
 from app.metrics.router import router as metrics_router
 from app.registry.router import ARTIFACT_UPLOAD_PATH
 from app.registry.router import router as registry_router
+from app.requests.router import BATCH_PATH
 from app.requests.router import router as requests_router
 from app.webhooks.router import router as webhooks_router
 
@@ -47,7 +48,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(InputGuardMiddleware, streamed=frozenset({ARTIFACT_UPLOAD_PATH}))
     app.add_middleware(TransientDatabaseErrorMiddleware)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes,
-                       streamed={ARTIFACT_UPLOAD_PATH: settings.max_artifact_bytes})
+                       streamed={ARTIFACT_UPLOAD_PATH: settings.max_artifact_bytes},
+                       larger={BATCH_PATH: settings.max_batch_body_bytes})
     app.add_middleware(RequestIdMiddleware, on_response=observe_request)
     for router in ROUTERS:
         app.include_router(router)

@@ -1,12 +1,15 @@
-"""Intake throughput against a bare one-row-insert FastAPI endpoint, on PostgreSQL.
+"""Intake and bulk intake against a bare one-row-insert FastAPI endpoint, on PostgreSQL;
+then the light faces: `unlearnd --help`, `unlearnd requests list`, an idle API process's RSS.
 
-    nice .venv/bin/python benchmarks/intake.py            # 32 clients, 20 s per endpoint
-    nice .venv/bin/python benchmarks/intake.py --quick    # same path, small and short
+    nice .venv/bin/python benchmarks/intake.py            # 32 clients, 15 s per endpoint
+    nice .venv/bin/python benchmarks/intake.py --quick    # same path, 4 s per endpoint
 
-Both servers run under uvicorn (one process, production settings) against one fresh
-database; the load generator is a plain asyncio HTTP/1.1 keep-alive client, so it costs
-as little CPU as possible on a machine it shares with the server and PostgreSQL.
-Each intake request is a valid GDPR request with a distinct Idempotency-Key and subject.
+Every server runs under uvicorn (production settings) with the same number of processes
+(1, then 2) against one fresh database; the load generator is a plain asyncio HTTP/1.1
+keep-alive client, so it costs as little CPU as possible on a machine it shares with the
+server and PostgreSQL. Each intake request is a valid GDPR request with a distinct
+Idempotency-Key and subject; bulk intake sends batches of such requests (each item with its
+own idempotency_key) to POST /v1/deletion-requests/batch and counts items.
 """
 
 from __future__ import annotations
@@ -29,7 +32,8 @@ import psycopg
 from fastapi import FastAPI
 from sqlalchemy import JSON, Column, DateTime, MetaData, String, Table, insert
 
-from app.core.database import SessionDep, new_id, utcnow
+from app.api.deps import SessionDep
+from app.core.database import new_id, utcnow
 
 ROOT = Path(__file__).resolve().parent.parent
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -58,6 +62,8 @@ class Result:
     errors: int
     seconds: float
     latencies_ms: list[float]
+    processes: int = 1
+    per_call: int = 1  # requests each HTTP call carries (a batch's items)
 
     @property
     def rps(self) -> float:
@@ -82,15 +88,16 @@ async def _client(port: int, make_request, stop_at: float, warm_until: float, re
             await reader.readexactly(length)
             if now >= warm_until:
                 result.latencies_ms.append((time.perf_counter() - now) * 1000)
-                result.requests += 1
+                result.requests += result.per_call
                 if status >= 400:
-                    result.errors += 1
+                    result.errors += result.per_call
     finally:
         writer.close()
 
 
-async def _drive(name: str, port: int, make_request, clients: int, seconds: float, warmup: float) -> Result:
-    result = Result(name, 0, 0, seconds, [])
+async def _drive(name: str, port: int, make_request, clients: int, seconds: float, warmup: float,
+                 processes: int, per_call: int) -> Result:
+    result = Result(name, 0, 0, seconds, [], processes, per_call)
     start = time.perf_counter()
     await asyncio.gather(*(
         _client(port, make_request, start + warmup + seconds, start + warmup, result) for _ in range(clients)
@@ -121,10 +128,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _serve(target: str, env: dict[str, str], log: Path) -> tuple[subprocess.Popen, int]:
+def _serve(target: str, env: dict[str, str], log: Path, processes: int = 1) -> tuple[subprocess.Popen, int]:
     port = _free_port()
     command = [sys.executable, "-m", "uvicorn", "--factory", target, "--port", str(port), "--no-access-log",
-               "--log-level", "warning", "--loop", "uvloop", "--http", "httptools"]
+               "--log-level", "warning", "--loop", "uvloop", "--http", "httptools", "--workers", str(processes)]
     process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT)
     for _ in range(200):
         try:
@@ -136,15 +143,85 @@ def _serve(target: str, env: dict[str, str], log: Path) -> tuple[subprocess.Pope
     raise RuntimeError(f"{target} did not start; see {log}")
 
 
+def _ready(port: int, path: str = "/healthz") -> None:
+    """Wait until every process answers (uvicorn's workers bind one socket; a few calls reach each)."""
+    for _ in range(300):
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
+                sock.sendall(f"GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n".encode())
+                if sock.recv(12).startswith(b"HTTP/1.1 "):
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+
+
+def _median_seconds(command: list[str], env: dict[str, str], runs: int = 5) -> float:
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        subprocess.run(command, cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _rss_mb(pid: int) -> float:
+    """Resident set of a process and its children (uvicorn's one worker runs in the parent)."""
+    total = 0
+    for candidate in [pid, *_children(pid)]:
+        try:
+            for line in Path(f"/proc/{candidate}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except OSError:
+            pass
+    return total / 1024
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def light_faces(env: dict[str, str]) -> dict[str, float]:
+    """`unlearnd --help`, `unlearnd requests list` on the embedded default (fresh data dir,
+    SQLite), median of 5, and an idle API process's RSS after it answered a few calls."""
+    unlearnd = str(Path(sys.executable).parent / "unlearnd")
+    workdir = Path(tempfile.mkdtemp(prefix="unlearnd-light-"))
+    embedded = {k: v for k, v in os.environ.items() if not k.startswith("UNLEARND_")}
+    embedded["UNLEARND_DATA_DIR"] = str(workdir / "var")
+    subprocess.run([unlearnd, "db", "upgrade"], cwd=workdir, env=embedded, check=True, capture_output=True)
+    figures = {
+        "unlearnd --help (s)": _median_seconds([unlearnd, "--help"], embedded),
+        "unlearnd requests list (s)": _median_seconds([unlearnd, "requests", "list"], embedded),
+    }
+    log = workdir / "api.log"
+    server, port = _serve("app.main:create_app", env, log)
+    try:
+        for _ in range(5):
+            _ready(port)
+        time.sleep(2)
+        figures["API idle RSS (MB)"] = _rss_mb(server.pid)
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+    return figures
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small and short: a smoke check")
-    parser.add_argument("--clients", type=int)
+    parser.add_argument("--quick", action="store_true", help="short runs: a smoke check with the same shape")
+    parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--seconds", type=float)
+    parser.add_argument("--batch-size", type=int, default=100, help="items per bulk call")
+    parser.add_argument("--processes", default="1,2", help="server processes to try, comma-separated")
     args = parser.parse_args()
-    clients = args.clients or (8 if args.quick else 32)
-    seconds = args.seconds or (3.0 if args.quick else 20.0)
+    clients = args.clients
+    seconds = args.seconds or (4.0 if args.quick else 15.0)
     warmup = 1.0 if args.quick else 3.0
+    process_counts = [int(p) for p in args.processes.split(",")]
 
     dbname = f"unlearnd_bench_{os.getpid()}"
     workdir = Path(tempfile.mkdtemp(prefix="unlearnd-bench-"))
@@ -158,7 +235,7 @@ def main() -> None:
         "UNLEARND_SUBJECT_PEPPER": uuid.uuid4().hex,
         "UNLEARND_SIGNING_KEY_PATH": str(workdir / "signing_key.pem"),
         "UNLEARND_DATA_DIR": str(workdir),
-        "UNLEARND_LOG_LEVEL": "INFO",
+        "UNLEARND_LOG_LEVEL": "WARNING",
     }
     with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{dbname}"')
@@ -175,7 +252,7 @@ def main() -> None:
             key = create_client(session, name="bench-portal", role="portal").api_key
 
         log = workdir / "servers.log"
-        results = []
+        results: list[Result] = []
         counter = iter(range(10**9))
         auth = {"Authorization": f"Bearer {key}"}
 
@@ -183,34 +260,60 @@ def main() -> None:
             n = f"{os.getpid()}-{next(counter)}"
             return _post("/v1/deletion-requests", _intake_body(n), {**auth, "Idempotency-Key": f"bench-{n}"})
 
+        def bulk_request() -> bytes:
+            items = []
+            for _ in range(args.batch_size):
+                n = f"{os.getpid()}-{next(counter)}"
+                items.append({**_intake_body(n), "idempotency_key": f"bench-{n}"})
+            return _post("/v1/deletion-requests/batch", {"requests": items}, auth)
+
         def bare_request() -> bytes:
             return _post("/bare", _intake_body(f"{os.getpid()}-{next(counter)}"), {})
 
-        for name, target, make_request in (
-            ("bare insert", "intake:bare_app", bare_request),
-            ("intake", "app.main:create_app", intake_request),
-        ):
-            server, port = _serve(target, env, log)
-            try:
-                results.append(asyncio.run(_drive(name, port, make_request, clients, seconds, warmup)))
-            finally:
-                server.terminate()
-                server.wait(timeout=10)
+        for processes in process_counts:
+            for name, target, make_request, per_call in (
+                ("bare insert", "intake:bare_app", bare_request, 1),
+                ("intake", "app.main:create_app", intake_request, 1),
+                ("bulk intake", "app.main:create_app", bulk_request, args.batch_size),
+            ):
+                server, port = _serve(target, env, log, processes)
+                try:
+                    _ready(port, "/openapi.json" if target.startswith("intake") else "/healthz")
+                    results.append(asyncio.run(
+                        _drive(name, port, make_request, clients, seconds, warmup, processes, per_call)))
+                finally:
+                    server.terminate()
+                    server.wait(timeout=30)
+        light = light_faces(env)
     finally:
         with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
 
-    bare, intake = results
-    print(f"\n{clients} concurrent clients, {seconds:.0f} s per endpoint after {warmup:.0f} s warm-up, "
-          f"PostgreSQL, one uvicorn process each, load generator on the same machine\n")
-    print("| endpoint | requests | errors | req/s | p50 ms | p99 ms |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print(f"\n{clients} concurrent clients, {seconds:.0f} s per endpoint after {warmup:.0f} s warm-up, PostgreSQL, "
+          f"uvicorn with the same number of processes for each endpoint, load generator on the same machine; "
+          f"bulk: {args.batch_size} requests per call, latency per call\n")
+    print("| endpoint | processes | requests | errors | req/s | p50 ms | p99 ms |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for r in results:
-        print(f"| {r.name} | {r.requests} | {r.errors} | {r.rps:.0f} | {r.percentile(0.5):.1f} | {r.percentile(0.99):.1f} |")
-    print("\n| ratio (intake / bare) | value | target |\n|---|---:|---:|")
-    print(f"| throughput | {intake.rps / bare.rps:.2f} | >= 0.80 |")
-    print(f"| p99 latency | {intake.percentile(0.99) / bare.percentile(0.99):.2f} | <= 1.25 |")
-    print(f"| median latency | {statistics.median(intake.latencies_ms) / statistics.median(bare.latencies_ms):.2f} | |")
+        print(f"| {r.name} | {r.processes} | {r.requests} | {r.errors} | {r.rps:.0f} | {r.percentile(0.5):.1f} "
+              f"| {r.percentile(0.99):.1f} |")
+    print("\n| ratio vs bare insert, same run | processes | value | target |\n|---|---:|---:|---:|")
+    for processes in process_counts:
+        by_name = {r.name: r for r in results if r.processes == processes}
+        bare, intake, bulk = by_name["bare insert"], by_name["intake"], by_name["bulk intake"]
+        print(f"| intake throughput | {processes} | {intake.rps / bare.rps:.2f} | >= 0.80 |")
+        print(f"| intake p99 latency | {processes} | {intake.percentile(0.99) / bare.percentile(0.99):.2f} | <= 1.50 |")
+        print(f"| intake median latency | {processes} | "
+              f"{statistics.median(intake.latencies_ms) / statistics.median(bare.latencies_ms):.2f} | |")
+        print(f"| bulk intake throughput | {processes} | {bulk.rps / bare.rps:.2f} | |")
+    one = [r for r in results if r.name == "bulk intake" and r.processes == 1]
+    if one:
+        print(f"\n| bulk intake, one process | value | target |\n|---|---:|---:|\n"
+              f"| requests/s | {one[0].rps:.0f} | >= 5000 |")
+    print("\n| light faces (median of 5; RSS once idle) | value | target |\n|---|---:|---:|")
+    targets = {"unlearnd --help (s)": "<= 0.5", "unlearnd requests list (s)": "<= 1.0", "API idle RSS (MB)": "<= 150"}
+    for label, value in light.items():
+        print(f"| {label} | {value:.2f} | {targets[label]} |")
 
 
 if __name__ == "__main__":

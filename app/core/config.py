@@ -58,6 +58,8 @@ class Settings(BaseSettings):
     # How long an API process trusts a client row it looked up (revocation delay elsewhere).
     auth_cache_seconds: float = 5.0
     max_body_bytes: int = 64 * 1024
+    # POST /v1/deletion-requests/batch: up to 1,000 requests in one body.
+    max_batch_body_bytes: int = 4 * 1024 * 1024
     # Days granted per legal basis when the law gives no calendar rule of its own.
     default_deadline_days: dict[str, int] = Field(
         default_factory=lambda: {

@@ -45,6 +45,15 @@ def problem_response(
     return JSONResponse(body, status_code=status, media_type=PROBLEM_MEDIA_TYPE, headers=headers)
 
 
+def problem_document(exc: UnlearndError, *, instance: str) -> dict[str, Any]:
+    """The RFC 9457 body for a service error: what the handler sends, and what a batch
+    endpoint lists for each item it refused."""
+    return {
+        "type": PROBLEM_BASE + exc.slug, "title": exc.title, "status": exc.status, "detail": exc.detail,
+        "instance": instance, **exc.extensions,
+    }
+
+
 def _location(loc: tuple[Any, ...]) -> str:
     # Drop the "body"/"query" prefix so the field reads as the client wrote it.
     if loc and loc[0] in {"body", "query", "path", "header"}:

@@ -8,9 +8,13 @@ from fastapi import APIRouter, Header, Query, Request, Response, status
 
 from app.api.deps import AdminClient, PortalClient, RequestViewer, SessionDep
 from app.core.fields import BoundedDatetime
+from app.core.problems import problem_document
 from app.requests import service
 from app.requests.models import DeletionRequest, LegalBasis, RequestStatus
 from app.requests.schemas import (
+    BatchItemResult,
+    DeletionRequestBatch,
+    DeletionRequestBatchResult,
     DeletionRequestCreate,
     DeletionRequestDetail,
     DeletionRequestOut,
@@ -22,6 +26,7 @@ from app.requests.schemas import (
 
 router = APIRouter(prefix="/v1/deletion-requests", tags=["deletion requests"])
 
+BATCH_PATH = f"{router.prefix}/batch"
 IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=service.MAX_IDEMPOTENCY_KEY)]
 
 
@@ -48,17 +53,42 @@ def submit_request(
         client=client,
         submission=body,
         idempotency_key=idempotency_key,
-        provenance=service.Provenance(
-            channel="api",
-            source_ip=http.client.host if http.client else None,
-            user_agent=http.headers.get("user-agent"),
-        ),
+        provenance=_provenance(http),
     )
     if outcome.replayed:
         response.status_code = status.HTTP_200_OK
         response.headers["Idempotent-Replayed"] = "true"
     response.headers["Location"] = f"{router.prefix}/{outcome.request.id}"
     return DeletionRequestOut.model_validate(outcome.request)
+
+
+def _provenance(http: Request) -> service.Provenance:
+    return service.Provenance(
+        channel="api", source_ip=http.client.host if http.client else None, user_agent=http.headers.get("user-agent"),
+    )
+
+
+@router.post(
+    "/batch",
+    response_model=DeletionRequestBatchResult,
+    openapi_extra={"x-item-schema": "DeletionRequestBatchItem"},
+    responses={200: {"description": "Every item judged on its own: created, replayed, or refused with a problem"}},
+)
+def submit_batch(
+    body: DeletionRequestBatch, http: Request, session: SessionDep, client: PortalClient
+) -> DeletionRequestBatchResult:
+    results = service.submit_batch(session, client=client, items=body.requests, provenance=_provenance(http))
+    items = []
+    for result in results:
+        if result.error is not None:
+            items.append(BatchItemResult(index=result.index, outcome="refused",
+                                         problem=problem_document(result.error, instance=f"{BATCH_PATH}#{result.index}")))
+        else:
+            request = result.submission.request
+            items.append(BatchItemResult(index=result.index, outcome="replayed" if result.submission.replayed else "created",
+                                         id=request.id, status=request.status))
+    counts = {outcome: sum(1 for item in items if item.outcome == outcome) for outcome in ("created", "replayed", "refused")}
+    return DeletionRequestBatchResult(**counts, results=items)
 
 
 @router.get("", response_model=DeletionRequestPage)

@@ -11,7 +11,7 @@ by the service before anything else sees them; no response ever echoes them.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
@@ -65,6 +65,39 @@ class DeletionRequestCreate(BaseModel):
     identity_verification: IdentityVerification | None = None
     scope: RequestScope | None = None
     source_system: ShortText | None = None
+
+
+class DeletionRequestBatchItem(DeletionRequestCreate):
+    """One request of a batch: it carries its own idempotency key (the single endpoint's
+    ``Idempotency-Key`` header) and/or an ``external_ref``; at least one is required."""
+
+    idempotency_key: Annotated[str, StringConstraints(min_length=1, max_length=255)] | None = None
+
+
+class DeletionRequestBatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    # Items are judged one by one: an item that does not match DeletionRequestBatchItem stays a
+    # plain object here and is refused on its own by the service, never the whole batch.
+    requests: list[Annotated[DeletionRequestBatchItem | Any, Field(union_mode="left_to_right")]] = Field(
+        min_length=1, max_length=1000, description="1 to 1,000 requests, each shaped as DeletionRequestBatchItem.",
+    )
+
+
+class BatchItemResult(BaseModel):
+    index: int = Field(description="Position of the item in the submitted list.")
+    outcome: Literal["created", "replayed", "refused"]
+    id: str | None = Field(default=None, description="The deletion request's id (created or replayed).")
+    status: RequestStatus | None = Field(default=None, description="The request's status after intake.")
+    problem: dict[str, Any] | None = Field(
+        default=None, description="Why the item was refused (RFC 9457 problem details); nothing of it was written.")
+
+
+class DeletionRequestBatchResult(BaseModel):
+    created: int
+    replayed: int
+    refused: int
+    results: list[BatchItemResult]
 
 
 class TransitionOut(BaseModel):

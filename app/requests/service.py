@@ -16,15 +16,23 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, or_, select, tuple_
-from sqlalchemy.exc import IntegrityError
+from pydantic import ValidationError
+from sqlalchemy import Select, insert, or_, select, tuple_
 from sqlalchemy.orm import Session
 
 from app.audit import service as audit
 from app.core.auth import ApiClient, sees_every_client
 from app.core.config import get_settings
-from app.core.database import utcnow
-from app.core.errors import Conflict, IllegalTransition, InvalidInput, NotFound
+from app.core.database import new_id, utcnow
+from app.core.errors import (
+    Conflict,
+    IllegalTransition,
+    InvalidInput,
+    NotFound,
+    PayloadTooLarge,
+    ServiceUnavailable,
+    UnlearndError,
+)
 from app.core.hashing import canonical_json, sha256_hex
 from app.core.outbox import enqueue
 from app.core.queue import TaskName
@@ -42,7 +50,7 @@ from app.requests.models import (
     RequestTransition,
     weakest,
 )
-from app.requests.schemas import DeletionRequestCreate
+from app.requests.schemas import DeletionRequestBatchItem, DeletionRequestCreate
 
 log = logging.getLogger("unlearnd.requests")
 
@@ -109,6 +117,15 @@ class ScheduledRequest:
 # --- intake -----------------------------------------------------------------------------------
 
 
+@dataclass
+class _Intake:
+    """What one transaction's submissions share: a batch reads the hash schemes and takes the
+    lineage lock once, not once per item."""
+
+    schemes: list[subjects.HashScheme] | None = None
+    locked: bool = False
+
+
 def submit(
     session: Session,
     *,
@@ -118,10 +135,27 @@ def submit(
     idempotency_key: str | None = None,
 ) -> Submission:
     """Record a deletion request, resolve it, and move it as far as intake may."""
+    return _submit(session, client, submission, provenance, idempotency_key, _Intake())
+
+
+def _submit(
+    session: Session,
+    client: ApiClient,
+    submission: DeletionRequestCreate,
+    provenance: Provenance,
+    idempotency_key: str | None,
+    shared: _Intake,
+) -> Submission:
+    """Every check and every read comes first; the writes start only once nothing can refuse the
+    request, so a submission is written whole or not at all without a savepoint. The request
+    row goes in with ON CONFLICT DO NOTHING: losing a race to a concurrent submission with the
+    same key or external_ref writes nothing and answers with the winner's request."""
     _check_idempotency_key(idempotency_key)
     if not submission.subject and not submission.records:
         raise InvalidInput("give the subject's identifiers and/or explicit records", field="subject")
-    identifiers = _hash_identifiers(session, submission)
+    if submission.subject and shared.schemes is None:
+        shared.schemes = subjects.schemes_in_use(session)
+    identifiers = _hash_identifiers(submission, shared.schemes or [])
     hashes = [identifier.current for identifier in identifiers]
     lookup = sorted({h for identifier in identifiers for h in identifier.lookup})
     received_at = utcnow()
@@ -137,10 +171,15 @@ def submit(
     record_refs = [(ref.dataset, ref.record_key) for ref in submission.records]
     scope_models = submission.scope.models if submission.scope else None
     _check_scope_models(session, scope_models)
-    resolution = _resolve_lineage(session, lookup, record_refs, scope_models)
+    if not shared.locked:
+        _lock_lineage(session)
+        shared.locked = True
+    resolution = lineage.resolve(session, subject_hashes=lookup, record_refs=record_refs, scope_models=scope_models)
     _check_known_datasets(submission, resolution.unknown_datasets)
 
+    # Built in memory, written below with Core statements: no identity-map work on the hot path.
     request = DeletionRequest(
+        id=new_id(),
         client_id=client.id,
         external_ref=submission.external_ref,
         idempotency_key=idempotency_key,
@@ -154,24 +193,19 @@ def submit(
         received_at=received_at,
         due_at=deadlines.due_at(submission.legal_basis, requested_at, get_settings().default_deadline_days),
         status=S.RECEIVED.value,
+        outcome=None,
+        guarantee=None,
+        extended_at=None,
+        extension_reason=None,
+        completed_at=None,
+        updated_at=received_at,
         provenance=_provenance_document(client, provenance, submission),
     )
-    session.add(request)
-    try:
-        session.flush()
-    except IntegrityError:
-        # A concurrent submission with the same key or external_ref won the race; the insert
-        # was this transaction's first write, so rolling back loses nothing.
-        session.rollback()
-        earlier = _find_earlier(session, client.id, idempotency_key, submission.external_ref)
-        if earlier is None:
-            raise
-        return _replay(earlier, request_hash, idempotency_key)
-
-    steps = [RequestTransition(request_id=request.id, from_status=None, to_status=S.RECEIVED.value, actor=client.id, at=received_at)]
-    version_ids = _store_resolution(session, request, resolution)
+    steps = [RequestTransition(request_id=request.id, from_status=None, to_status=S.RECEIVED.value, actor=client.id,
+                               reason=None, at=received_at)]
+    record_ids, versions = _describe_resolution(session, request, resolution)
     request.affected["identifiers_checked"] = _identifiers_checked(submission, identifiers)
-    if not request.affected["record_count"] and not version_ids:
+    if not record_ids and not versions:
         # Records found but all forgotten already: that is not "no data found", it is done, and
         # the earlier request's certificate holds the proof.
         outcome = RequestOutcome.ALREADY_FORGOTTEN if "already_forgotten" in request.affected \
@@ -182,8 +216,22 @@ def submit(
         steps.append(_apply(request, S.PENDING_APPROVAL, actor="system", reason="client policy requires approval"))
     else:
         steps.append(_apply(request, S.SCHEDULED, actor="system"))
-    session.add_all(steps)
-    session.flush()
+
+    inserted = session.execute(
+        _insert_or_nothing(session, DeletionRequest).values(_columns(request)).returning(DeletionRequest.id)
+    ).first()
+    if inserted is None:
+        # A concurrent submission with the same key or external_ref committed first.
+        earlier = _find_earlier(session, client.id, idempotency_key, submission.external_ref)
+        if earlier is None:  # the other transaction rolled back after all: a transient state
+            raise ServiceUnavailable("a concurrent submission with this key is still settling; retry")
+        return _replay(earlier, request_hash, idempotency_key)
+    session.execute(insert(RequestTransition), [_columns(step, skip=("id",)) for step in steps])
+    if record_ids:
+        session.execute(insert(RequestRecord), [{"request_id": request.id, "record_id": rid} for rid in record_ids])
+    if versions:
+        session.execute(insert(RequestModelVersion), [
+            {"request_id": request.id, "version_id": v.id, "model_id": v.model_id} for v in versions])
     _issue_certificate_when_completed(session, request)
     # One event for the whole intake transaction, naming every status it passed through,
     # keeps the hot path to a single audit row.
@@ -192,13 +240,86 @@ def submit(
         payload={
             "client_id": client.id, "legal_basis": request.legal_basis, "request_hash": request_hash,
             "due_at": request.due_at.isoformat(), "subject_hashes": request.subject_hashes,
-            "record_count": request.affected["record_count"], "model_versions": version_ids,
+            "record_count": request.affected["record_count"], "model_versions": [v.id for v in versions],
             "transitions": [[step.from_status, step.to_status] for step in steps],
             "status": request.status, "outcome": request.outcome,
         },
     )
     log.info("deletion request received", extra={"deletion_request": request.id, "status": request.status})
     return Submission(request=request, replayed=False)
+
+
+def _insert_or_nothing(session: Session, model: type[Any]) -> Any:
+    """INSERT ... ON CONFLICT DO NOTHING in the session's dialect (PostgreSQL or SQLite)."""
+    if session.get_bind().dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as dialect_insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert as dialect_insert
+    return dialect_insert(model).on_conflict_do_nothing()
+
+
+def _columns(row: Any, skip: tuple[str, ...] = ()) -> dict[str, Any]:
+    """An in-memory ORM row's column values, for a Core insert."""
+    return {c.key: getattr(row, c.key) for c in row.__table__.columns if c.key not in skip}
+
+
+# --- bulk intake ------------------------------------------------------------------------------
+
+MAX_BATCH = 1000
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """One item's answer: its submission, or the error that refused it (nothing written)."""
+
+    index: int
+    submission: Submission | None = None
+    error: UnlearndError | None = None
+
+
+def submit_batch(
+    session: Session, *, client: ApiClient, items: Sequence[Any], provenance: Provenance
+) -> list[BatchResult]:
+    """Many submissions in one transaction, each judged on its own: an item refused by a check
+    writes nothing and does not stop the others. Each item names itself with an
+    ``idempotency_key`` or an ``external_ref``, so sending the whole batch again is safe: what
+    was written is answered as a replay. A database failure rolls back the whole batch."""
+    if len(items) > MAX_BATCH:
+        raise PayloadTooLarge(f"at most {MAX_BATCH} requests per batch; this one has {len(items)}",
+                              field="requests", max_items=MAX_BATCH)
+    shared = _Intake()
+    results = []
+    for index, raw in enumerate(items):
+        try:
+            item = _parse_batch_item(raw)
+            submitted = _submit(session, client, item, provenance, item.idempotency_key, shared)
+        except UnlearndError as error:
+            results.append(BatchResult(index=index, error=error))
+        else:
+            results.append(BatchResult(index=index, submission=submitted))
+    return results
+
+
+def _parse_batch_item(raw: Any) -> DeletionRequestBatchItem:
+    item = raw if isinstance(raw, DeletionRequestBatchItem) else _validate_batch_item(raw)
+    if item.idempotency_key is None and item.external_ref is None:
+        raise InvalidInput("each request in a batch needs an idempotency_key or an external_ref, so that "
+                           "sending the batch again is safe", field="idempotency_key")
+    return item
+
+
+def _validate_batch_item(raw: Any) -> DeletionRequestBatchItem:
+    try:
+        return DeletionRequestBatchItem.model_validate(raw)
+    except ValidationError as invalid:
+        errors = [
+            {"field": ".".join(str(p) for p in err.get("loc", ())), "message": err.get("msg", ""),
+             "type": err.get("type", "")}
+            for err in invalid.errors()
+        ]
+        first = errors[0] if errors else {"field": "", "message": "invalid request"}
+        raise InvalidInput(f"{first['field']}: {first['message']}" if first["field"] else first["message"],
+                           field=first["field"], errors=errors) from None
 
 
 def _check_idempotency_key(key: str | None) -> None:
@@ -210,11 +331,8 @@ def _check_idempotency_key(key: str | None) -> None:
         )
 
 
-def _hash_identifiers(session: Session, submission: DeletionRequestCreate) -> list[subjects.SubjectHashes]:
+def _hash_identifiers(submission: DeletionRequestCreate, schemes: list[subjects.HashScheme]) -> list[subjects.SubjectHashes]:
     """Each identifier's hash under every canonicaliser some dataset was ingested with."""
-    if not submission.subject:
-        return []
-    schemes = subjects.schemes_in_use(session)
     return [
         subjects.hashes_for(identifier.type, identifier.value, schemes, field=f"subject.{index}.value")
         for index, identifier in enumerate(submission.subject)
@@ -233,7 +351,8 @@ def _identifiers_checked(
 
 def _request_hash(submission: DeletionRequestCreate, hashes: list[str]) -> str:
     """sha256 of the request as received, with every identifier already replaced by its hash."""
-    document = submission.model_dump(mode="json", exclude_unset=True)
+    # A batch item's idempotency key identifies it, as the header does; it is not the request.
+    document = submission.model_dump(mode="json", exclude_unset=True, exclude={"idempotency_key"})
     if "subject" in document:
         document["subject"] = [
             {"type": identifier.type.value, "hash": hashed}
@@ -286,24 +405,20 @@ def _check_known_datasets(submission: DeletionRequestCreate, unknown: Iterable[s
             raise InvalidInput(f"no dataset named '{ref.dataset}'", field=f"records.{index}.dataset")
 
 
-def _resolve_lineage(
-    session: Session, hashes: list[str], record_refs: list[tuple[str, str]], scope_models: list[str] | None
-) -> lineage.Resolution:
-    """The one call into lineage: which records and model versions this request touches.
-    Under the shared lineage lock, so a version registering meanwhile either is seen here
-    or sees this request when it checks its snapshot (see ``lineage.lock_lineage``)."""
+def _lock_lineage(session: Session) -> None:
+    """Resolution runs under the shared lineage lock, so a version registering meanwhile either
+    is seen here or sees this request when it checks its snapshot (see ``lineage.lock_lineage``)."""
     lineage.lock_lineage(session, exclusive=False)
-    return lineage.resolve(session, subject_hashes=hashes, record_refs=record_refs, scope_models=scope_models)
 
 
-def _store_resolution(session: Session, request: DeletionRequest, resolution: lineage.Resolution) -> list[str]:
-    """Write what the request touches; return the affected version ids. Records already
-    forgotten by an earlier request need nothing more."""
+def _describe_resolution(
+    session: Session, request: DeletionRequest, resolution: lineage.Resolution
+) -> tuple[list[int], list[lineage.AffectedVersion]]:
+    """Fill ``request.affected``; return the record ids still to forget and the affected
+    versions. Records already forgotten by an earlier request need nothing more."""
     record_ids = sorted({r.id for r in resolution.records if r.state == RecordState.ACTIVE})
     forgotten_ids = sorted({r.id for r in resolution.records if r.state != RecordState.ACTIVE})
     versions = sorted(resolution.model_versions, key=lambda v: v.id)
-    session.add_all(RequestRecord(request_id=request.id, record_id=rid) for rid in record_ids)
-    session.add_all(RequestModelVersion(request_id=request.id, version_id=v.id, model_id=v.model_id) for v in versions)
     affected: dict[str, Any] = {
         "record_count": len(record_ids),
         "unknown_record_count": len(resolution.unknown_records),
@@ -316,9 +431,8 @@ def _store_resolution(session: Session, request: DeletionRequest, resolution: li
         affected["already_forgotten"] = {
             "record_count": len(forgotten_ids), "earlier_request_ids": _requests_that_forgot(session, forgotten_ids),
         }
-    # Assigned whole: a JSON column does not notice changes made in place after a flush.
     request.affected = affected
-    return [v.id for v in versions]
+    return record_ids, versions
 
 
 def _earlier_guarantee(session: Session, request: DeletionRequest) -> str | None:
