@@ -169,6 +169,8 @@ class Drill:
         with session_scope() as session:
             verification = verify_log(session)
             assert verification.ok, verification
+        answered = sorted({code for _, code, _ in load.statuses})
+        print(f"drill: attempts={state['attempts']} submissions={len(load.keys)} statuses={answered}")
         return state
 
 
@@ -211,3 +213,52 @@ def test_worker_sigkilled_in_each_stage_the_job_resumes_and_completes_once(drill
         wait_job(drill.job_id, timeout=240)
     state = drill.check(load)
     assert state["attempts"] == 2, state
+
+
+@pytest.mark.timeout(600)
+def test_redis_stopped_and_restarted_during_a_job(own_redis, drill):
+    """The broker goes away while the worker computes and comes back empty (no persistence): the
+    worker finishes the job it holds, intake keeps answering, what was sent meanwhile waits in
+    the outbox, and the job's lost message is not needed: it completes once."""
+    _, stop, restart = own_redis
+    drill.worker()
+    drill.queue_job()
+    with drill.load() as load:
+        drill.wait_stage("unlearning")
+        stop()
+        time.sleep(3)  # intake goes on against the dead broker
+        restart()
+        wait_job(drill.job_id, timeout=240)
+    state = drill.check(load)
+    assert state["attempts"] == 1, state
+    # What intake and the job sent while the broker was down reaches the new one (the beat relays).
+    wait_for(lambda: _undispatched() == 0, timeout=120, what="the outbox to drain into the restarted broker")
+
+
+def _undispatched() -> int:
+    from sqlalchemy import func, select
+
+    from app.core.database import session_scope
+    from app.core.outbox import OutboxMessage
+
+    with session_scope() as session:
+        return session.scalar(select(func.count()).select_from(OutboxMessage).where(
+            OutboxMessage.dispatched_at.is_(None)))
+
+
+@pytest.mark.timeout(600)
+def test_database_connections_terminated_during_a_job(drill):
+    """PostgreSQL terminates every connection to the database (the API's, the worker's, its
+    heartbeat's) twice while the job computes; pools reconnect, the job completes once."""
+    drill.worker()
+    drill.queue_job()
+    with drill.load() as load, psycopg.connect(drill.dsn, autocommit=True) as admin:
+        for stage in ("unlearning", "verifying"):
+            drill.wait_stage(stage)
+            killed = admin.execute(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()").fetchone()[0]
+            assert killed > 0
+        wait_job(drill.job_id, timeout=240)
+    state = drill.check(load)
+    assert state["attempts"] <= 2, state
