@@ -17,10 +17,29 @@ from app.core.config import get_settings
 # Hosts `unlearnd run` lets webhooks reach over plain http (a receiver on this machine).
 LOOPBACK_HOSTS = ["127.0.0.1", "::1", "localhost"]
 
-@click.group()
+class _Main(click.Group):
+    """With --url (UNLEARND_URL), `requests` and `certificate` talk to that server through the
+    client (app/client) instead of the local data dir."""
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if ctx.params.get("url"):
+            from app.client.cli import REMOTE_GROUPS
+
+            if cmd_name in REMOTE_GROUPS:
+                return REMOTE_GROUPS[cmd_name]
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=_Main)
 @click.version_option(package_name="unlearnd")
-def main() -> None:
+@click.option("--url", envvar="UNLEARND_URL", metavar="URL",
+              help="A remote Unlearnd server: `requests submit|list|show` and `certificate download|verify` "
+                   "go there (env UNLEARND_URL; key in UNLEARND_API_KEY).")
+@click.option("--api-key", envvar="UNLEARND_API_KEY", metavar="KEY", help="API key for --url (env UNLEARND_API_KEY).")
+@click.pass_context
+def main(ctx: click.Context, url: str | None, api_key: str | None) -> None:
     """Unlearnd: makes machine-learning models forget."""
+    ctx.obj = {"url": url, "api_key": api_key}
 
 
 # --- database ---------------------------------------------------------------------------------
@@ -250,6 +269,16 @@ def _register_room_commands() -> None:
 
 
 _register_room_commands()
+
+
+def _remote_certificate_verify() -> None:
+    """`certificate verify` needs no server: the remote group offers the local command."""
+    from app.client.cli import certificate_cli
+
+    certificate_cli.add_command(main.commands["certificate"].commands["verify"])
+
+
+_remote_certificate_verify()
 
 
 if __name__ == "__main__":

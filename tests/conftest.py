@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -313,6 +314,32 @@ def start_worker(env: dict[str, str], redis_broker: str, tmp_path: Path) -> Iter
     yield factory
     for worker in workers:
         worker.stop()
+
+
+@pytest.fixture
+def server(env: dict[str, str]) -> Iterator[str]:
+    """The API in a uvicorn process of its own on the test's database and broker; yields its base URL."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    uvicorn = str(Path(sys.executable).parent / "uvicorn")
+    process = subprocess.Popen(
+        [uvicorn, "app.main:create_app", "--factory", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
+        env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert process.poll() is None and time.monotonic() < deadline, "uvicorn did not start"
+                time.sleep(0.2)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
 
 
 # Fixtures that start real worker or server processes: a test that asks for one is slow

@@ -8,43 +8,15 @@ caller's own key are excluded (the rest of the run would only see 401s).
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 SCHEMATHESIS = shutil.which("schemathesis", path=str(Path(sys.executable).parent))
-
-
-@pytest.fixture
-def server(env):
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    uvicorn = str(Path(sys.executable).parent / "uvicorn")
-    process = subprocess.Popen(
-        [uvicorn, "app.main:create_app", "--factory", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
-        env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert process.poll() is None and time.monotonic() < deadline, "uvicorn did not start"
-                time.sleep(0.2)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
 
 
 def _fuzz(server: str, api_key: str, max_examples: int, workdir: Path) -> tuple[int, str]:
