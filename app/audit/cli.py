@@ -26,7 +26,8 @@ def verify(expected_head: str | None) -> None:
         result = verify_log(session, expected_head=expected_head)
     if result.ok:
         click.echo(
-            f"ok: {result.events_checked} events chained, {result.tree_heads_checked} signed tree heads match; "
+            f"ok: {result.events_checked} events chained, {result.tree_nodes_checked} stored tree nodes and "
+            f"{result.tree_heads_checked} signed tree heads match; "
             f"head seq {result.head_seq} hash {result.head_hash}"
         )
         return

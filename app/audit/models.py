@@ -3,7 +3,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, Integer, LargeBinary, String
+from sqlalchemy import BigInteger, Integer, LargeBinary, SmallInteger, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.core.database import Base, utcnow
@@ -55,6 +55,21 @@ class TreeHead(Base):
     signed_at: Mapped[datetime] = mapped_column(default=utcnow)
     key_id: Mapped[str] = mapped_column(String(64))
     signature: Mapped[str] = mapped_column(String(128))
+
+
+class AuditTreeNode(Base):
+    """A stored node of the audit Merkle tree: the hash of the perfect subtree over events
+    ``position * 2**level + 1 .. (position + 1) * 2**level`` (level 0: one event's leaf).
+
+    Written under the chain lock in the transaction that appends its last event, never
+    changed afterwards; heads and proofs read O(log n) of these instead of every event.
+    """
+
+    __tablename__ = "audit_tree_nodes"
+
+    level: Mapped[int] = mapped_column(SmallInteger, primary_key=True, autoincrement=False)
+    position: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    hash: Mapped[bytes] = mapped_column(LargeBinary(32))
 
 
 class SigningKey(Base):

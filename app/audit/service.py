@@ -11,6 +11,9 @@ its events to the sealer holding it, or to the periodic ``unlearnd.audit.seal`` 
 Pending events are the only part of the log that is not yet tamper-evident; they wait
 there for milliseconds, at most one beat interval.
 
+Each append also extends the stored Merkle tree (``app.audit.nodes``) under the same lock
+and in the same transaction, so heads and proofs never read the whole log.
+
 ``append`` is for the few callers that need the event's place in the chain at once (a
 certificate's anchor): it seals everything pending and appends under the lock.
 
@@ -29,6 +32,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, delete, event, exists, or_, select, text
 from sqlalchemy.orm import Session
 
+from app.audit import nodes
 from app.audit.models import AuditEvent, PendingAuditEvent
 from app.core.database import get_sessionmaker, utcnow
 from app.core.hashing import canonical_json, sha256_hex
@@ -152,7 +156,10 @@ def append(
         session.info[_NOTIFY_AFTER_COMMIT] = True
         event.listen(session, "after_commit", _notify_after_commit, once=True)
         event.listen(session, "after_rollback", _forget_notify, once=True)
-    return _append(session, _last(session), utcnow(), actor, action, entity_type, str(entity_id), payload or {})
+    last = _last(session)
+    item = _append(session, last, utcnow(), actor, action, entity_type, str(entity_id), payload or {})
+    nodes.extend(session, item.seq - 1, [item.hash])
+    return item
 
 
 def seal_pending(session: Session, *, limit: int = 5000) -> int:
@@ -178,10 +185,14 @@ def _seal(session: Session, limit: int) -> int:
     if not pending:
         return 0
     last = _last(session)
+    size = last.seq if last else 0
+    appended: list[str] = []
     for item in pending:
         last = _append(
             session, last, item.occurred_at, item.actor, item.action, item.entity_type, item.entity_id, item.payload
         )
+        appended.append(last.hash)
+    nodes.extend(session, size, appended)
     session.execute(delete(PendingAuditEvent).where(PendingAuditEvent.id.in_([p.id for p in pending])))
     session.flush()
     return len(pending)

@@ -3,6 +3,7 @@
 The tree of size n has the first n events as leaves (in ``seq`` order). Writers append
 under one lock and commit in order, so every size up to the last committed ``seq`` is a
 complete prefix, and a head signed at size n stays valid for as long as the log is intact.
+Heads and proofs are folded from the stored tree (``app.audit.nodes``): O(log n) reads each.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from app.audit import checkpoint
+from app.audit import checkpoint, nodes
 from app.audit.keys import ensure_current_key, published_keys
 from app.audit.models import AuditEvent, TreeHead
 from app.audit.proofs import event_leaf, tree_head_statement
@@ -48,6 +49,8 @@ def log_size(session: Session) -> int:
 
 
 def leaves(session: Session, tree_size: int) -> list[bytes]:
+    """Every leaf of the tree of ``tree_size``, read from the events: the reference the
+    stored tree (``app.audit.nodes``) is checked against; heads and proofs do not use it."""
     hashes = list(session.scalars(select(AuditEvent.hash).where(AuditEvent.seq <= tree_size).order_by(AuditEvent.seq)))
     if len(hashes) != tree_size:
         raise Conflict(f"the audit log has {len(hashes)} events up to seq {tree_size}; run `unlearnd audit verify`")
@@ -79,7 +82,7 @@ def sign_tree_head(session: Session) -> TreeHead:
     signer = ensure_current_key(session)
     size = log_size(session)
     head = TreeHead(
-        tree_size=size, root_hash=merkle.root(leaves(session, size)).hex(), signed_at=utcnow(), key_id=signer.key_id,
+        tree_size=size, root_hash=nodes.root(session, size).hex(), signed_at=utcnow(), key_id=signer.key_id,
     )
     statement = tree_head_statement(
         tree_size=head.tree_size, root_hash=head.root_hash,
@@ -132,11 +135,10 @@ def inclusion_proof(session: Session, seq: int, tree_size: int | None = None) ->
     tree_size = _tree_size_for(session, tree_size, covering=seq)
     if seq > tree_size:
         raise InvalidInput(f"event {seq} is not in a tree of {tree_size} events", field="tree_size")
-    tree = leaves(session, tree_size)
+    *path, root_hash = nodes.range_hashes(session, [*merkle.inclusion_ranges(seq - 1, tree_size), (0, tree_size)])
     return InclusionProof(
         seq=seq, leaf_index=seq - 1, tree_size=tree_size, event_hash=event.hash,
-        audit_path=[node.hex() for node in merkle.inclusion_proof(tree, seq - 1)],
-        root_hash=merkle.root(tree).hex(),
+        audit_path=[node.hex() for node in path], root_hash=root_hash.hex(),
     )
 
 
@@ -145,11 +147,12 @@ def consistency_proof(session: Session, first_size: int, second_size: int | None
     second_size = _tree_size_for(session, second_size, covering=first_size)
     if not 1 <= first_size <= second_size:
         raise InvalidInput(f"first must be between 1 and second ({second_size})", field="first")
-    tree = leaves(session, second_size)
+    first_root, second_root, *proof = nodes.range_hashes(
+        session, [(0, first_size), (0, second_size), *merkle.consistency_ranges(first_size, second_size)]
+    )
     return ConsistencyProof(
-        first_size=first_size, second_size=second_size,
-        first_root=merkle.root(tree[:first_size]).hex(), second_root=merkle.root(tree).hex(),
-        proof=[node.hex() for node in merkle.consistency_proof(tree, first_size)],
+        first_size=first_size, second_size=second_size, first_root=first_root.hex(), second_root=second_root.hex(),
+        proof=[node.hex() for node in proof],
     )
 
 

@@ -3,17 +3,20 @@
 Catches an edited, deleted, inserted or reordered row (the chain), a log rewritten from
 some point on and re-chained (the signed heads no longer match), and a truncated tail
 (a head or an expected chain head recorded out of band that the log no longer reaches).
+The stored Merkle tree that heads and proofs are served from is checked against a tree
+recomputed from the events, over the part of the log that signed heads cover (beyond the
+last head the events alone are the record; the next head signed commits to them).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.audit.keys import public_keys_by_id
-from app.audit.models import AuditEvent, TreeHead
+from app.audit.models import AuditEvent, AuditTreeNode, TreeHead
 from app.audit.proofs import event_leaf, verify_tree_head
 from app.audit.service import GENESIS_HASH, chain_hash, event_body
 from app.audit.tree import published_head
@@ -32,6 +35,7 @@ class LogVerification:
     tree_heads_checked: int
     failure: str | None = None
     failed_seq: int | None = None
+    tree_nodes_checked: int = 0
 
 
 def _walk_chain(session: Session) -> tuple[list[str], str | None, int | None]:
@@ -51,9 +55,46 @@ def _walk_chain(session: Session) -> tuple[list[str], str | None, int | None]:
     return hashes, None, None
 
 
-def _check_heads(session: Session, hashes: list[str]) -> tuple[int, str | None, int | None]:
+def _check_stored_tree(session: Session, built: list[list[bytes]], covered: int) -> tuple[int, str | None, int | None]:
+    """Every stored node over events 1..``covered`` equals the one recomputed from the events."""
+    checked = 0
+    for level, recomputed in enumerate(built):
+        count = covered >> level
+        if count == 0:
+            break
+        query = (
+            select(AuditTreeNode.position, AuditTreeNode.hash)
+            .where(AuditTreeNode.level == level, AuditTreeNode.position < count)
+            .order_by(AuditTreeNode.position)
+            .execution_options(yield_per=_BATCH)
+        )
+        expected_position = 0
+        for position, value in session.execute(query):
+            if position != expected_position:
+                break
+            if bytes(value) != recomputed[position]:
+                return checked, (
+                    f"stored Merkle tree node (level {level}, position {position}) does not match the events "
+                    "it covers: the stored tree was altered"
+                ), (position << level) + 1
+            checked += 1
+            expected_position += 1
+        if expected_position != count:
+            return checked, (
+                f"stored Merkle tree node (level {level}, position {expected_position}) is missing"
+            ), (expected_position << level) + 1
+    return checked, None, None
+
+
+def _root_from_levels(built: list[list[bytes]], tree_size: int) -> bytes:
+    if tree_size == 0:
+        return merkle.EMPTY_ROOT
+    return merkle.fold_nodes([built[level][position] for level, position in merkle.range_nodes(0, tree_size)])
+
+
+def _check_heads(session: Session, built: list[list[bytes]]) -> tuple[int, str | None, int | None]:
     keys = public_keys_by_id(session)
-    tree = [event_leaf(h) for h in hashes]
+    size = len(built[0])
     roots: dict[int, str] = {}
     checked = 0
     for head in session.scalars(select(TreeHead).order_by(TreeHead.tree_size, TreeHead.id)):
@@ -64,15 +105,15 @@ def _check_heads(session: Session, hashes: list[str]) -> tuple[int, str | None, 
             verify_tree_head(published_head(head), public_key)
         except SignatureInvalid:
             return checked, f"tree head at size {head.tree_size} has a bad signature", None
-        if head.tree_size > len(tree):
+        if head.tree_size > size:
             return (
                 checked,
                 f"signed tree head covers {head.tree_size} events but the log verifies only up to "
-                f"{len(tree)}: truncated or broken",
-                len(tree) + 1,
+                f"{size}: truncated or broken",
+                size + 1,
             )
         if head.tree_size not in roots:
-            roots[head.tree_size] = merkle.root(tree[: head.tree_size]).hex()
+            roots[head.tree_size] = _root_from_levels(built, head.tree_size).hex()
         if roots[head.tree_size] != head.root_hash:
             return checked, f"the log no longer matches the tree head signed at size {head.tree_size}", None
         checked += 1
@@ -99,12 +140,17 @@ def verify_log(session: Session, *, expected_head: str | None = None) -> LogVeri
 def _verify(session: Session, expected_head: str | None) -> LogVerification:
     hashes, failure, failed_seq = _walk_chain(session)
     head_seq, head_hash = len(hashes), hashes[-1] if hashes else GENESIS_HASH
-    heads_checked = 0
+    heads_checked = nodes_checked = 0
     if failure is None:
-        heads_checked, failure, failed_seq = _check_heads(session, hashes)
+        # Recomputed from the events alone: the reference for the heads and the stored tree.
+        built = merkle.levels([event_leaf(h) for h in hashes])
+        heads_checked, failure, failed_seq = _check_heads(session, built)
+    if failure is None:
+        signed = session.scalar(select(func.max(TreeHead.tree_size))) or 0
+        nodes_checked, failure, failed_seq = _check_stored_tree(session, built, min(signed, len(hashes)))
     if failure is None and expected_head is not None and expected_head.lower() not in set(hashes):
         failure = f"expected head {expected_head} is not in the log: it was truncated or rewritten"
     return LogVerification(
         ok=failure is None, events_checked=len(hashes), head_seq=head_seq, head_hash=head_hash,
-        tree_heads_checked=heads_checked, failure=failure, failed_seq=failed_seq,
+        tree_heads_checked=heads_checked, failure=failure, failed_seq=failed_seq, tree_nodes_checked=nodes_checked,
     )

@@ -155,3 +155,89 @@ def verify_consistency(
         sn >>= 1
     if sn != 0 or fr != first_root or sr != second_root:
         raise ProofError("consistency proof does not match the roots")
+
+
+# A stored tree (Trillian's layout): node (level, index) is the hash of the perfect subtree
+# over leaves [index * 2**level, (index + 1) * 2**level); it is written once, when its last
+# leaf arrives, and never changes. Every hash a head or a proof needs is a fold of O(log n)
+# such nodes, so the functions below plan which ranges a proof is made of, which stored
+# nodes make up a range, and how appended leaves complete new nodes.
+
+NodeKey = tuple[int, int]
+
+
+def range_nodes(start: int, end: int) -> list[NodeKey]:
+    """The stored nodes whose fold, right to left, is the hash of leaves [start, end).
+
+    Holds for the ranges of RFC 6962's recursion (a split at the largest power of two below
+    the length leaves an aligned perfect left part), which are all a head or proof uses."""
+    if not 0 <= start < end:
+        raise ValueError(f"empty or negative range [{start}, {end})")
+    nodes: list[NodeKey] = []
+    while start < end:
+        length = end - start
+        width = length if length & (length - 1) == 0 else _largest_power_of_two_below(length)
+        if start % width:
+            raise ValueError(f"[{start}, {end}) is not a range of an RFC 6962 tree")
+        nodes.append((width.bit_length() - 1, start // width))
+        start += width
+    return nodes
+
+
+def fold_nodes(hashes: Sequence[bytes]) -> bytes:
+    """Hash of a range from the hashes of its :func:`range_nodes`, left to right."""
+    result = hashes[-1]
+    for left in reversed(hashes[:-1]):
+        result = node_hash(left, result)
+    return result
+
+
+def inclusion_ranges(index: int, tree_size: int) -> list[tuple[int, int]]:
+    """The leaf ranges whose hashes make up :func:`inclusion_proof`, in the same order."""
+    if not 0 <= index < tree_size:
+        raise IndexError(f"leaf {index} outside a tree of {tree_size}")
+    ranges: list[tuple[int, int]] = []
+    low, high = 0, tree_size
+    while high - low > 1:
+        k = _largest_power_of_two_below(high - low)
+        if index < low + k:
+            ranges.append((low + k, high))
+            high = low + k
+        else:
+            ranges.append((low, low + k))
+            low += k
+    return ranges[::-1]
+
+
+def consistency_ranges(first_size: int, second_size: int) -> list[tuple[int, int]]:
+    """The leaf ranges whose hashes make up :func:`consistency_proof`, in the same order."""
+    if not 0 < first_size <= second_size:
+        raise ValueError("first_size must be in 1..second_size")
+
+    def subproof(m: int, low: int, high: int, complete: bool) -> list[tuple[int, int]]:
+        if m == high - low:
+            return [] if complete else [(low, high)]
+        k = _largest_power_of_two_below(high - low)
+        if m <= k:
+            return subproof(m, low, low + k, complete) + [(low + k, high)]
+        return subproof(m - k, low + k, high, False) + [(low, low + k)]
+
+    return subproof(first_size, 0, second_size, True)
+
+
+def append_nodes(size: int, frontier: dict[int, bytes], new_leaves: Sequence[bytes]) -> list[tuple[int, int, bytes]]:
+    """Nodes completed by appending ``new_leaves`` to a tree of ``size`` leaves, as
+    ``(level, index, hash)``. ``frontier`` maps each level of ``range_nodes(0, size)`` to
+    its hash and is updated in place to the frontier of the grown tree."""
+    completed: list[tuple[int, int, bytes]] = []
+    for leaf in new_leaves:
+        index, level, value = size, 0, leaf
+        completed.append((0, index, value))
+        while index & 1:
+            value = node_hash(frontier.pop(level), value)
+            index >>= 1
+            level += 1
+            completed.append((level, index, value))
+        frontier[level] = value
+        size += 1
+    return completed

@@ -1,0 +1,90 @@
+"""The stored audit Merkle tree: written as events join the chain, read for heads and proofs.
+
+Only the chain's writer (holding the chain lock, see ``app.audit.service.lock_chain``)
+extends the tree, in the transaction that appends the events, so the nodes and the chain
+commit or roll back together and concurrent writers cannot interleave; the lock order is
+simply chain lock, then events, then nodes. Readers need no lock: a node never changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sqlalchemy import func, insert, select, tuple_
+from sqlalchemy.orm import Session
+
+from app.audit.models import AuditEvent, AuditTreeNode
+from app.audit.proofs import event_leaf
+from app.core import merkle
+from app.core.errors import Conflict
+
+_CATCH_UP_BATCH = 10_000
+
+
+def stored_size(session: Session) -> int:
+    """Number of leaves the stored tree holds."""
+    last = session.scalar(select(func.max(AuditTreeNode.position)).where(AuditTreeNode.level == 0))
+    return 0 if last is None else last + 1
+
+
+def _fetch(session: Session, keys: Sequence[merkle.NodeKey]) -> dict[merkle.NodeKey, bytes]:
+    wanted = sorted(set(keys))
+    if not wanted:
+        return {}
+    rows = session.execute(
+        select(AuditTreeNode.level, AuditTreeNode.position, AuditTreeNode.hash).where(
+            tuple_(AuditTreeNode.level, AuditTreeNode.position).in_(wanted)
+        )
+    )
+    return {(level, position): bytes(value) for level, position, value in rows}
+
+
+def range_hashes(session: Session, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
+    """Hashes of the leaf ranges (RFC 6962 subtrees), from O(log n) nodes in one read."""
+    plans = [merkle.range_nodes(start, end) for start, end in ranges]
+    found = _fetch(session, [key for plan in plans for key in plan])
+    missing = [key for plan in plans for key in plan if key not in found]
+    if missing:
+        level, position = missing[0]
+        raise Conflict(
+            f"the stored audit tree lacks node (level {level}, position {position}); run `unlearnd audit verify`"
+        )
+    return [merkle.fold_nodes([found[key] for key in plan]) for plan in plans]
+
+
+def root(session: Session, tree_size: int) -> bytes:
+    return merkle.EMPTY_ROOT if tree_size == 0 else range_hashes(session, [(0, tree_size)])[0]
+
+
+def extend(session: Session, size: int, event_hashes: Sequence[str]) -> None:
+    """Add the leaves of events ``size + 1 ..`` (their chain hashes) to the stored tree.
+
+    The caller holds the chain lock. A tree that lags the chain (a log written before the
+    tree was stored) is caught up from the events first, so this is idempotent."""
+    stored = stored_size(session)
+    if stored > size:
+        raise Conflict(f"the stored audit tree has {stored} leaves but the chain {size}; run `unlearnd audit verify`")
+    while stored < size:
+        upto = min(size, stored + _CATCH_UP_BATCH)
+        earlier = list(session.scalars(
+            select(AuditEvent.hash).where(AuditEvent.seq > stored, AuditEvent.seq <= upto).order_by(AuditEvent.seq)
+        ))
+        if len(earlier) != upto - stored:
+            raise Conflict(f"the audit log has a gap after seq {stored}; run `unlearnd audit verify`")
+        _write(session, stored, earlier)
+        stored = upto
+    _write(session, size, event_hashes)
+
+
+def _write(session: Session, size: int, event_hashes: Sequence[str]) -> None:
+    if not event_hashes:
+        return
+    frontier_keys = merkle.range_nodes(0, size) if size else []
+    found = _fetch(session, frontier_keys)
+    if len(found) != len(frontier_keys):
+        raise Conflict("the stored audit tree lacks a frontier node; run `unlearnd audit verify`")
+    frontier = {level: found[(level, position)] for level, position in frontier_keys}
+    completed = merkle.append_nodes(size, frontier, [event_leaf(h) for h in event_hashes])
+    session.execute(
+        insert(AuditTreeNode), [{"level": level, "position": position, "hash": value} for level, position, value in completed]
+    )
