@@ -17,7 +17,7 @@ from fastapi import APIRouter, Cookie, FastAPI, Form, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
-from pydantic import AwareDatetime
+from pydantic import AwareDatetime, BeforeValidator, Field
 
 from app.api.deps import SessionDep
 from app.audit import events as audit_events
@@ -27,7 +27,7 @@ from app.core.config import get_settings
 from app.core.errors import Unauthenticated, UnlearndError
 from app.dashboard import service
 from app.dashboard.service import SignedIn
-from app.dashboard.svg import VersionNode, lineage_svg, loss_distribution_svg
+from app.dashboard.svg import VersionNode, lineage_svg, loss_distribution_svgs
 from app.jobs import qualification as qualifications
 from app.jobs import service as jobs_service
 from app.jobs.models import JobStatus
@@ -42,6 +42,10 @@ templates = Jinja2Templates(directory=HERE / "templates")
 router = APIRouter(prefix="/admin", include_in_schema=False)
 REQUEST_ACTIONS = ("approve", "reject", "cancel", "retry", "extend")
 AUDIT_PAGE = 50
+# A filter form sends its empty fields as "": that means "any", not a malformed value.
+Blank = BeforeValidator(lambda value: None if value == "" else value)
+DueDays = Annotated[Annotated[int, Field(ge=0, le=3650)] | None, Blank]
+Seq = Annotated[Annotated[int, Field(ge=1, le=2**62)] | None, Blank]
 
 
 class SignInRequired(Exception):
@@ -129,9 +133,9 @@ def _request_filters(status: str | None, external_ref: str | None, due_days: int
 @router.get("/requests")
 def requests_page(
     request: Request, session: SessionDep, token: Token = None,
-    status: Annotated[RequestStatus | None, Query()] = None,
+    status: Annotated[RequestStatus | None, Blank, Query()] = None,
     external_ref: Annotated[str | None, Query(max_length=255)] = None,
-    due_days: Annotated[int | None, Query(ge=0, le=3650)] = None,
+    due_days: Annotated[DueDays, Query()] = None,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
 ) -> HTMLResponse:
     viewer = _viewer(request, session, token)
@@ -147,9 +151,9 @@ def requests_page(
 @router.get("/requests.csv")
 def requests_csv(
     request: Request, session: SessionDep, token: Token = None,
-    status: Annotated[RequestStatus | None, Query()] = None,
+    status: Annotated[RequestStatus | None, Blank, Query()] = None,
     external_ref: Annotated[str | None, Query(max_length=255)] = None,
-    due_days: Annotated[int | None, Query(ge=0, le=3650)] = None,
+    due_days: Annotated[DueDays, Query()] = None,
 ) -> Response:
     """Every matching request; identifiers appear only as their keyed hashes."""
     viewer = _viewer(request, session, token)
@@ -260,8 +264,7 @@ def job_page(job_id: str, request: Request, session: SessionDep, token: Token = 
     viewer = _viewer(request, session, token)
     job = jobs_service.get_job(session, job_id)
     mia = ((job.report or {}).get("verification") or {}).get("mia") or {}
-    plot = (loss_distribution_svg(mia["loss_histogram"], "Per-record loss: forget set against held-out records")
-            if mia.get("loss_histogram") else None)
+    plot = loss_distribution_svgs(mia["loss_histogram"]) if mia.get("loss_histogram") else None
     return _page(request, "job.html", viewer, job=job, request_ids=jobs_service.job_requests(session, job_id),
                  mia=mia, plot=plot)
 
@@ -366,9 +369,9 @@ def audit_page(
     entity_type: Annotated[str | None, Query(max_length=40)] = None,
     entity_id: Annotated[str | None, Query(max_length=64)] = None,
     actor: Annotated[str | None, Query(max_length=64)] = None,
-    since: Annotated[datetime | None, Query()] = None,
-    until: Annotated[datetime | None, Query()] = None,
-    before: Annotated[int | None, Query(ge=1, le=2**62)] = None,
+    since: Annotated[datetime | None, Blank, Query()] = None,
+    until: Annotated[datetime | None, Blank, Query()] = None,
+    before: Annotated[Seq, Query()] = None,
 ) -> HTMLResponse:
     """The event browser: newest first, narrowed by event type, entity, actor and time window."""
     viewer = _viewer(request, session, token)

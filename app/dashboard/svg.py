@@ -79,9 +79,9 @@ def lineage_svg(nodes: list[VersionNode], title: str) -> str:
 
 # --- per-record loss distributions (job evidence) ------------------------------------------------
 
-PLOT_W, PLOT_H, AXIS_L, AXIS_B, AXIS_T, PANEL_GAP = 300, 150, 44, 34, 28, 36
+PLOT_W, PLOT_H, AXIS_L, AXIS_B, AXIS_T = 300, 150, 44, 34, 28
 FORGET_FILL, HELDOUT_STROKE = "#c92a2a", "#1864ab"
-PANELS = (("After unlearning", "forget", "heldout"), ("Original model", "original_forget", "original_heldout"))
+PANELS = (("After unlearning", "forget", "heldout"), ("Under the original model", "original_forget", "original_heldout"))
 
 
 def _shares(counts: Sequence[int]) -> list[float]:
@@ -123,35 +123,36 @@ def _panel(x0: int, y0: int, title: str, forget: Sequence[int], heldout: Sequenc
     return parts
 
 
-def loss_distribution_svg(histogram: Mapping[str, Any], title: str) -> str:
-    """Forget set (filled bars) against held-out records (blue line) as shares of each group,
-    after unlearning and, for comparison, under the original model. A model that forgot
-    shows the bars where the line is; one that remembers shows them piled at low loss."""
+def loss_distribution_svgs(histogram: Mapping[str, Any]) -> list[str]:
+    """Two plots on one scale, after unlearning and under the original model: the forget set
+    (filled bars) against held-out records (blue line) as shares of each group. A model that
+    forgot shows the bars where the line is; one that remembers piles them at low loss. Two
+    images rather than one, so that a narrow screen stacks them instead of shrinking both."""
     edges = [float(e) for e in histogram["edges"]]
     counts = {name: [int(c) for c in values] for name, values in histogram["counts"].items()}
     bins = len(edges) - 1
     zero = [0] * bins
     top = max((share for values in counts.values() for share in _shares(values)), default=0.0) or 1.0
-    panel_w = AXIS_L + PLOT_W + 12
-    width = panel_w * 2 + PANEL_GAP
+    width = AXIS_L + PLOT_W + 12
     legend_y = AXIS_T + PLOT_H + AXIS_B + 14
     height = legend_y + 18
-    sizes = {name: sum(values) for name, values in counts.items()}
-    desc = (f"{sizes.get('forget', 0)} forget-set records against {sizes.get('heldout', 0)} held-out records "
-            f"never trained on, in {bins} loss bins from 0 to {edges[-1]:.2f}; left after unlearning, right "
-            "under the original model.")
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" role="img" class="loss-plot" width="{width}" '
-             f'height="{height}" viewBox="0 0 {width} {height}" aria-labelledby="loss-title loss-desc">',
-             f'<title id="loss-title">{escape(title)}</title><desc id="loss-desc">{escape(desc)}</desc>']
+    svgs = []
     for n, (label, forget, heldout) in enumerate(PANELS):
-        parts += _panel(n * (panel_w + PANEL_GAP), 0, label, counts.get(forget, zero), counts.get(heldout, zero),
-                        edges, top)
-    parts += [f'<rect x="{AXIS_L}" y="{legend_y - 10}" width="14" height="10" fill="{FORGET_FILL}" '
-              'fill-opacity="0.55"/>',
-              f'<text x="{AXIS_L + 20}" y="{legend_y}" font-size="12" font-family="sans-serif">forget set</text>',
-              f'<line x1="{AXIS_L + 110}" y1="{legend_y - 5}" x2="{AXIS_L + 126}" y2="{legend_y - 5}" '
-              f'stroke="{HELDOUT_STROKE}" stroke-width="2"/>',
-              f'<text x="{AXIS_L + 132}" y="{legend_y}" font-size="12" font-family="sans-serif">'
-              'held-out (never trained on)</text>',
-              "</svg>"]
-    return "".join(parts)
+        forget_counts, heldout_counts = counts.get(forget, zero), counts.get(heldout, zero)
+        title = f"Per-record loss {label.lower()}: forget set against held-out records"
+        desc = (f"{sum(forget_counts)} forget-set records against {sum(heldout_counts)} held-out records never "
+                f"trained on, as shares of each group in {bins} loss bins from {edges[0]:.2f} to {edges[-1]:.2f}.")
+        parts = [f'<svg xmlns="http://www.w3.org/2000/svg" role="img" class="loss-plot" width="{width}" '
+                 f'height="{height}" viewBox="0 0 {width} {height}" aria-labelledby="loss-title-{n} loss-desc-{n}">',
+                 f'<title id="loss-title-{n}">{escape(title)}</title><desc id="loss-desc-{n}">{escape(desc)}</desc>']
+        parts += _panel(0, 0, label, forget_counts, heldout_counts, edges, top)
+        parts += [f'<rect x="{AXIS_L}" y="{legend_y - 10}" width="14" height="10" fill="{FORGET_FILL}" '
+                  'fill-opacity="0.55"/>',
+                  f'<text x="{AXIS_L + 20}" y="{legend_y}" font-size="12" font-family="sans-serif">forget set</text>',
+                  f'<line x1="{AXIS_L + 100}" y1="{legend_y - 5}" x2="{AXIS_L + 116}" y2="{legend_y - 5}" '
+                  f'stroke="{HELDOUT_STROKE}" stroke-width="2"/>',
+                  f'<text x="{AXIS_L + 122}" y="{legend_y}" font-size="12" font-family="sans-serif">'
+                  'held-out (never trained on)</text>',
+                  "</svg>"]
+        svgs.append("".join(parts))
+    return svgs

@@ -280,9 +280,10 @@ def test_job_page_plots_the_per_record_loss_distributions(api, make_client, sign
         session.flush()
         plotted_id, older_id = plotted.id, older.id
     page = api.get(f"/admin/jobs/{plotted_id}").text
-    assert 'aria-labelledby="loss-title loss-desc"' in page
-    assert "8 forget-set records against 16 held-out records" in page
-    # Two panels (after unlearning, the original), each with one bar per bin and a held-out line.
+    assert '<title id="loss-title-0">Per-record loss after unlearning' in page
+    assert '<title id="loss-title-1">Per-record loss under the original model' in page
+    assert page.count("8 forget-set records against 16 held-out records") == 2
+    # Two plots (after unlearning, the original), each with one bar per bin and a held-out line.
     assert page.count('class="bar forget"') == 8 and page.count('class="line heldout"') == 2
     assert "Loss-attack AUC 0.51" in page and "the original model's 0.83" in page
     assert "No per-record loss distribution was recorded" in api.get(f"/admin/jobs/{older_id}").text
@@ -333,3 +334,16 @@ def _actions(page: str) -> list[str]:
     import re
 
     return re.findall(r'<td data-field="action">([^<]+)</td>', page)
+
+
+def test_filter_forms_send_empty_fields_as_any(api, sign_in, seeded):
+    """A browser submits every field of a GET form; the empty ones mean "any"."""
+    sign_in("admin")
+    listed = api.get("/admin/requests", params={"status": "", "external_ref": "", "due_days": ""})
+    assert listed.status_code == 200 and all(r in listed.text for r in seeded.pending)
+    events = api.get("/admin/audit", params={"action": "", "entity_type": "", "entity_id": "", "actor": "",
+                                             "since": "", "until": ""})
+    assert events.status_code == 200 and "request.received" in events.text
+    assert api.get("/admin/requests", params={"due_days": "soon"}).status_code == 422
+    assert api.get("/admin/requests", params={"due_days": "-1"}).status_code == 422
+    assert api.get("/admin/audit", params={"before": "0"}).status_code == 422

@@ -160,6 +160,9 @@ def test_loss_histogram_bins_every_record_on_one_scale():
     assert histogram["counts"]["heldout"][-1] >= 2
     all_zero = loss_histogram({"a": torch.zeros(3)}, bins=4)
     assert all_zero["edges"][-1] == 1.0 and all_zero["counts"]["a"] == [3, 0, 0, 0]
+    # The scale starts at the smallest loss, not at 0: no empty bins on the left.
+    shifted = loss_histogram({"a": torch.tensor([1.0, 1.5, 2.0, 3.0])}, bins=4)
+    assert shifted["edges"][0] == 1.0 and shifted["counts"]["a"][0] >= 1
 
 
 def test_the_report_carries_binned_loss_distributions_and_no_single_loss(memorised):

@@ -183,23 +183,25 @@ LOSS_BINS = 20
 def loss_histogram(groups: dict[str, torch.Tensor], bins: int = LOSS_BINS) -> dict[str, object]:
     """Per-record losses of several groups binned on one shared scale, for plotting.
 
-    Only counts leave: no record, key or single loss value. The scale runs from 0 to the
-    99th percentile of all the losses together; larger losses fall into the last bin and
-    are counted again under ``clipped``, so one outlier cannot squash the rest into a bin.
+    Only counts leave: no record, key or single loss value. The scale runs from the
+    smallest loss to the 99th percentile of all the losses together; larger losses fall into
+    the last bin and are counted again under ``clipped``, so one outlier cannot squash the rest
+    into a bin.
     """
     nonempty = [values.double().flatten() for values in groups.values() if len(values)]
     pooled = torch.cat(nonempty) if nonempty else torch.zeros(0, dtype=torch.float64)
     pooled = pooled[torch.isfinite(pooled)]
-    top = float(torch.quantile(pooled, 0.99)) if len(pooled) else 0.0
-    if top <= 0:  # every loss (nearly) zero: any positive scale shows that
-        top = float(pooled.max()) if len(pooled) and float(pooled.max()) > 0 else 1.0
-    edges = torch.linspace(0.0, top, bins + 1, dtype=torch.float64)
+    low = max(float(pooled.min()), 0.0) if len(pooled) else 0.0
+    top = float(torch.quantile(pooled, 0.99)) if len(pooled) else low
+    if top <= low:  # (nearly) one value: any scale above it shows that
+        top = float(pooled.max()) if len(pooled) and float(pooled.max()) > low else low + 1.0
+    edges = torch.linspace(low, top, bins + 1, dtype=torch.float64)
     counts: dict[str, list[int]] = {}
     clipped: dict[str, int] = {}
     for name, values in groups.items():
         values = values.double().flatten()
         values = torch.where(torch.isfinite(values), values, torch.full_like(values, top * 2))
-        index = torch.bucketize(values.clamp(0.0, top), edges[1:-1], right=True)
+        index = torch.bucketize(values.clamp(low, top), edges[1:-1], right=True)
         counts[name] = torch.bincount(index, minlength=bins).tolist()
         clipped[name] = int((values > top).sum())
     return {"edges": [round(float(e), 6) for e in edges], "counts": counts, "clipped": clipped}
