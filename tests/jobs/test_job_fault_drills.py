@@ -32,6 +32,7 @@ from tests.jobs.conftest import job_state, run_inline, wait_for, wait_job
 DRILL_MLP = {"hidden": [16], "epochs": 8}
 DEMO_ROWS = 600
 UNLEARN_STAGES = ["loading", "unlearning", "verifying", "purging", "done"]
+TRAIN_STAGES = ["loading", "training", "done"]
 
 
 @dataclass
@@ -114,7 +115,7 @@ class Drill:
         wait_for(lambda: _reached(job_state(self.job_id)["stage"], stage), timeout=timeout, interval=0.02,
                  what=f"stage {stage}")
 
-    def kill_in_stage(self, worker: Any, stage: str) -> None:
+    def kill_in_stage(self, worker: Any, stage: str, stages: list[str] = UNLEARN_STAGES) -> None:
         """Freeze the job in ``stage`` by locking its row, SIGKILL the worker there, let go."""
         deadline = time.monotonic() + 180
         with psycopg.connect(self.dsn) as conn:
@@ -125,7 +126,7 @@ class Drill:
                 if row == (stage, "running"):
                     break
                 conn.rollback()
-                assert not _reached(row[0], UNLEARN_STAGES[UNLEARN_STAGES.index(stage) + 1]), \
+                assert not _reached(row[0], stages[stages.index(stage) + 1], stages), \
                     f"the job passed {stage} between two looks ({row})"
                 time.sleep(0.01)
             worker.kill()
@@ -136,26 +137,16 @@ class Drill:
         """What every drill must leave behind; returns the job's final state."""
         from sqlalchemy import func, select
 
-        from app.audit.service import seal_if_free
-        from app.audit.verify import verify_log
         from app.core.database import session_scope
         from app.jobs.models import UnlearningJob
         from app.registry.models import ModelVersion
-        from app.requests.models import DeletionRequest, RequestTransition
+        from app.requests.models import RequestTransition
 
         state = wait_job(self.job_id, timeout=240)
-        errors = [s for s in load.statuses if s[1] >= 500 and not (s[1] == 503 and s[2])]
-        assert not errors, errors
-        assert not load.unanswered, load.unanswered
-        assert load.keys, "the client never got to submit"
+        self.check_intake(load)
         assert self.api.get(f"/v1/deletion-requests/{self.request_id}",
                             headers=self.portal.headers).json()["status"] == "completed"
         with session_scope() as session:
-            stored = dict(session.execute(select(DeletionRequest.idempotency_key, func.count()).where(
-                DeletionRequest.idempotency_key.is_not(None)).group_by(DeletionRequest.idempotency_key)).tuples().all())
-            # Every submission the client made is stored, once (the last may be in flight when stopped).
-            assert set(load.keys[:-1]) <= set(stored) and set(stored) <= set(load.keys), (load.keys, stored)
-            assert set(stored.values()) == {1}
             versions = session.execute(select(ModelVersion.number, ModelVersion.state)
                                        .order_by(ModelVersion.number)).tuples().all()
             assert versions == [(1, "purged"), (2, "active")], versions
@@ -165,21 +156,42 @@ class Drill:
             completions = session.scalar(select(func.count()).select_from(RequestTransition).where(
                 RequestTransition.request_id == self.request_id, RequestTransition.to_status == "completed"))
             assert completions == 1
-        seal_if_free()
-        with session_scope() as session:
-            verification = verify_log(session)
-            assert verification.ok, verification
         answered = sorted({code for _, code, _ in load.statuses})
         print(f"drill: attempts={state['attempts']} submissions={len(load.keys)} statuses={answered}")
         return state
 
+    def check_intake(self, load: IntakeLoad) -> None:
+        """No 5xx but 503 with Retry-After, every submission stored exactly once, the chain verifies."""
+        from sqlalchemy import func, select
 
-def _reached(current: str | None, stage: str) -> bool:
-    return current is not None and UNLEARN_STAGES.index(current) >= UNLEARN_STAGES.index(stage)
+        from app.audit.service import seal_if_free
+        from app.audit.verify import verify_log
+        from app.core.database import session_scope
+        from app.requests.models import DeletionRequest
+
+        errors = [s for s in load.statuses if s[1] >= 500 and not (s[1] == 503 and s[2])]
+        assert not errors, errors
+        assert not load.unanswered, load.unanswered
+        assert load.keys, "the client never got to submit"
+        with session_scope() as session:
+            stored = dict(session.execute(select(DeletionRequest.idempotency_key, func.count()).where(
+                DeletionRequest.idempotency_key.is_not(None)).group_by(DeletionRequest.idempotency_key)).tuples().all())
+            # Every submission the client made is stored, once (the last may be in flight when stopped).
+            assert set(load.keys[:-1]) <= set(stored) and set(stored) <= set(load.keys), (load.keys, stored)
+            assert set(stored.values()) == {1}
+        seal_if_free()
+        with session_scope() as session:
+            verification = verify_log(session)
+            assert verification.ok, verification
+
+
+def _reached(current: str | None, stage: str, stages: list[str] = UNLEARN_STAGES) -> bool:
+    return current is not None and stages.index(current) >= stages.index(stage)
 
 
 @pytest.fixture
-def drill(env, make_client, start_worker, monkeypatch, tmp_path) -> Iterator[Drill]:
+def untrained_drill(env, make_client, start_worker, monkeypatch, tmp_path) -> Iterator[Drill]:
+    """The model registered, its training job queued (``job_id``), nothing trained yet."""
     from fastapi.testclient import TestClient
 
     from app import demo
@@ -195,11 +207,18 @@ def drill(env, make_client, start_worker, monkeypatch, tmp_path) -> Iterator[Dri
     reset_caches()
     [training] = demo.install(actor="test", limit=DEMO_ROWS, models=(
         DemoModel("digits-mlp", "mlp", DRILL_MLP, {"default_method": "retrain"}),))
-    run_inline(training)
     with TestClient(create_app(), raise_server_exceptions=False) as api:
         yield Drill(env=env, api=api, admin=make_client("admin"), portal=make_client("portal"),
                     start_worker=start_worker, beat_schedule=str(tmp_path / "beat-schedule"),
-                    dsn=env["UNLEARND_DATABASE_URL"].replace("postgresql+psycopg://", "postgresql://"))
+                    dsn=env["UNLEARND_DATABASE_URL"].replace("postgresql+psycopg://", "postgresql://"),
+                    job_id=training)
+
+
+@pytest.fixture
+def drill(untrained_drill: Drill) -> Drill:
+    """Version 1 trained (in this process); ``queue_job`` then queues the unlearning job."""
+    run_inline(untrained_drill.job_id)
+    return untrained_drill
 
 
 @pytest.mark.timeout(600)
@@ -213,6 +232,26 @@ def test_worker_sigkilled_in_each_stage_the_job_resumes_and_completes_once(drill
         wait_job(drill.job_id, timeout=240)
     state = drill.check(load)
     assert state["attempts"] == 2, state
+
+
+@pytest.mark.timeout(600)
+def test_worker_sigkilled_while_training_the_model_is_trained_once(untrained_drill):
+    from sqlalchemy import select
+
+    from app.core.database import session_scope
+    from app.registry.models import ModelVersion
+
+    drill = untrained_drill
+    worker = drill.worker()  # takes the queued training job from the broker
+    with drill.load() as load:
+        drill.kill_in_stage(worker, "training", TRAIN_STAGES)
+        drill.worker()
+        state = wait_job(drill.job_id, timeout=240)
+    assert state["attempts"] == 2, state
+    drill.check_intake(load)
+    with session_scope() as session:
+        versions = session.execute(select(ModelVersion.number, ModelVersion.state)).tuples().all()
+    assert versions == [(1, "active")], versions
 
 
 @pytest.mark.timeout(600)
