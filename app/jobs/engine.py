@@ -313,12 +313,16 @@ def is_approximate(method: str) -> bool:
     return spec is not None and spec.guarantee == "approximate"
 
 
-def qualify(adapter_name: str, hyperparameters: dict[str, Any], train: LabelledData, forget_keys: list[str],
-            heldout: LabelledData, method: str, *, runs: int, seed: int) -> dict[str, Any]:
-    """The per-example qualification study of ``method`` on this recipe (see
-    ``workers.unlearning.qualification``); every model it trains stays in memory."""
+def qualify(adapter_name: str, hyperparameters: dict[str, Any], train: LabelledData,
+            forget_sets: list[list[str]], heldout: LabelledData, method: str, *, runs: int,
+            seed: int) -> dict[str, Any]:
+    """The per-example qualification study of ``method`` on this recipe, one study per forget
+    set, combined (see ``workers.unlearning.qualification``). Every model it trains lives in
+    this function's memory only and is unreachable (and collected) once it returns."""
+    import gc
+
     from workers.unlearning import unlearn
-    from workers.unlearning.qualification import run_study
+    from workers.unlearning.qualification import combine, run_study
 
     calibration, verification = verification_halves(heldout, seed)
 
@@ -329,8 +333,44 @@ def qualify(adapter_name: str, hyperparameters: dict[str, Any], train: LabelledD
         edited, _ = unlearn(method, original, retain, forget, calibration, {"seed": run_seed})
         return edited
 
-    result = run_study(fit_recipe, run_method, train, forget_keys, verification, runs=runs, seed=seed)
-    return json_safe(result.to_dict())
+    results = [run_study(fit_recipe, run_method, train, keys, verification, runs=runs, seed=seed + 10_000 * i)
+               for i, keys in enumerate(forget_sets)]
+    gc.collect()
+    return json_safe(combine(results))
+
+
+def sampling_audit(outcome: UnlearningOutcome, base: Any, retain: LabelledData, forget: LabelledData,
+                   heldout: LabelledData, thresholds: Thresholds,
+                   method_options: Callable[[str], Mapping[str, Any] | None], *, seed: int,
+                   study_report: dict[str, Any]) -> tuple[UnlearningOutcome, dict[str, Any]]:
+    """Run the exact method on the job's forget set and compare the approximate result with
+    it per record, at the noise scale and test levels of the qualification's study. Returns
+    the outcome the job keeps (the approximate one, or on a degraded comparison the exact
+    retrain, already in hand) and the comparison."""
+    from workers.unlearning import unlearn, verify
+    from workers.unlearning.qualification import audit_comparison
+
+    calibration, verification = verification_halves(heldout, seed)
+    exact = exact_method_for(base)
+    retrained, report = unlearn(exact, base, retain, forget, calibration, method_options(exact))
+    study = study_report.get("study", {})
+    policy = study.get("policy", {})
+    comparison = json_safe(audit_comparison(
+        outcome.model, retrained, forget, float(study.get("reference_score_std", 0.0)),
+        alpha=float(policy.get("alpha", 0.05)), flag_margin=float(policy.get("flag_margin", 0.05))))
+    comparison["exact_method"] = exact
+    if not comparison["degraded"]:
+        return UnlearningOutcome(model=outcome.model, method_used=outcome.method_used, fell_back=outcome.fell_back,
+                                 units=outcome.units, report={**outcome.report, "sampling_audit": comparison}), comparison
+    verdict = verify(base, retrained, retain, forget, verification, thresholds)
+    attempts = [*outcome.report["attempts"], {
+        "method": exact, "outcome": verdict.verdict, "unlearning": report.to_dict(),
+        "verification": verdict.to_dict(), "fallback": True, "reason": (
+            "the sampling audit found the approximate result off the exact retrain per record; the retrain is kept "
+            "and the qualification is revoked")}]
+    kept = _outcome(retrained, exact, True, report.details, attempts)
+    kept.report["sampling_audit"] = comparison
+    return kept, comparison
 
 
 def _outcome(model: Any, method: str, fell_back: bool, details: dict[str, Any],

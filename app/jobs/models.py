@@ -76,6 +76,7 @@ class QualificationStatus(StrEnum):
     QUALIFIED = "qualified"
     NOT_QUALIFIED = "not_qualified"
     FAILED = "failed"
+    REVOKED = "revoked"  # a sampling audit found a job's approximate result off its exact retrain
 
 
 class MethodQualification(Base):
@@ -102,3 +103,9 @@ class MethodQualification(Base):
     created_by: Mapped[str] = mapped_column(String(64), default="system")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
+    # Jobs that kept an approximate result under this study; every k-th is audited (policy).
+    approximate_jobs: Mapped[int] = mapped_column(default=0, server_default="0")
+    revoked_at: Mapped[datetime | None] = mapped_column(default=None)
+    revocation: Mapped[dict[str, Any] | None] = mapped_column(default=None)  # the audit that revoked it
+    # What the study trained, on which snapshot, where it was kept and when it was destroyed.
+    temporary_models: Mapped[dict[str, Any] | None] = mapped_column(default=None)

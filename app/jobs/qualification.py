@@ -7,7 +7,15 @@ independent retrains for the ceiling, per-example. Its report is signed with the
 key and stored; jobs on that version (or versions unlearned from it) whose forget set
 falls in the band may then try the method. The study's temporary models hold the training
 data; they are trained in memory only, never written to the artifact store, and are gone
-when the study ends (the report says so).
+when the study ends. That fact is recorded, not just claimed: the study row keeps a
+``temporary_models`` record (how many models of each kind, the training snapshot and its
+Merkle root, that they were kept in worker memory only, when they were created and when
+they were destroyed), and the destruction is an audit event of its own.
+
+A passing study can be revoked: with ``sampling_audit_every = k`` in the model's policy,
+every k-th job that keeps an approximate result under it also runs the exact method and
+compares the two per record; a degraded comparison revokes the study (its jobs go back to
+the exact method) and raises ``qualification.revoked`` for admins.
 """
 
 from __future__ import annotations
@@ -36,14 +44,18 @@ log = logging.getLogger("unlearnd.jobs")
 
 DEFAULT_RUNS = 8
 MAX_RUNS = 64
+DEFAULT_FORGET_SETS = 2
+MAX_FORGET_SETS = 8
 TEMPORARY_MODELS = (
     "the study's originals, retrains and unlearned models were trained in this worker's memory only, never "
-    "written to the artifact store or any file, and were discarded when the study ended"
+    "written to the artifact store or any file, and were destroyed when the study ended (recorded under "
+    "temporary_models, with the snapshot they were trained on, and audited)"
 )
+STORAGE = "worker memory only (never written to the artifact store or any file)"
 
 
 def start(session: Session, model_name: str, *, method: str, band_min: int, band_max: int, runs: int,
-          actor: str) -> MethodQualification:
+          actor: str, forget_sets: int = DEFAULT_FORGET_SETS) -> MethodQualification:
     """Queue a study of ``method`` on the model's active version (enqueued after commit)."""
     model = registry.get_model(session, model_name)
     if not engine.is_approximate(method):
@@ -53,18 +65,22 @@ def start(session: Session, model_name: str, *, method: str, band_min: int, band
         raise InvalidInput("the forget-size band needs 1 <= band_min <= band_max", field="band_min")
     if not 2 <= runs <= MAX_RUNS:
         raise InvalidInput(f"runs must be between 2 and {MAX_RUNS}", field="runs")
+    if not 1 <= forget_sets <= MAX_FORGET_SETS:
+        raise InvalidInput(f"forget_sets must be between 1 and {MAX_FORGET_SETS}", field="forget_sets")
     version = session.scalar(select(ModelVersion).where(
         ModelVersion.model_id == model.id, ModelVersion.state == VersionState.ACTIVE))
     if version is None or version.snapshot_id is None:
         raise InvalidInput(f"model '{model_name}' has no active trained version to qualify on", field="name")
     study = MethodQualification(model_id=model.id, version_id=version.id, method=method, band_min=band_min,
-                                band_max=band_max, settings={"runs": runs}, created_by=actor)
+                                band_max=band_max, settings={"runs": runs, "forget_sets": forget_sets},
+                                created_by=actor)
     session.add(study)
     session.flush()
     enqueue(session, TaskName.QUALIFY_METHOD, qualification_id=study.id)
     audit.record(session, actor=actor, action="qualification.requested", entity_type="method_qualification",
                  entity_id=study.id, payload={"model_id": model.id, "version_id": version.id, "method": method,
-                                              "band": [band_min, band_max], "runs": runs})
+                                              "band": [band_min, band_max], "runs": runs,
+                                              "forget_sets": forget_sets})
     return study
 
 
@@ -100,6 +116,7 @@ def covering(session: Session, version: ModelVersion, method: str, forget_size: 
         select(MethodQualification).where(
             MethodQualification.version_id.in_(lineage_ids), MethodQualification.method == method,
             MethodQualification.status == QualificationStatus.QUALIFIED,
+            MethodQualification.revoked_at.is_(None),
             MethodQualification.band_min <= forget_size, MethodQualification.band_max >= forget_size,
         ).order_by(MethodQualification.finished_at.desc())
     )
@@ -152,6 +169,14 @@ def _forget_sample(keys: list[str], size: int, seed: int) -> list[str]:
     return sorted(random.Random(seed).sample(sorted(keys), size))
 
 
+def forget_set_sizes(band_min: int, band_max: int, count: int, available: int) -> list[int]:
+    """``count`` sizes spread over the band's upper part, the largest at ``band_max``
+    (capped at half the training rows): for 2 sets, the band's middle and its top."""
+    top = max(1, min(band_max, available // 2))
+    low = max(1, min(band_min, top))
+    return [max(low, round(low + (top - low) * (i + 1) / count)) for i in range(count)]
+
+
 def run(qualification_id: str) -> None:
     """The task body. A study that already finished is left alone (redelivery is harmless;
     a study interrupted midway starts over, since its models were never stored)."""
@@ -172,30 +197,42 @@ def run(qualification_id: str) -> None:
         context = {"qualification_id": study.id, "model": model.name, "model_id": model.id, "version_id": version.id,
                    "version_number": version.number, "snapshot_merkle_root": snapshot.merkle_root,
                    "method": study.method, "band": [study.band_min, study.band_max]}
-        runs, size = int(study.settings["runs"]), study.band_max
+        runs = int(study.settings["runs"])
+        sets = int(study.settings.get("forget_sets", 1))
+        band = (study.band_min, study.band_max)
+        temporary = {"storage": STORAGE, "snapshot_id": snapshot.id, "snapshot_merkle_root": snapshot.merkle_root,
+                     "trained_on_records": len(trained_keys), "created_at": utcnow().isoformat(),
+                     "models": None, "destroyed_at": None}
+        study.temporary_models = temporary
     try:
         data = engine.load_dataset(*source)
         train = data.select(sorted(trained_keys))
         _, heldout = engine.training_split(data.select(records.active), fraction, seed)
         heldout = heldout.without(trained_keys)
-        size = min(size, len(train) // 2)
-        forget_keys = _forget_sample(list(train.keys), size, seed)
-        result = engine.qualify(*recipe, train, forget_keys, heldout, context["method"], runs=runs, seed=seed)
+        sizes = forget_set_sizes(*band, sets, len(train))
+        forget_sets = [_forget_sample(list(train.keys), size, seed + i) for i, size in enumerate(sizes)]
+        result = engine.qualify(*recipe, train, forget_sets, heldout, context["method"], runs=runs, seed=seed)
     except Exception as exc:
         log.exception("qualification study failed", extra={"qualification_id": qualification_id})
-        _finish(qualification_id, None, error=f"{type(exc).__name__}: {exc}"[:500])
+        # Whatever it had trained went with the exception's frames: destroyed all the same.
+        _finish(qualification_id, None, error=f"{type(exc).__name__}: {exc}"[:500],
+                temporary={**temporary, "destroyed_at": utcnow().isoformat()})
         return
-    report = {**context, "forget_size": size, "forget_set_sha256": sha256_hex(canonical_json(forget_keys)),
-              "study": result, "temporary_models": TEMPORARY_MODELS}
-    _finish(qualification_id, report)
+    temporary = {**temporary, "models": result["models_trained"], "destroyed_at": utcnow().isoformat()}
+    report = {**context, "forget_size": max(sizes), "forget_sizes": sizes,
+              "forget_set_sha256": [sha256_hex(canonical_json(keys)) for keys in forget_sets],
+              "study": result, "temporary_models": TEMPORARY_MODELS, "temporary_model_record": temporary}
+    _finish(qualification_id, report, temporary=temporary)
 
 
-def _finish(qualification_id: str, report: dict[str, Any] | None, *, error: str | None = None) -> None:
+def _finish(qualification_id: str, report: dict[str, Any] | None, *, temporary: dict[str, Any],
+            error: str | None = None) -> None:
     with session_scope() as session:
         study = session.get(MethodQualification, qualification_id)
         if study.status != QualificationStatus.RUNNING:
             return
         study.finished_at = utcnow()
+        study.temporary_models = temporary
         if report is None:
             study.status, study.error = QualificationStatus.FAILED, error
         else:
@@ -205,6 +242,43 @@ def _finish(qualification_id: str, report: dict[str, Any] | None, *, error: str 
             study.signature, study.key_id = signer.sign(body), signer.key_id
             study.status = QualificationStatus.QUALIFIED if report["study"]["qualified"] \
                 else QualificationStatus.NOT_QUALIFIED
+        audit.record(session, actor="worker", action="qualification.temporary_models_destroyed",
+                     entity_type="method_qualification", entity_id=study.id, payload=temporary)
         audit.record(session, actor="worker", action=f"qualification.{study.status}",
                      entity_type="method_qualification", entity_id=study.id,
                      payload={"report_sha256": study.report_sha256, "method": study.method})
+
+
+def audit_turn(session: Session, qualification_id: str, every: int | None) -> dict[str, Any] | None:
+    """Count one more job that kept an approximate result under the study; on every
+    ``every``-th, return the study's report for the sampling audit (else None). The row is
+    locked so two jobs finishing together cannot take the same turn."""
+    study = session.scalar(select(MethodQualification).where(MethodQualification.id == qualification_id)
+                           .with_for_update())
+    if study is None:
+        return None
+    study.approximate_jobs += 1
+    if every is None or study.approximate_jobs % every or study.revoked_at is not None:
+        return None
+    return dict(study.report)
+
+
+def revoke(session: Session, qualification_id: str, *, job_id: str, comparison: dict[str, Any], actor: str) -> None:
+    """A sampling audit found a job's approximate result off its exact retrain: the study no
+    longer covers any job, and admins hear of it (audit event, webhook)."""
+    study = session.scalar(select(MethodQualification).where(MethodQualification.id == qualification_id)
+                           .with_for_update())
+    if study is None or study.revoked_at is not None:
+        return
+    study.status, study.revoked_at = QualificationStatus.REVOKED, utcnow()
+    study.revocation = {"job_id": job_id, "comparison": comparison}
+    log.warning("qualification revoked by a sampling audit",
+                extra={"qualification_id": study.id, "job_id": job_id, "method": study.method})
+    audit.record(session, actor=actor, action="qualification.revoked", entity_type="method_qualification",
+                 entity_id=study.id, payload={
+                     "model_id": study.model_id, "version_id": study.version_id, "method": study.method,
+                     "band": [study.band_min, study.band_max], "job_id": job_id,
+                     "records": comparison.get("records"), "flagged": comparison.get("flagged"),
+                     "flag_rate": comparison.get("flag_rate"), "allowed_rate": comparison.get("allowed_rate"),
+                     "p_value": comparison.get("p_value"), "report_sha256": study.report_sha256,
+                     "notify": "admins"})

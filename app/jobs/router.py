@@ -73,7 +73,7 @@ def cancel_job(job_id: str, session: SessionDep, admin: AdminClient) -> JobDetai
              response_model=QualificationOut)
 def start_qualification(name: str, body: QualificationBody, session: SessionDep, client: MLClient) -> QualificationOut:
     study = qualification.start(session, name, method=body.method, band_min=body.band_min, band_max=body.band_max,
-                                runs=body.runs, actor=client.id)
+                                runs=body.runs, forget_sets=body.forget_sets, actor=client.id)
     return QualificationOut.model_validate(study)
 
 

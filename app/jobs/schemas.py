@@ -62,6 +62,9 @@ class QualificationBody(BaseModel):
     band_min: int = Field(ge=1, description="Smallest forget set (records) the qualification covers.")
     band_max: int = Field(ge=1, description="Largest forget set covered; the study samples forget sets of this size.")
     runs: int = Field(default=8, ge=2, le=64, description="Models per population (unlearned, retrains, ceiling).")
+    forget_sets: int = Field(default=2, ge=1, le=8, description=(
+        "Independent forget sets sampled in the band (sizes spread up to band_max); the method qualifies only "
+        "if it qualifies on every one."))
 
 
 class QualificationOut(BaseModel):
@@ -82,3 +85,9 @@ class QualificationOut(BaseModel):
     error: str | None
     created_at: datetime
     finished_at: datetime | None
+    approximate_jobs: int = 0
+    revoked_at: datetime | None = None
+    revocation: dict[str, Any] | None = None
+    temporary_models: dict[str, Any] | None = Field(default=None, description=(
+        "What the study trained (counts), on which training snapshot, where the models were kept and when they "
+        "were destroyed."))

@@ -126,6 +126,10 @@ def run(job_id: str, worker: str, lease: lifecycle.Lease) -> None:
         seed=inputs.seed, on_stage=lambda stage: lifecycle.set_stage(job_id, worker, stage),
         qualification=inputs.qualification,
     )
+    if inputs.qualification is not None and outcome.method_used == inputs.method:
+        lease.check()
+        outcome = _sampling_audit(job_id, worker, inputs, outcome, base_model, data.select(retain_keys),
+                                  data.select(forget_keys), heldout)
     stored = storage.store_parts(engine.artifact_parts(outcome.model, retain_keys))
     lease.check()
     report = {**outcome.report, "forget_records": len(forget_keys), "retain_records": len(retain_keys),
@@ -148,6 +152,25 @@ def run(job_id: str, worker: str, lease: lifecycle.Lease) -> None:
         job.report = {**job.report, **report, "purge_version_ids": stale}
         job.stage, job.progress = JobStage.PURGING, lifecycle.STAGE_PROGRESS[JobStage.PURGING]
     purge_and_complete(job_id, worker)
+
+
+def _sampling_audit(job_id: str, worker: str, inputs: Inputs, outcome: engine.UnlearningOutcome, base_model: Any,
+                    retain: Any, forget: Any, heldout: Any) -> engine.UnlearningOutcome:
+    """The policy's sampling audit: on every k-th job that keeps an approximate result under
+    a study, run the exact method too and compare per record. A degraded comparison revokes
+    the study and the job keeps the exact result instead."""
+    study_id = inputs.qualification["id"]
+    with session_scope() as session:
+        study_report = qualification.audit_turn(session, study_id, inputs.policy.policy.sampling_audit_every)
+    if study_report is None:
+        return outcome
+    audited, comparison = engine.sampling_audit(
+        outcome, base_model, retain, forget, heldout, engine.thresholds(inputs.policy.policy.thresholds),
+        inputs.policy.policy.method_configs.options_for, seed=inputs.seed, study_report=study_report)
+    if comparison["degraded"]:
+        with session_scope() as session:
+            qualification.revoke(session, study_id, job_id=job_id, comparison=comparison, actor=worker)
+    return audited
 
 
 def _versions_holding(session: Session, model_id: str, record_ids: list[int]) -> list[str]:

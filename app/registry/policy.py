@@ -61,6 +61,7 @@ class Thresholds(TypedDict, total=False):
     min_mia_auc: FiniteFloat
     max_attack_auc: FiniteFloat
     max_heldout_accuracy_drop: FiniteFloat
+    accuracy_drop_z: FiniteFloat
     class_chance_margin: FiniteFloat
     max_js_divergence: FiniteFloat | None
     min_forget_size: Int32 | None
@@ -170,6 +171,10 @@ class UnlearningPolicy(BaseModel):
     # SISA sizing: the ensemble may lose at most this much test accuracy (a fraction,
     # 0.01 = 1 point) against the monolithic model; training picks shards and slices to match.
     max_accuracy_loss: float = Field(default=0.01, ge=0, le=1)
+    # Sampling audit of qualified approximate methods: every k-th job that keeps an approximate
+    # result also runs the exact method and compares the two per record; a degraded comparison
+    # revokes the qualification (and the job keeps the exact result). None: no audit.
+    sampling_audit_every: int | None = Field(default=None, ge=1, le=1_000_000)
 
     def stored(self) -> dict[str, Any]:
         """The JSON the model row keeps: thresholds and options only as the caller set them."""

@@ -24,11 +24,12 @@ VERSION_PURGED = "model_version.purged"
 CERTIFICATE_ISSUED = "certificate.issued"
 ENDPOINT_DISABLED = "webhook_endpoint.disabled"
 LINEAGE_VIOLATION = "lineage.violation"
+QUALIFICATION_REVOKED = "method_qualification.revoked"
 
 EVENT_TYPES = (
     REQUEST_RECEIVED, REQUEST_SCHEDULED, REQUEST_COMPLETED, REQUEST_FAILED, REQUEST_REJECTED, REQUEST_CANCELLED,
     REQUEST_DEADLINE_AT_RISK, JOB_SUCCEEDED, JOB_FAILED, VERSION_PURGED, CERTIFICATE_ISSUED, ENDPOINT_DISABLED,
-    LINEAGE_VIOLATION,
+    LINEAGE_VIOLATION, QUALIFICATION_REVOKED,
 )
 
 # The audit action this room writes when it disables an endpoint.
@@ -119,6 +120,13 @@ def from_audit(fact: AuditFact) -> list[WebhookEvent]:
             "state": payload.get("state"), "forgotten_records": payload.get("forgotten_records"),
             "unattached_requests": len(payload.get("unattached_requests", [])),
             "uncarried_requests": len(payload.get("uncarried_requests", [])), "found_at": fact.occurred_at,
+        }, entity)]
+    if action == "qualification.revoked":  # a sampling audit caught an approximate method: admins must know
+        return [WebhookEvent(QUALIFICATION_REVOKED, {
+            "qualification_id": entity, "model_id": payload.get("model_id"), "version_id": payload.get("version_id"),
+            "method": payload.get("method"), "band": payload.get("band"), "job_id": payload.get("job_id"),
+            "records": payload.get("records"), "flagged": payload.get("flagged"), "p_value": payload.get("p_value"),
+            "revoked_at": fact.occurred_at,
         }, entity)]
     if action == ENDPOINT_DISABLED_ACTION:
         return [WebhookEvent(ENDPOINT_DISABLED, {"endpoint_id": entity, "reason": payload.get("reason"),

@@ -8,6 +8,8 @@ import torch
 
 from workers.unlearning import get_adapter, split
 from workers.unlearning.qualification import (
+    audit_comparison,
+    combine,
     epsilon_score,
     example_epsilon,
     per_example_flags,
@@ -61,3 +63,47 @@ def test_retrain_qualifies_and_the_untouched_original_does_not(study_data):
     assert noop.flag_rate_unlearned > noop.flag_rate_retrain + 0.05
     assert noop.forget_score < 0.8 * noop.forget_score_ceiling
     assert noop.forget_score == pytest.approx(noop.forget_score_original)
+
+
+def test_the_sampling_audit_comparison_flags_a_result_off_the_retrain_per_record(study_data):
+    train, forget_keys, _ = study_data
+    forget, retain = train.select(forget_keys), train.without(forget_keys)
+    quick = {"hidden": [16], "epochs": 5, "batch_size": 32}
+    original = get_adapter("mlp", **quick).fit(train, seed=0)
+    retrained = get_adapter("mlp", **quick).fit(retain, seed=1)
+    levels = {"alpha": 0.05, "flag_margin": 0.05}
+    same = audit_comparison(retrained, retrained, forget, 1.0, **levels)
+    assert same["flagged"] == 0 and not same["degraded"] and same["records"] == len(forget)
+    # At a spread far below the models' real differences, every record is flagged: degraded.
+    off = audit_comparison(original, retrained, forget, 1e-9, **levels)
+    assert off["flagged"] == len(forget) and off["degraded"] and off["p_value"] < 1e-6
+    assert off["remembered"] + off["over_forgotten"] == off["flagged"]
+    # The binomial test: one flagged record in many is chance at the allowed rate, not a revocation.
+    assert audit_comparison(original, retrained, forget, 1e9, **levels)["degraded"] is False
+    with pytest.raises(ValueError):
+        audit_comparison(original, retrained, forget, 0.0, **levels)
+
+
+def test_several_forget_sets_qualify_only_together(study_data):
+    train, forget_keys, heldout = study_data
+    quick = {"hidden": [16], "epochs": 3, "batch_size": 32}
+
+    def fit(data, seed):
+        return get_adapter("mlp", **quick).fit(data, seed=seed)
+
+    def untouched(original, retain, forget, seed):
+        return original
+
+    def retrain(original, retain, forget, seed):
+        return fit(retain, seed)
+
+    bad = run_study(fit, untouched, train, forget_keys, heldout, runs=2, seed=1)
+    good = run_study(fit, retrain, train, forget_keys[:5], heldout, runs=2, seed=2)
+    both = combine([good, bad])
+    assert both["forget_sets"] == 2 and both["forget_sizes"] == [5, len(forget_keys)]
+    assert both["qualified"] is (good.qualified and bad.qualified)
+    assert all(reason.startswith("forget set 2") for reason in both["reasons"][len(good.reasons):])
+    assert both["models_trained"]["unlearned"] == 4 and both["forget_score"] == pytest.approx(
+        (good.forget_score + bad.forget_score) / 2)
+    with pytest.raises(ValueError):
+        combine([])

@@ -137,6 +137,10 @@ class StudyResult:
     seconds_retrain: float
     seconds_total: float
     policy: dict[str, Any]
+    # Pooled seed-to-seed spread of a record's score under the reference retrains: the noise
+    # scale a sampling audit compares one job's result with one exact retrain against.
+    reference_score_std: float = 0.0
+    models_trained: dict[str, int] = field(default_factory=dict)
     epsilons_unlearned: list[float] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -183,6 +187,7 @@ def run_study(
         unlearned.append(record_scores(edited, forget))
         acc_unlearned.append(edited.accuracy(heldout))
     ref, ceil, unl, orig = (torch.stack(x) for x in (reference, ceiling, unlearned, originals))
+    spread = float(ref.var(0, unbiased=True).mean().sqrt()) if runs > 1 else 0.0
     flag_unlearned = float(per_example_flags(ref, unl, policy.alpha).double().mean())
     flag_retrain = float(per_example_flags(ref, ceil, policy.alpha).double().mean())
     score, epsilons = forget_score(unl, ref)
@@ -205,9 +210,65 @@ def run_study(
         accuracy_unlearned=statistics.fmean(acc_unlearned), accuracy_retrain=statistics.fmean(acc_reference),
         accuracy_original=statistics.fmean(acc_original),
         seconds_method=seconds_method / runs, seconds_retrain=seconds_retrain / runs,
-        seconds_total=time.perf_counter() - started, policy=asdict(policy), epsilons_unlearned=epsilons,
+        seconds_total=time.perf_counter() - started, policy=asdict(policy), reference_score_std=spread,
+        models_trained={"retrain_reference": runs, "retrain_ceiling": runs, "original": runs, "unlearned": runs},
+        epsilons_unlearned=epsilons,
     )
 
 
-__all__ = ["Z_95", "QualificationPolicy", "StudyResult", "example_epsilon", "epsilon_score", "forget_score",
+def combine(results: Sequence[StudyResult]) -> dict[str, Any]:
+    """Several forget sets of one band: qualified only if every set qualified; the figures
+    are means over sets (and the worst set's forget score against its own ceiling)."""
+    if not results:
+        raise ValueError("a study needs at least one forget set")
+    mean = lambda name: statistics.fmean(getattr(r, name) for r in results)  # noqa: E731
+    reasons = [f"forget set {i + 1} ({r.forget_size} records): {reason}"
+               for i, r in enumerate(results) for reason in r.reasons]
+    figures = ("flag_rate_unlearned", "flag_rate_retrain", "forget_score", "forget_score_ceiling",
+               "forget_score_original", "accuracy_unlearned", "accuracy_retrain", "accuracy_original",
+               "seconds_method", "seconds_retrain", "reference_score_std")
+    trained: dict[str, int] = {}
+    for result in results:
+        for kind, count in result.models_trained.items():
+            trained[kind] = trained.get(kind, 0) + count
+    return {
+        "qualified": all(r.qualified for r in results), "reasons": reasons, "runs": results[0].runs,
+        "forget_sets": len(results), "forget_sizes": [r.forget_size for r in results],
+        **{name: mean(name) for name in figures},
+        "worst_forget_score_share": min(r.forget_score / r.forget_score_ceiling if r.forget_score_ceiling else 0.0
+                                        for r in results),
+        "seconds_total": sum(r.seconds_total for r in results), "policy": results[0].policy,
+        "models_trained": trained, "per_set": [r.to_dict() for r in results],
+    }
+
+
+def audit_comparison(unlearned: Any, retrained: Any, forget: LabelledData, score_std: float, *,
+                     alpha: float, flag_margin: float, level: float = 0.05) -> dict[str, Any]:
+    """One job's approximate result against one exact retrain, per forgotten record.
+
+    Under "the method behaves like a retrain" the two scores of a record are two draws from
+    its retrain distribution, so their difference has spread ``sqrt(2) * score_std`` (the
+    study's pooled reference spread). A record is flagged when the difference lies outside
+    the two-sided ``1 - alpha`` band, in either direction (remembering or over-forgetting).
+    The comparison is *degraded* when more records are flagged than ``alpha + flag_margin``
+    allows, by a one-sided binomial test at ``level``: a handful of records cannot revoke a
+    study by chance, and a clear excess always does.
+    """
+    if score_std <= 0:
+        raise ValueError("the study measured no score spread; nothing to compare against")
+    ours, exact = record_scores(unlearned, forget), record_scores(retrained, forget)
+    z = (ours - exact) / (math.sqrt(2.0) * score_std)
+    flags = z.abs() > _normal_quantile(1 - alpha / 2)
+    n, flagged = len(forget), int(flags.sum())
+    allowed = min(1.0, alpha + flag_margin)
+    p_value = sum(math.comb(n, k) * allowed**k * (1 - allowed) ** (n - k) for k in range(flagged, n + 1))
+    return {
+        "records": n, "flagged": flagged, "flag_rate": flagged / n if n else 0.0, "allowed_rate": allowed,
+        "p_value": p_value, "level": level, "degraded": bool(n) and p_value < level,
+        "score_std": score_std, "mean_score_gap": float((ours - exact).mean()) if n else 0.0,
+        "remembered": int((flags & (z > 0)).sum()), "over_forgotten": int((flags & (z < 0)).sum()),
+    }
+
+
+__all__ = ["Z_95", "QualificationPolicy", "StudyResult", "audit_comparison", "combine", "example_epsilon", "epsilon_score", "forget_score",
            "per_example_flags", "record_scores", "run_study"]

@@ -44,6 +44,11 @@ class Thresholds:
     min_mia_auc: float = 0.42
     max_attack_auc: float = 0.6
     max_heldout_accuracy_drop: float = 0.03
+    # The drop fails only when it exceeds the limit by more than this many standard errors
+    # of the paired difference over the held-out rows (0: the point estimate alone). On a
+    # few hundred rows of a weak model, two retrains from different seeds differ by more
+    # than 3 points by chance; that is not a loss of utility.
+    accuracy_drop_z: float = Z_95
     # For classes the retain set no longer has: accuracy on their forget rows
     # may exceed chance (1 / num_classes) by at most this much.
     class_chance_margin: float = 0.05
@@ -126,9 +131,11 @@ def verify(
 
     drop = accuracy["original_heldout_kept_classes"] - accuracy["heldout_kept_classes"]
     if len(kept):
-        gate("heldout_accuracy_drop", drop, limits.max_heldout_accuracy_drop,
-             drop <= limits.max_heldout_accuracy_drop,
-             f"held-out accuracy fell by {drop:.3f} (limit {limits.max_heldout_accuracy_drop})")
+        allowed = limits.max_heldout_accuracy_drop + limits.accuracy_drop_z * _paired_drop_se(original, unlearned, kept)
+        accuracy["heldout_drop_allowed"] = allowed
+        gate("heldout_accuracy_drop", drop, allowed, drop <= allowed,
+             f"held-out accuracy fell by {drop:.3f} (limit {limits.max_heldout_accuracy_drop} plus "
+             f"{limits.accuracy_drop_z:g} standard errors: {allowed:.3f})")
     if len(gone_rows):
         chance = 1.0 / unlearned.num_classes
         class_accuracy = unlearned.accuracy(gone_rows)
@@ -177,6 +184,15 @@ def verify(
         verdict=verdict, reasons=reasons, accuracy=accuracy, mia=mia, checks=checks,
         divergence=divergence, thresholds=dataclasses.asdict(limits),
     )
+
+
+def _paired_drop_se(original: Any, unlearned: Any, rows: LabelledData) -> float:
+    """Standard error of the accuracy difference of two models scored on the same rows."""
+    if len(rows) < 2:
+        return 0.0
+    before = (original.predict(rows.features) == rows.labels).double()
+    after = (unlearned.predict(rows.features) == rows.labels).double()
+    return float((before - after).std(unbiased=True)) / len(rows) ** 0.5
 
 
 def _thresholds(value: Thresholds | dict[str, Any] | None) -> Thresholds:
