@@ -187,7 +187,11 @@ def main() -> None:
             results = list(pool.map(run_case, *zip(*cases, strict=True), [runs] * len(cases),
                                     [args.quick] * len(cases)))
     else:
-        results = [run_case(name, fraction, runs, args.quick) for name, fraction in cases]
+        results = []
+        for name, fraction in cases:
+            results.append(run_case(name, fraction, runs, args.quick))
+            # Each case as it finishes (stderr), so an interrupted run still leaves its figures.
+            print(render(results[-1:], args, time.perf_counter() - started), file=sys.stderr, flush=True)
     print(render(results, args, time.perf_counter() - started))
 
 
