@@ -191,6 +191,7 @@ def test_model_page_lists_qualifications_with_their_scores(api, sign_in, seeded)
     assert '<span class="bad">not_qualified</span>' in page and "Why not: too weak" in page
 
 
+@pytest.mark.slow  # the train button's recipe check loads torch in this process, as the API's does
 def test_admin_trains_and_unlearns_now_from_the_model_page(api, make_client, sign_in, seeded):
     admin = make_client("admin")
     csrf = sign_in("admin")
@@ -317,10 +318,12 @@ def test_audit_browser_pages_back_through_older_events(api, make_client, sign_in
     import re
 
     sign_in("admin")
-    from app.audit.service import seal_if_free
+    from app.audit.service import record, seal_if_free
+    from app.core.database import session_scope
 
-    for n in range(50):  # enough events for more than one page
-        make_client("portal", name=f"extra-{n}")
+    with session_scope() as session:  # enough events for more than one page
+        for n in range(50):
+            record(session, actor="test", action="test.filler", entity_type="test", entity_id=str(n), payload={})
     seal_if_free()
     page = api.get("/admin/audit").text
     seqs = [int(s) for s in re.findall(r'data-seq="(\d+)"', page)]
