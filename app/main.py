@@ -18,6 +18,8 @@ from app.core.metrics import observe_request
 from app.core.problems import install_problem_handlers, install_problem_openapi
 from app.core.transient import TransientDatabaseErrorMiddleware
 from app.dashboard.router import install as install_dashboard
+from app.drp.router import admin_router as drp_admin_router
+from app.drp.router import router as drp_router
 from app.health.router import router as health_router
 from app.jobs.router import router as jobs_router
 from app.lineage.router import router as lineage_router
@@ -28,7 +30,7 @@ from app.requests.router import BATCH_PATH
 from app.requests.router import router as requests_router
 from app.webhooks.router import router as webhooks_router
 
-ROUTERS = [health_router, clients_router, requests_router, registry_router, lineage_router, audit_router, keys_router, certificates_router, jobs_router, metrics_router, webhooks_router]
+ROUTERS = [health_router, clients_router, requests_router, registry_router, lineage_router, audit_router, keys_router, certificates_router, jobs_router, metrics_router, webhooks_router, drp_router, drp_admin_router]
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -42,7 +42,12 @@ def test_every_v1_route_needs_a_key(api):
     spec = api.get("/openapi.json").json()["paths"]
     paths = {(path, method.upper()) for path, ops in spec.items() if path.startswith("/v1") for method in ops}
     assert paths, "no /v1 routes registered"
-    for path, method in sorted(paths):
+    # DRP pair-wise key setup (§2.05) is how an agent gets its key: it is authenticated by the
+    # agent's Ed25519 signature instead, and refuses anything unsigned.
+    signed_instead = ("/v1/agent/{agent_id}", "POST")
+    assert signed_instead in paths
+    assert_problem(api.post("/v1/agent/agent_id", content=b"", headers={"Content-Type": "text/plain"}), 403)
+    for path, method in sorted(paths - {signed_instead}):
         concrete = path.replace("{", "").replace("}", "")
         body = assert_problem(api.request(method, concrete), 401)
         assert "Bearer" in body["detail"]

@@ -39,6 +39,23 @@ def create_client(
     return IssuedClient(client=client, api_key=api_key)
 
 
+def rotate_key(session: Session, client_id: str, *, actor: str = "system") -> IssuedClient:
+    """Give a client a new API key; the old one stops working at once (in this process; after
+    the auth cache's seconds in others). The client, its role and its requests stay."""
+    client = session.get(ApiClient, client_id)
+    if client is None or client.revoked_at is not None:
+        raise NotFound(f"no active API client {client_id}")
+    old_key_id = client.key_id
+    client.key_id, api_key, client.key_hash = issue_key()
+    session.flush()
+    client_cache.forget(old_key_id)
+    audit.record(
+        session, actor=actor, action="client.key_rotated", entity_type="api_client", entity_id=client.id,
+        payload={"key_id": client.key_id, "retired_key_id": old_key_id},
+    )
+    return IssuedClient(client=client, api_key=api_key)
+
+
 def list_clients(session: Session) -> list[ApiClient]:
     return list(session.scalars(select(ApiClient).order_by(ApiClient.created_at)))
 

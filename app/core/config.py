@@ -112,6 +112,9 @@ class Settings(BaseSettings):
     public_url: str = ""
     # The audit log's name in C2SP checkpoints (the note's origin line and key name); empty
     # means the public URL's host and path plus /audit-log, or unlearnd/audit-log.
+    # This service's id as a Covered Business in the Data Rights Protocol directory; signed
+    # DRP requests must name it in `business-id`.
+    drp_business_id: str = Field(default="UNLEARND", min_length=1, max_length=64)
     checkpoint_origin: str = Field(default="", pattern=r"^[^\s+]*$")
     # OpenLineage RunEvents for every training and unlearning run, sent by the worker after the
     # job's outcome is committed. "file": JSON lines in openlineage_file (default

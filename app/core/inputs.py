@@ -20,6 +20,9 @@ BODY_METHODS = {"POST", "PUT", "PATCH"}
 # The dashboard's HTML forms post form-encoded bodies; everything else speaks JSON.
 FORM_PATH_PREFIX = "/admin/"
 FORM_MEDIA_TYPE = "application/x-www-form-urlencoded"
+# Data Rights Protocol messages are signed base64 text (DRP §3.07); the DRP room checks them.
+SIGNED_TEXT_PATH_PREFIXES = ("/v1/data-rights-request", "/v1/agent/")
+SIGNED_TEXT_MEDIA_TYPE = "text/plain"
 
 
 async def send_problem(
@@ -143,7 +146,14 @@ class InputGuardMiddleware:
             content_type = dict(scope["headers"]).get(b"content-type", b"").decode("latin-1")
             is_form = (scope["path"].startswith(FORM_PATH_PREFIX)
                        and content_type.split(";", 1)[0].strip().lower() == FORM_MEDIA_TYPE)
-            if is_form:
+            is_signed_text = (scope["path"].startswith(SIGNED_TEXT_PATH_PREFIXES)
+                              and content_type.split(";", 1)[0].strip().lower() == SIGNED_TEXT_MEDIA_TYPE)
+            if is_signed_text:
+                if b"\x00" in body:
+                    await send_problem(scope, send, status=422, slug="invalid-input", title="Invalid input",
+                                       detail="a signed message is base64 text and holds no NUL")
+                    return
+            elif is_form:
                 if b"\x00" in unquote_to_bytes(body):
                     await send_problem(scope, send, status=422, slug="invalid-input", title="Invalid input",
                                        detail="a form field may not contain NUL (U+0000)")

@@ -1,0 +1,1 @@
+"""The Data Rights Protocol (v0.9.x) face: authorized agents exercise the deletion right."""
