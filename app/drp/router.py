@@ -12,6 +12,7 @@ from fastapi import APIRouter, Depends, Path, Request, status
 
 from app.api.deps import AdminClient, CurrentClient, SessionDep
 from app.core.errors import UnlearndError
+from app.core.problems import PROBLEM_MEDIA_TYPE
 from app.drp import service
 from app.drp.schemas import AgentCreate, AgentOut, ExerciseStatus, PairwiseToken
 from app.requests.service import Provenance
@@ -62,7 +63,9 @@ def list_agents(session: SessionDep, _: AdminClient) -> list[AgentOut]:
 
 
 @router.post(AGENT_PATH + "{agent_id}", response_model=PairwiseToken, response_model_by_alias=True,
-             openapi_extra=SIGNED_TEXT)
+             openapi_extra=SIGNED_TEXT, responses={403: {
+                 "description": "Unknown agent, or the message's signature or claims do not hold (§2.05.1).",
+                 "content": {PROBLEM_MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}}}})
 def pairwise_setup(agent_id: AgentId, session: SessionDep, signed: SignedBody) -> PairwiseToken:
     """§2.05 Pair-wise Key Setup: a message signed with the agent's directory key returns the
     bearer token for every other call (a new one each time; the previous one stops working)."""
