@@ -49,6 +49,54 @@ def add_purged_lineage(model_name: str) -> None:
                                  state=VersionState.ACTIVE, origin="unlearned", artifact_sha256="1" * 64))
 
 
+def model_and_version(model_name: str) -> tuple[str, str]:
+    from sqlalchemy import select
+
+    from app.core.database import session_scope
+    from app.registry.models import ModelVersion, RegisteredModel
+
+    with session_scope() as session:
+        model = session.scalar(select(RegisteredModel).where(RegisteredModel.name == model_name))
+        version = session.scalar(select(ModelVersion).where(ModelVersion.model_id == model.id,
+                                                            ModelVersion.number == 1))
+        return model.id, version.id
+
+
+def add_study(model_name: str, *, status: str = "qualified", score: float = 0.91) -> str:
+    """A finished qualification study of neggrad_plus on v1, as the worker's _finish leaves it."""
+    from app.core.database import session_scope, utcnow
+    from app.jobs.models import MethodQualification
+
+    model_id, version_id = model_and_version(model_name)
+    study = {"qualified": status == "qualified", "reasons": [] if status == "qualified" else ["too weak"],
+             "forget_size": 8, "runs": 4, "flag_rate_unlearned": 0.04, "flag_rate_retrain": 0.03,
+             "forget_score": score, "forget_score_ceiling": 0.95, "forget_score_original": 0.12,
+             "accuracy_unlearned": 0.93, "accuracy_retrain": 0.94, "accuracy_original": 0.95}
+    with session_scope() as session:
+        row = MethodQualification(model_id=model_id, version_id=version_id, method="neggrad_plus", band_min=1,
+                                  band_max=8, status=status, settings={"runs": 4}, report={"study": study},
+                                  report_sha256="a" * 64, finished_at=utcnow())
+        session.add(row)
+        session.flush()
+        return row.id
+
+
+def retrain_from_scratch(model_name: str) -> None:
+    """A newly trained version (no parent) becomes active: what lapses a qualification."""
+    from sqlalchemy import select
+
+    from app.core.database import session_scope
+    from app.registry.models import ModelVersion, VersionState
+
+    model_id, version_id = model_and_version(model_name)
+    with session_scope() as session:
+        first = session.get(ModelVersion, version_id)
+        first.state = VersionState.SUPERSEDED
+        number = len(session.scalars(select(ModelVersion.id).where(ModelVersion.model_id == model_id)).all()) + 1
+        session.add(ModelVersion(model_id=model_id, number=number, snapshot_id=first.snapshot_id,
+                                 state=VersionState.ACTIVE, origin="trained", artifact_sha256="2" * 64))
+
+
 CSRF = re.compile(r'name="csrf" value="([^"]+)"')
 
 

@@ -15,7 +15,7 @@ import pytest
 from axe_playwright_python.sync_playwright import Axe
 from playwright.sync_api import Page, expect
 
-from tests.dashboard.conftest import add_purged_lineage
+from tests.dashboard.conftest import add_purged_lineage, add_study
 
 pytestmark = pytest.mark.slow
 # Generous waits: CI's two cores also run the other half of the suite meanwhile.
@@ -80,7 +80,9 @@ def test_admin_works_through_the_pages(page: Page, live_server, make_client, see
     for request_id in rest:
         expect(page.locator(f"tr[data-request='{request_id}'] [data-field=status]")).to_have_text("scheduled")
 
+    add_study(seeded.model_name)
     page.goto(f"{live_server}/admin/models/{seeded.model_name}")
+    expect(page.locator("[data-field=forget-score]")).to_have_text("0.91")
     graph = page.get_by_role("img", name=f"Version lineage of {seeded.model_name}")
     expect(graph).to_be_visible()
     expect(graph.locator("g.state-purged line.strike")).to_have_count(1)

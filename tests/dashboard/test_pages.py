@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.dashboard.conftest import add_purged_lineage
+from tests.dashboard.conftest import add_purged_lineage, add_study, model_and_version, retrain_from_scratch
 
 
 def _status(api, request_id: str, headers: dict) -> str:
@@ -133,58 +133,10 @@ def test_sign_out_ends_the_session(api, sign_in):
     assert api.get("/admin/audit", follow_redirects=False).status_code == 303
 
 
-def _model_and_version(model_name: str) -> tuple[str, str]:
-    from sqlalchemy import select
-
-    from app.core.database import session_scope
-    from app.registry.models import ModelVersion, RegisteredModel
-
-    with session_scope() as session:
-        model = session.scalar(select(RegisteredModel).where(RegisteredModel.name == model_name))
-        version = session.scalar(select(ModelVersion).where(ModelVersion.model_id == model.id,
-                                                            ModelVersion.number == 1))
-        return model.id, version.id
-
-
-def _add_study(model_name: str, *, status: str = "qualified", score: float = 0.91) -> str:
-    """A finished qualification study of neggrad_plus on v1, as the worker's _finish leaves it."""
-    from app.core.database import session_scope, utcnow
-    from app.jobs.models import MethodQualification
-
-    model_id, version_id = _model_and_version(model_name)
-    study = {"qualified": status == "qualified", "reasons": [] if status == "qualified" else ["too weak"],
-             "forget_size": 8, "runs": 4, "flag_rate_unlearned": 0.04, "flag_rate_retrain": 0.03,
-             "forget_score": score, "forget_score_ceiling": 0.95, "forget_score_original": 0.12,
-             "accuracy_unlearned": 0.93, "accuracy_retrain": 0.94, "accuracy_original": 0.95}
-    with session_scope() as session:
-        row = MethodQualification(model_id=model_id, version_id=version_id, method="neggrad_plus", band_min=1,
-                                  band_max=8, status=status, settings={"runs": 4}, report={"study": study},
-                                  report_sha256="a" * 64, finished_at=utcnow())
-        session.add(row)
-        session.flush()
-        return row.id
-
-
-def _retrain_from_scratch(model_name: str) -> None:
-    """A newly trained version (no parent) becomes active: what lapses a qualification."""
-    from sqlalchemy import select
-
-    from app.core.database import session_scope
-    from app.registry.models import ModelVersion, VersionState
-
-    model_id, version_id = _model_and_version(model_name)
-    with session_scope() as session:
-        first = session.get(ModelVersion, version_id)
-        first.state = VersionState.SUPERSEDED
-        number = len(session.scalars(select(ModelVersion.id).where(ModelVersion.model_id == model_id)).all()) + 1
-        session.add(ModelVersion(model_id=model_id, number=number, snapshot_id=first.snapshot_id,
-                                 state=VersionState.ACTIVE, origin="trained", artifact_sha256="2" * 64))
-
-
 def test_model_page_lists_qualifications_with_their_scores(api, sign_in, seeded):
     sign_in("admin")
-    qualified = _add_study(seeded.model_name)
-    refused = _add_study(seeded.model_name, status="not_qualified", score=0.2)
+    qualified = add_study(seeded.model_name)
+    refused = add_study(seeded.model_name, status="not_qualified", score=0.2)
     page = api.get(f"/admin/models/{seeded.model_name}").text
     assert f'data-qualification="{qualified}"' in page and f'data-qualification="{refused}"' in page
     assert '<span data-field="forget-score">0.91</span> (0.95 / 0.12)' in page
@@ -221,7 +173,7 @@ def test_admin_trains_and_unlearns_now_from_the_model_page(api, make_client, sig
 def test_auditor_sees_qualifications_but_no_model_buttons_and_cannot_train(api, make_client, sign_in, seeded):
     admin = make_client("admin")
     csrf = sign_in("auditor")
-    _add_study(seeded.model_name)
+    add_study(seeded.model_name)
     page = api.get(f"/admin/models/{seeded.model_name}").text
     assert "neggrad_plus" in page and "<button" in page  # only the sign-out button
     assert "Train a new version" not in page and "Unlearn now" not in page
@@ -252,9 +204,9 @@ def test_overview_shows_failing_webhooks_and_lapsed_qualifications(webhook_env, 
     overview = api.get("/admin").text
     assert f'data-endpoint="{endpoint_id}"' in overview and f"127.0.0.1:{closed}/hook" in overview
 
-    _add_study(seeded.model_name)
+    add_study(seeded.model_name)
     assert "No qualification has lapsed." in api.get("/admin").text  # v1 is still the active version
-    _retrain_from_scratch(seeded.model_name)
+    retrain_from_scratch(seeded.model_name)
     overview = api.get("/admin").text
     assert f'data-lapsed="{seeded.model_name}:neggrad_plus"' in overview
     assert "<td>v1</td><td>v2</td>" in overview
@@ -265,7 +217,7 @@ def test_job_page_plots_the_per_record_loss_distributions(api, make_client, sign
     from app.jobs.models import UnlearningJob
 
     sign_in("auditor")
-    model_id, version_id = _model_and_version(seeded.model_name)
+    model_id, version_id = model_and_version(seeded.model_name)
     histogram = {"edges": [0.0, 0.5, 1.0, 1.5, 2.0],
                  "counts": {"forget": [1, 2, 3, 2], "heldout": [2, 4, 6, 4],
                             "original_forget": [7, 1, 0, 0], "original_heldout": [2, 4, 6, 4]},
