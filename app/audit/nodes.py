@@ -59,32 +59,45 @@ def root(session: Session, tree_size: int) -> bytes:
 def extend(session: Session, size: int, event_hashes: Sequence[str]) -> None:
     """Add the leaves of events ``size + 1 ..`` (their chain hashes) to the stored tree.
 
-    The caller holds the chain lock. A tree that lags the chain (a log written before the
-    tree was stored) is caught up from the events first, so this is idempotent."""
+    The caller holds the chain lock. One read in the usual case: the frontier of the tree of
+    ``size`` (whose last node exists only once leaf ``size`` is stored) and the next leaf
+    (which must not exist yet). A tree that lags the chain (a log written before the tree
+    was stored) is caught up from the events first, so this is idempotent."""
+    frontier_keys = merkle.range_nodes(0, size) if size else []
+    found = _fetch(session, [*frontier_keys, (0, size)])
+    if (0, size) in found:
+        raise Conflict(f"the stored audit tree has more leaves than the chain's {size}; run `unlearnd audit verify`")
+    if len(found) == len(frontier_keys):
+        _write(session, size, {level: found[(level, position)] for level, position in frontier_keys}, event_hashes)
+        return
     stored = stored_size(session)
-    if stored > size:
-        raise Conflict(f"the stored audit tree has {stored} leaves but the chain {size}; run `unlearnd audit verify`")
     while stored < size:
         upto = min(size, stored + _CATCH_UP_BATCH)
-        earlier = list(session.scalars(
-            select(AuditEvent.hash).where(AuditEvent.seq > stored, AuditEvent.seq <= upto).order_by(AuditEvent.seq)
-        ))
+        earlier = list(
+            session.scalars(
+                select(AuditEvent.hash).where(AuditEvent.seq > stored, AuditEvent.seq <= upto).order_by(AuditEvent.seq)
+            )
+        )
         if len(earlier) != upto - stored:
             raise Conflict(f"the audit log has a gap after seq {stored}; run `unlearnd audit verify`")
-        _write(session, stored, earlier)
+        _write(session, stored, _frontier(session, stored), earlier)
         stored = upto
-    _write(session, size, event_hashes)
+    _write(session, size, _frontier(session, size), event_hashes)
 
 
-def _write(session: Session, size: int, event_hashes: Sequence[str]) -> None:
+def _frontier(session: Session, size: int) -> dict[int, bytes]:
+    keys = merkle.range_nodes(0, size) if size else []
+    found = _fetch(session, keys)
+    if len(found) != len(keys):
+        raise Conflict("the stored audit tree lacks a frontier node; run `unlearnd audit verify`")
+    return {level: found[(level, position)] for level, position in keys}
+
+
+def _write(session: Session, size: int, frontier: dict[int, bytes], event_hashes: Sequence[str]) -> None:
     if not event_hashes:
         return
-    frontier_keys = merkle.range_nodes(0, size) if size else []
-    found = _fetch(session, frontier_keys)
-    if len(found) != len(frontier_keys):
-        raise Conflict("the stored audit tree lacks a frontier node; run `unlearnd audit verify`")
-    frontier = {level: found[(level, position)] for level, position in frontier_keys}
     completed = merkle.append_nodes(size, frontier, [event_leaf(h) for h in event_hashes])
     session.execute(
-        insert(AuditTreeNode), [{"level": level, "position": position, "hash": value} for level, position, value in completed]
+        insert(AuditTreeNode),
+        [{"level": level, "position": position, "hash": value} for level, position, value in completed],
     )
