@@ -61,7 +61,7 @@ def _token(api, key: SigningKey) -> dict[str, str]:
     return {"Authorization": f"Bearer {answer.json()['token']}"}
 
 
-def test_agent_pairs_exercises_deletion_reads_status_and_revokes(api, drp, seed_model):
+def test_agent_pairs_exercises_deletion_reads_status_and_revokes(backend, api, drp, seed_model):
     admin, key = drp
     seed_model({"r1": ("email", "user@example.com"), "r2": ("email", "other@example.com")})
     auth = _token(api, key)
