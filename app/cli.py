@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import click
 
@@ -17,9 +18,64 @@ from app.core.config import get_settings
 # Hosts `unlearnd run` lets webhooks reach over plain http (a receiver on this machine).
 LOOPBACK_HOSTS = ["127.0.0.1", "::1", "localhost"]
 
+# Commands that need no data dir: `run` makes one; these read only files they are given.
+NO_DATA_DIR = {("run",), ("certificate", "verify"), ("lineage", "verify-proof")}
+
+
+def _configured_elsewhere() -> bool:
+    """A deployment that names its database needs no data dir found for it."""
+    if os.environ.get("UNLEARND_DATABASE_URL") or os.environ.get("UNLEARND_MODE", "").lower() == "production":
+        return True
+    secrets_dir = os.environ.get("UNLEARND_SECRET_FILES_DIR")
+    if secrets_dir and (Path(secrets_dir) / "unlearnd_database_url").exists():
+        return True
+    dotenv = Path(".env")
+    try:
+        text = dotenv.read_text() if dotenv.is_file() else ""
+    except OSError:
+        text = ""
+    return any(line.strip().startswith(("UNLEARND_DATA_DIR=", "UNLEARND_DATABASE_URL=")) for line in text.splitlines())
+
+
+def find_data_dir(start: Path) -> Path | None:
+    """The nearest ``var/`` at or above ``start`` that `unlearnd run` made (it holds the database
+    or the secrets), else None."""
+    for folder in (start, *start.parents):
+        candidate = folder / "var"
+        if candidate.is_dir() and ((candidate / "unlearnd.sqlite3").exists() or (candidate / "secrets").is_dir()):
+            return candidate
+    return None
+
+
+def _locate_data_dir(path: tuple[str, ...]) -> None:
+    """UNLEARND_DATA_DIR, or the nearest var/ upwards; otherwise stop with one line."""
+    if path[:1] in {p[:1] for p in NO_DATA_DIR if len(p) == 1} or path[:2] in NO_DATA_DIR \
+            or _configured_elsewhere():
+        return
+    named = os.environ.get("UNLEARND_DATA_DIR")
+    if named:
+        folder = Path(named).expanduser()
+        if path[:2] == ("db", "upgrade"):
+            folder.mkdir(parents=True, exist_ok=True)  # the first command of a fresh deployment
+        elif not folder.is_dir():
+            raise click.ClickException(f"no data dir at UNLEARND_DATA_DIR={named}: it does not exist")
+        return
+    found = find_data_dir(Path.cwd().resolve())
+    if found is None:
+        raise click.ClickException(
+            "no data dir: set UNLEARND_DATA_DIR, or run this inside the folder where `unlearnd run` made var/")
+    os.environ["UNLEARND_DATA_DIR"] = str(found)
+    get_settings.cache_clear()
+
+
 class _Main(click.Group):
     """With --url (UNLEARND_URL), `requests` and `certificate` talk to that server through the
-    client (app/client) instead of the local data dir."""
+    client (app/client) instead of the local data dir. Otherwise the data dir is found first."""
+
+    def resolve_command(self, ctx: click.Context, args: list[str]) -> tuple[str | None, click.Command | None, list[str]]:
+        ctx.meta["unlearnd.path"] = tuple(arg for arg in args[:2] if not arg.startswith("-"))
+        ctx.meta["unlearnd.help"] = any(arg in ("--help", "-h") for arg in args)
+        return super().resolve_command(ctx, args)
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         if ctx.params.get("url"):
@@ -40,6 +96,8 @@ class _Main(click.Group):
 def main(ctx: click.Context, url: str | None, api_key: str | None) -> None:
     """Unlearnd: makes machine-learning models forget."""
     ctx.obj = {"url": url, "api_key": api_key}
+    if not url and not ctx.meta.get("unlearnd.help"):
+        _locate_data_dir(ctx.meta.get("unlearnd.path", ()))
 
 
 # --- database ---------------------------------------------------------------------------------
@@ -120,8 +178,9 @@ def clients_list(as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(rows))
         return
+    click.echo(f"{'ID':36}  {'ROLE':8} {'STATE':8} NAME")
     for row in rows:
-        click.echo(f"{row['id']}  {row['role']:8} {'revoked' if row['revoked'] else 'active':8} {row['name']}")
+        click.echo(f"{row['id']:36}  {row['role']:8} {'revoked' if row['revoked'] else 'active':8} {row['name']}")
 
 
 # --- processes --------------------------------------------------------------------------------
@@ -190,15 +249,16 @@ def serve(host: str, port: int) -> None:
 @click.option("--port", default=8000, show_default=True)
 @click.option("--demo/--no-demo", default=True, show_default=True,
               help="Register the bundled digits dataset and train a SISA and a logreg model on it.")
-def run(host: str, port: int, demo: bool) -> None:
-    """Embedded default: SQLite and a local queue under the data dir, the API and one worker."""
+@click.option("--new-admin-key", is_flag=True,
+              help="Issue a fresh admin key (and revoke the one in var/secrets/admin.key) instead of reusing it.")
+def run(host: str, port: int, demo: bool, new_admin_key: bool) -> None:
+    """Embedded default: SQLite and a local queue under the data dir, the API and one worker.
+    The admin key is printed once the API is up and kept in var/secrets/admin.key (mode 0600)."""
     import uvicorn
 
     _share_metrics(fresh=True)
 
-    from app.clients.service import create_client
     from app.core import migrate
-    from app.core.database import session_scope
     from app.core.http_protocol import ProblemHTTPProtocol
     from app.main import create_app
 
@@ -209,8 +269,7 @@ def run(host: str, port: int, demo: bool) -> None:
     settings = get_settings()
     settings.artifacts_dir.mkdir(parents=True, exist_ok=True)
     migrate.upgrade()
-    with session_scope() as session:
-        key = create_client(session, name="admin (unlearnd run)", role=Role.ADMIN).api_key
+    key, reused = _admin_key(settings.secrets_dir / ADMIN_KEY_FILE, fresh=new_admin_key)
     if demo:
         # Before the worker starts: the demo ingests its dataset in this process.
         from app import demo as demo_data
@@ -226,19 +285,75 @@ def run(host: str, port: int, demo: bool) -> None:
     # uvicorn re-raises the signal that stopped it once it has shut down; exiting through
     # SystemExit instead lets the worker be stopped below rather than orphaned.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    banner = _banner(f"http://{host}:{port}", settings.data_dir, settings.secrets_dir / ADMIN_KEY_FILE, key, reused)
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets: list | None = None) -> None:
+            await super().startup(sockets)
+            if not self.should_exit:  # listening now; nothing is served before this returns
+                click.echo(banner)
+                sys.stdout.flush()
+
     try:
-        click.echo(f"Unlearnd is running at http://{host}:{port}  (API docs: http://{host}:{port}/docs)")
-        click.echo(f"data: {settings.data_dir}")
-        click.echo("admin API key (shown once):")
-        click.echo(key, err=False)
-        sys.stdout.flush()
-        uvicorn.run(create_app(settings), host=host, port=port, log_config=None, http=ProblemHTTPProtocol)
+        Server(uvicorn.Config(create_app(settings), host=host, port=port, log_config=None,
+                              http=ProblemHTTPProtocol)).run()
     finally:
         worker_process.send_signal(signal.SIGTERM)
         try:
             worker_process.wait(timeout=20)
         except subprocess.TimeoutExpired:
             worker_process.kill()
+
+
+ADMIN_KEY_FILE = "admin.key"
+ADMIN_CLIENT_NAME = "admin (unlearnd run)"
+
+
+def _admin_key(path: Path, *, fresh: bool) -> tuple[str, bool]:
+    """The key in ``path`` while it still opens an active admin client, else a new admin
+    client's key, written there with mode 0600. Returns the key and whether it was reused.
+    ``fresh`` issues a new one and revokes the admin client of the old file."""
+    from app.clients.service import create_client, revoke_client
+    from app.core.auth import authenticate
+    from app.core.database import session_scope
+    from app.core.errors import UnlearndError
+
+    saved = path.read_text().strip() if path.exists() else ""
+    with session_scope() as session:
+        previous = None
+        if saved:
+            try:
+                previous = authenticate(session, saved)
+            except UnlearndError:
+                previous = None
+            if previous is not None and previous.role_enum is Role.ADMIN and not fresh:
+                return saved, True
+        key = create_client(session, name=ADMIN_CLIENT_NAME, role=Role.ADMIN).api_key
+        if fresh and previous is not None and previous.role_enum is Role.ADMIN:
+            revoke_client(session, previous.id, actor="unlearnd run --new-admin-key")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(key + "\n")
+    path.chmod(0o600)  # an older file keeps its mode through O_TRUNC
+    return key, False
+
+
+def _banner(url: str, data_dir: Path, key_file: Path, key: str, reused: bool) -> str:
+    rule = "=" * 78
+    origin = ("reused from the last run; `unlearnd run --new-admin-key` issues a fresh one" if reused
+              else "new; kept for the next run")
+    return "\n".join([
+        rule,
+        f"  Unlearnd is running at {url}  (API docs: {url}/docs, dashboard: {url}/admin)",
+        f"  data: {data_dir}",
+        f"  admin API key ({origin}; saved in {key_file}, mode 0600):",
+        "",
+        key,
+        "",
+        f"  try:  curl -H \"Authorization: Bearer $(cat {key_file})\" {url}/v1/models",
+        rule,
+    ])
 
 
 def _terminate_with_parent() -> None:

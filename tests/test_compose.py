@@ -154,9 +154,9 @@ def test_keys_init_makes_the_first_key_once_and_rotation_replaces_it(env, tmp_pa
     again = runner.invoke(main, ["keys", "init"])
     assert again.exit_code == 1 and key_path.read_bytes() == first
     kid = created.output.split()[3]
-    assert runner.invoke(main, ["keys", "list"]).output.split()[:2] == [kid, "active"]
+    assert runner.invoke(main, ["keys", "list"]).output.splitlines()[1].split()[:2] == [kid, "active"]
     rotated = runner.invoke(main, ["keys", "rotate"])
     assert rotated.exit_code == 0, rotated.output
     assert key_path.read_bytes() != first
-    statuses = dict(line.split()[:2] for line in runner.invoke(main, ["keys", "list"]).output.splitlines())
+    statuses = dict(line.split()[:2] for line in runner.invoke(main, ["keys", "list"]).output.splitlines()[1:])
     assert statuses[kid] == "retired" and list(statuses.values()).count("active") == 1

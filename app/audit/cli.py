@@ -86,8 +86,9 @@ def list_keys() -> None:
 
     with session_scope() as session:
         published = key_set(session)
+    click.echo(f"{'KEY ID':43}  {'STATUS':8} CREATED")
     for key in published["keys"]:
-        click.echo(f"{key['kid']}  {key['status']:8} created {key['created_at']}")
+        click.echo(f"{key['kid']:43}  {key['status']:8} {key['created_at']}")
 
 
 extra_groups = [keys_cli]

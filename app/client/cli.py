@@ -14,6 +14,7 @@ import click
 from pydantic import ValidationError
 
 from app.client import ApiError, Client
+from app.requests.cli import LIST_HEADER, list_row
 from app.requests.models import LegalBasis, RequestStatus
 from app.requests.schemas import DeletionRequestOut
 
@@ -87,10 +88,9 @@ def list_command(status: str | None, legal_basis: str | None, external_ref: str 
     if as_json:
         click.echo(json.dumps(page.model_dump(mode="json")))
         return
-    click.echo(f"{'ID':36}  {'STATUS':16} {'DUE':10}  {'LEGAL BASIS':15} {'OUTCOME':16} {'GUARANTEE':11} EXTERNAL REF")
+    click.echo(LIST_HEADER)
     for r in page.items:
-        click.echo(f"{r.id:36}  {r.status:16} {r.due_at:%Y-%m-%d}  {r.legal_basis:15} {r.outcome or '-':16} "
-                   f"{r.guarantee or '-':11} {r.external_ref or ''}")
+        click.echo(list_row(r))
     if page.next_cursor:
         click.echo(f"next: --cursor {page.next_cursor}")
 

@@ -66,9 +66,15 @@ def list_jobs(status: str | None, kind: str | None, model: str | None, limit: in
     filters = service.JobFilters(status=JobStatus(status) if status else None, kind=JobKind(kind) if kind else None,
                                  model=model)
     with as_click_errors(), session_scope() as session:
-        for job in service.list_jobs(session, filters, limit=limit):
-            click.echo(f"{job.id}  {job.kind:7} {job.status:9} {job.stage or '-':10} {job.progress:4.0%}  "
-                       f"{job.method_used or job.method}")
+        jobs = service.list_jobs(session, filters, limit=limit)
+        names = service.model_names(session, {job.model_id for job in jobs})
+        click.echo(f"{'ID':36}  {'KIND':11} {'MODEL':20} {'STATUS':9} {'STAGE':10} {'DONE':>4}  {'METHOD':10} "
+                   f"{'GUARANTEE':11} VERDICT")
+        for job in jobs:
+            report = job.report or {}
+            click.echo(f"{job.id:36}  {job.kind:11} {names.get(job.model_id, '?'):20} {job.status:9} "
+                       f"{job.stage or '-':10} {job.progress:4.0%}  {job.method_used or job.method:10} "
+                       f"{report.get('guarantee') or '-':11} {report.get('verdict') or '-'}")
 
 
 @cli.command("show")

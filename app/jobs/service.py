@@ -117,6 +117,11 @@ def list_jobs(session: Session, filters: JobFilters = JobFilters(), *, limit: in
     return list(session.scalars(query.order_by(UnlearningJob.created_at.desc(), UnlearningJob.id).limit(limit)))
 
 
+def model_names(session: Session, model_ids: set[str]) -> dict[str, str]:
+    """Model id -> name, for listings."""
+    return {model.id: model.name for model in registry.list_models(session) if model.id in model_ids}
+
+
 def get_job(session: Session, job_id: str) -> UnlearningJob:
     job = session.get(UnlearningJob, job_id)
     if job is None:

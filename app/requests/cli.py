@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
+from typing import Any
 
 import click
 
@@ -17,6 +18,16 @@ from app.requests.schemas import DeletionRequestCreate, DeletionRequestDetail, D
 @click.group("requests")
 def cli() -> None:
     """Deletion requests."""
+
+
+LIST_HEADER = (f"{'ID':36}  {'STATUS':16} {'DUE':10}  {'LEGAL BASIS':15} {'OUTCOME':16} {'GUARANTEE':11} "
+               "EXTERNAL REF")
+
+
+def list_row(r: Any) -> str:
+    """One request under LIST_HEADER (a row or a DeletionRequestOut: the remote CLI's too)."""
+    return (f"{r.id:36}  {r.status:16} {r.due_at:%Y-%m-%d}  {r.legal_basis:15} {r.outcome or '-':16} "
+            f"{r.guarantee or '-':11} {r.external_ref or ''}")
 
 
 def _echo(document: DeletionRequestOut) -> None:
@@ -96,8 +107,9 @@ def list_command(
     )
     with as_click_errors(), session_scope() as session:
         page = service.list_requests(session, filters=filters, cursor=cursor, limit=limit)
+        click.echo(LIST_HEADER)
         for r in page.items:
-            click.echo(f"{r.id}  {r.status:16} due {r.due_at:%Y-%m-%d}  {r.legal_basis:15} {r.external_ref or ''}")
+            click.echo(list_row(r))
         if page.next_cursor:
             click.echo(f"next: --cursor {page.next_cursor}")
 

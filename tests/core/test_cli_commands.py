@@ -26,7 +26,8 @@ def test_clients_create_and_list_speak_json_for_machines(env):
     assert rows["books"]["role"] == "auditor"
     assert "ulk_" not in listed.output  # keys are shown once, at creation
     plain = runner.invoke(main, ["clients", "list"])
-    assert plain.exit_code == 0 and f"{issued['id']}  portal   active   acme" in plain.output
+    assert plain.exit_code == 0 and plain.output.splitlines()[0].split() == ["ID", "ROLE", "STATE", "NAME"]
+    assert f"{issued['id']}  portal   active   acme" in plain.output
 
 
 def test_keys_list_shows_the_signing_key_and_keeps_rotated_ones(env):
@@ -35,12 +36,14 @@ def test_keys_list_shows_the_signing_key_and_keeps_rotated_ones(env):
     runner = CliRunner()
     first = runner.invoke(main, ["keys", "list"])
     assert first.exit_code == 0, first.output
-    [(kid, status)] = [line.split()[:2] for line in first.output.splitlines()]
+    header, *rows = first.output.splitlines()
+    assert header.split() == ["KEY", "ID", "STATUS", "CREATED"]
+    [(kid, status)] = [line.split()[:2] for line in rows]
     assert status == "active"
     rotated = runner.invoke(main, ["keys", "rotate"])
     assert rotated.exit_code == 0 and "signing with" in rotated.output, rotated.output
     new_kid = rotated.output.split()[2]
-    after = dict(line.split()[:2] for line in runner.invoke(main, ["keys", "list"]).output.splitlines())
+    after = dict(line.split()[:2] for line in runner.invoke(main, ["keys", "list"]).output.splitlines()[1:])
     assert after == {new_kid: "active", kid: "retired"}
 
 

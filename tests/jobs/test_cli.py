@@ -18,6 +18,9 @@ def test_jobs_commands(env, api, make_client, install_demo):
     runner = CliRunner()
     listed = runner.invoke(main, ["jobs", "list", "--kind", "train"])
     assert listed.exit_code == 0 and training in listed.output and "queued" in listed.output
+    header, row = listed.output.splitlines()
+    assert header.split() == ["ID", "KIND", "MODEL", "STATUS", "STAGE", "DONE", "METHOD", "GUARANTEE", "VERDICT"]
+    assert row.split()[:4] == [training, "train", "digits-mlp", "queued"]
     run_inline(training)
     submit(api, portal, "demo-subject-70")
 
