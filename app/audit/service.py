@@ -189,7 +189,8 @@ def _seal(session: Session, limit: int) -> int:
     appended: list[str] = []
     for item in pending:
         last = _append(
-            session, last, item.occurred_at, item.actor, item.action, item.entity_type, item.entity_id, item.payload
+            session, last, item.occurred_at, item.actor, item.action, item.entity_type, item.entity_id, item.payload,
+            flush=False,
         )
         appended.append(last.hash)
     nodes.extend(session, size, appended)
@@ -211,6 +212,8 @@ def _append(
     entity_type: str,
     entity_id: str,
     payload: dict[str, Any],
+    *,
+    flush: bool = True,
 ) -> AuditEvent:
     seq, prev_hash = (last.seq + 1, last.hash) if last else (1, GENESIS_HASH)
     item = AuditEvent(
@@ -219,7 +222,8 @@ def _append(
     )
     item.hash = chain_hash(prev_hash, event_body(item))
     session.add(item)
-    session.flush()
+    if flush:  # sealing many events flushes them once, in one multi-row insert
+        session.flush()
     return item
 
 

@@ -12,7 +12,7 @@ import binascii
 import json
 import logging
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -118,12 +118,25 @@ class ScheduledRequest:
 
 
 @dataclass
+class _Planned:
+    """A submission that passed every check, built in memory and not yet written."""
+
+    request: DeletionRequest
+    steps: list[RequestTransition]
+    record_ids: list[int]
+    versions: list[lineage.AffectedVersion]
+    # The submission answered as a replay of another one planned in the same batch.
+    replays: list[int] = field(default_factory=list)
+
+
+@dataclass
 class _Intake:
     """What one transaction's submissions share: a batch reads the hash schemes and takes the
-    lineage lock once, not once per item."""
+    lineage lock once, and sees the requests planned before each item as if written."""
 
     schemes: list[subjects.HashScheme] | None = None
     locked: bool = False
+    planned: dict[tuple[str, str], _Planned] = field(default_factory=dict)
 
 
 def submit(
@@ -135,21 +148,25 @@ def submit(
     idempotency_key: str | None = None,
 ) -> Submission:
     """Record a deletion request, resolve it, and move it as far as intake may."""
-    return _submit(session, client, submission, provenance, idempotency_key, _Intake())
+    planned = _plan(session, client, submission, provenance, idempotency_key, _Intake())
+    if isinstance(planned, Submission):
+        return planned
+    (outcome,) = _write(session, client, [planned])
+    if isinstance(outcome, UnlearndError):
+        raise outcome
+    return outcome
 
 
-def _submit(
+def _plan(
     session: Session,
     client: ApiClient,
     submission: DeletionRequestCreate,
     provenance: Provenance,
     idempotency_key: str | None,
     shared: _Intake,
-) -> Submission:
-    """Every check and every read comes first; the writes start only once nothing can refuse the
-    request, so a submission is written whole or not at all without a savepoint. The request
-    row goes in with ON CONFLICT DO NOTHING: losing a race to a concurrent submission with the
-    same key or external_ref writes nothing and answers with the winner's request."""
+) -> Submission | _Planned:
+    """Every check and every read of one submission; no write. What it returns is written by
+    ``_write``, so a submission is written whole or not at all without a savepoint."""
     _check_idempotency_key(idempotency_key)
     if not submission.subject and not submission.records:
         raise InvalidInput("give the subject's identifiers and/or explicit records", field="subject")
@@ -164,7 +181,7 @@ def _submit(
         raise InvalidInput("requested_at is in the future", field="requested_at")
     request_hash = _request_hash(submission, hashes)
 
-    earlier = _find_earlier(session, client.id, idempotency_key, submission.external_ref)
+    earlier = _find_earlier(session, client.id, idempotency_key, submission.external_ref, shared)
     if earlier is not None:
         return _replay(earlier, request_hash, idempotency_key)
 
@@ -177,7 +194,7 @@ def _submit(
     resolution = lineage.resolve(session, subject_hashes=lookup, record_refs=record_refs, scope_models=scope_models)
     _check_known_datasets(submission, resolution.unknown_datasets)
 
-    # Built in memory, written below with Core statements: no identity-map work on the hot path.
+    # Built in memory and written with Core statements: no identity-map work on the hot path.
     request = DeletionRequest(
         id=new_id(),
         client_id=client.id,
@@ -216,46 +233,75 @@ def _submit(
         steps.append(_apply(request, S.PENDING_APPROVAL, actor="system", reason="client policy requires approval"))
     else:
         steps.append(_apply(request, S.SCHEDULED, actor="system"))
+    planned = _Planned(request=request, steps=steps, record_ids=record_ids, versions=versions)
+    if idempotency_key is not None:
+        shared.planned.setdefault(("key", idempotency_key), planned)
+    if submission.external_ref is not None:
+        shared.planned.setdefault(("ref", submission.external_ref), planned)
+    return planned
 
-    inserted = session.execute(
-        _insert_or_nothing(session, DeletionRequest).values(_columns(request)).returning(DeletionRequest.id)
-    ).first()
-    if inserted is None:
-        # A concurrent submission with the same key or external_ref committed first.
-        earlier = _find_earlier(session, client.id, idempotency_key, submission.external_ref)
+
+def _write(session: Session, client: ApiClient, planned: list[_Planned]) -> list[Submission | UnlearndError]:
+    """Write planned submissions with one multi-row statement per table. The request rows go
+    in with ON CONFLICT DO NOTHING: one that lost a race to a concurrent submission with the
+    same key or external_ref writes nothing more and is answered with the winner's request."""
+    if not planned:
+        return []
+    table = DeletionRequest.__table__
+    inserted = set(session.scalars(
+        _insert_or_nothing(session, table).returning(table.c.id), [_columns(p.request) for p in planned]))
+    outcomes: dict[int, Submission | UnlearndError] = {}
+    winners = []
+    for p in planned:
+        if p.request.id in inserted:
+            winners.append(p)
+            outcomes[id(p)] = Submission(request=p.request, replayed=False)
+            continue
+        request = p.request
+        earlier = _find_earlier(session, client.id, request.idempotency_key, request.external_ref)
         if earlier is None:  # the other transaction rolled back after all: a transient state
-            raise ServiceUnavailable("a concurrent submission with this key is still settling; retry")
-        return _replay(earlier, request_hash, idempotency_key)
-    session.execute(insert(RequestTransition), [_columns(step, skip=("id",)) for step in steps])
-    if record_ids:
-        session.execute(insert(RequestRecord), [{"request_id": request.id, "record_id": rid} for rid in record_ids])
+            outcomes[id(p)] = ServiceUnavailable("a concurrent submission with this key is still settling; retry")
+            continue
+        try:
+            outcomes[id(p)] = _replay(earlier, request.request_hash, request.idempotency_key)
+        except Conflict as conflict:
+            outcomes[id(p)] = conflict
+    steps = [_columns(step, skip=("id",)) for p in winners for step in p.steps]
+    if steps:
+        session.execute(insert(RequestTransition), steps)
+    records = [{"request_id": p.request.id, "record_id": rid} for p in winners for rid in p.record_ids]
+    if records:
+        session.execute(insert(RequestRecord), records)
+    versions = [{"request_id": p.request.id, "version_id": v.id, "model_id": v.model_id}
+                for p in winners for v in p.versions]
     if versions:
-        session.execute(insert(RequestModelVersion), [
-            {"request_id": request.id, "version_id": v.id, "model_id": v.model_id} for v in versions])
-    _issue_certificate_when_completed(session, request)
-    # One event for the whole intake transaction, naming every status it passed through,
-    # keeps the hot path to a single audit row.
-    audit.record(
-        session, actor=client.id, action="request.received", entity_type="deletion_request", entity_id=request.id,
-        payload={
-            "client_id": client.id, "legal_basis": request.legal_basis, "request_hash": request_hash,
-            "due_at": request.due_at.isoformat(), "subject_hashes": request.subject_hashes,
-            "record_count": request.affected["record_count"], "model_versions": [v.id for v in versions],
-            "transitions": [[step.from_status, step.to_status] for step in steps],
-            "status": request.status, "outcome": request.outcome,
-        },
-    )
-    log.info("deletion request received", extra={"deletion_request": request.id, "status": request.status})
-    return Submission(request=request, replayed=False)
+        session.execute(insert(RequestModelVersion), versions)
+    for p in winners:
+        request = p.request
+        _issue_certificate_when_completed(session, request)
+        # One event for the whole intake transaction, naming every status it passed through,
+        # keeps the hot path to a single audit row.
+        audit.record(
+            session, actor=client.id, action="request.received", entity_type="deletion_request",
+            entity_id=request.id, payload={
+                "client_id": client.id, "legal_basis": request.legal_basis, "request_hash": request.request_hash,
+                "due_at": request.due_at.isoformat(), "subject_hashes": request.subject_hashes,
+                "record_count": request.affected["record_count"], "model_versions": [v.id for v in p.versions],
+                "transitions": [[step.from_status, step.to_status] for step in p.steps],
+                "status": request.status, "outcome": request.outcome,
+            },
+        )
+        log.info("deletion request received", extra={"deletion_request": request.id, "status": request.status})
+    return [outcomes[id(p)] for p in planned]
 
 
-def _insert_or_nothing(session: Session, model: type[Any]) -> Any:
+def _insert_or_nothing(session: Session, table: Any) -> Any:
     """INSERT ... ON CONFLICT DO NOTHING in the session's dialect (PostgreSQL or SQLite)."""
     if session.get_bind().dialect.name == "postgresql":
         from sqlalchemy.dialects.postgresql import insert as dialect_insert
     else:
         from sqlalchemy.dialects.sqlite import insert as dialect_insert
-    return dialect_insert(model).on_conflict_do_nothing()
+    return dialect_insert(table).on_conflict_do_nothing()
 
 
 def _columns(row: Any, skip: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -283,20 +329,31 @@ def submit_batch(
     """Many submissions in one transaction, each judged on its own: an item refused by a check
     writes nothing and does not stop the others. Each item names itself with an
     ``idempotency_key`` or an ``external_ref``, so sending the whole batch again is safe: what
-    was written is answered as a replay. A database failure rolls back the whole batch."""
+    was written is answered as a replay. Every item is checked first, then all are written
+    with one statement per table; a database failure rolls back the whole batch."""
     if len(items) > MAX_BATCH:
         raise PayloadTooLarge(f"at most {MAX_BATCH} requests per batch; this one has {len(items)}",
                               field="requests", max_items=MAX_BATCH)
     shared = _Intake()
-    results = []
-    for index, raw in enumerate(items):
+    answers: list[Submission | _Planned | UnlearndError] = []
+    for raw in items:
         try:
             item = _parse_batch_item(raw)
-            submitted = _submit(session, client, item, provenance, item.idempotency_key, shared)
+            answers.append(_plan(session, client, item, provenance, item.idempotency_key, shared))
         except UnlearndError as error:
-            results.append(BatchResult(index=index, error=error))
-        else:
-            results.append(BatchResult(index=index, submission=submitted))
+            answers.append(error)
+    planned = [a for a in answers if isinstance(a, _Planned)]
+    written = dict(zip(map(id, planned), _write(session, client, planned), strict=True))
+    results = []
+    for index, answer in enumerate(answers):
+        if isinstance(answer, _Planned):
+            answer = written[id(answer)]
+        elif isinstance(answer, Submission) and isinstance(answer.request, _PlannedRef):
+            # A replay of an item planned earlier in this batch: answer as that item was.
+            first = written[id(answer.request.planned)]
+            answer = Submission(request=first.request, replayed=True) if isinstance(first, Submission) else first
+        results.append(BatchResult(index=index, error=answer) if isinstance(answer, UnlearndError)
+                       else BatchResult(index=index, submission=answer))
     return results
 
 
@@ -361,9 +418,33 @@ def _request_hash(submission: DeletionRequestCreate, hashes: list[str]) -> str:
     return sha256_hex(canonical_json(document))
 
 
+@dataclass(frozen=True)
+class _PlannedRef:
+    """An earlier submission of the same batch, planned but not yet written."""
+
+    planned: _Planned
+
+    @property
+    def id(self) -> str:
+        return self.planned.request.id
+
+    @property
+    def request_hash(self) -> str:
+        return self.planned.request.request_hash
+
+    @property
+    def idempotency_key(self) -> str | None:
+        return self.planned.request.idempotency_key
+
+
 def _find_earlier(
-    session: Session, client_id: str, idempotency_key: str | None, external_ref: str | None
-) -> DeletionRequest | None:
+    session: Session, client_id: str, idempotency_key: str | None, external_ref: str | None,
+    shared: _Intake | None = None,
+) -> Any:
+    """The client's earlier request with this key or external_ref (the key decides when both
+    match different requests): written, or planned earlier in the same batch."""
+    if shared is not None and idempotency_key is not None and ("key", idempotency_key) in shared.planned:
+        return _PlannedRef(shared.planned[("key", idempotency_key)])
     matches = []
     if idempotency_key is not None:
         matches.append(DeletionRequest.idempotency_key == idempotency_key)
@@ -372,12 +453,15 @@ def _find_earlier(
     if not matches:
         return None
     query = select(DeletionRequest).where(DeletionRequest.client_id == client_id, or_(*matches))
-    # The idempotency key decides when both match different requests.
     found = sorted(session.scalars(query), key=lambda r: r.idempotency_key != idempotency_key)
+    if found and (idempotency_key is None or found[0].idempotency_key == idempotency_key):
+        return found[0]
+    if shared is not None and external_ref is not None and ("ref", external_ref) in shared.planned:
+        return _PlannedRef(shared.planned[("ref", external_ref)])
     return found[0] if found else None
 
 
-def _replay(earlier: DeletionRequest, request_hash: str, idempotency_key: str | None) -> Submission:
+def _replay(earlier: Any, request_hash: str, idempotency_key: str | None) -> Submission:
     if earlier.request_hash != request_hash:
         same_key = idempotency_key is not None and earlier.idempotency_key == idempotency_key
         raise Conflict(
