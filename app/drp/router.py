@@ -8,9 +8,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Request, status
+from fastapi import APIRouter, Depends, Header, Path, Request, status
 
-from app.api.deps import AdminClient, CurrentClient, SessionDep
+from app.api.deps import AdminClient, SessionDep, get_current_client
+from app.core.auth import ApiClient
 from app.core.errors import UnlearndError
 from app.core.problems import PROBLEM_MEDIA_TYPE
 from app.drp import service
@@ -43,6 +44,17 @@ def _drp_errors() -> Iterator[None]:
         exc.extensions.setdefault("code", str(exc.status))
         exc.extensions.setdefault("message", exc.detail)
         raise
+
+
+def _agent_client(
+    request: Request, session: SessionDep, authorization: Annotated[str | None, Header()] = None
+) -> ApiClient:
+    """The usual bearer-key check, its refusals in the DRP error shape too."""
+    with _drp_errors():
+        return get_current_client(request, session, authorization)
+
+
+CurrentClient = Annotated[ApiClient, Depends(_agent_client)]
 
 
 def _status(document: dict[str, Any]) -> ExerciseStatus:

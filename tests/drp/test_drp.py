@@ -117,6 +117,7 @@ def test_signed_messages_are_checked_in_the_specs_order(api, drp, make_client):
         return problem
 
     assert "base64" in refused(b"not base64 at all!")["message"]
+    assert "Bearer" in refused(sign(key, exercise("a@example.com")), headers=TEXT, status=401)["message"]
     assert "signature" in refused(sign(SigningKey.generate(), exercise("a@example.com")))["message"]
     assert "agent-id" in refused(sign(key, exercise("a@example.com", **{"agent-id": "another"})))["message"]
     assert "business-id" in refused(sign(key, exercise("a@example.com", **{"business-id": "elsewhere"})))["message"]
