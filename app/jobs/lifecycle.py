@@ -67,6 +67,7 @@ class Claim:
     result: ClaimResult
     kind: str = JobKind.UNLEARN
     resume_purge: bool = False
+    failed_now: bool = False  # FINISHED by this claim: its worker was lost on every attempt
 
 
 def lock_job(session: Session, job_id: str) -> UnlearningJob:
@@ -96,8 +97,8 @@ def claim(job_id: str, worker: str, now: datetime | None = None) -> Claim:
         taking_over = job.status == JobStatus.RUNNING
         job.attempts += 1
         if job.attempts > job.max_attempts:
-            fail_job(session, job, "the job's worker was lost on every attempt")
-            return Claim(ClaimResult.FINISHED)
+            fail_job(session, job, "WorkerLost: the job's worker was lost on every attempt")
+            return Claim(ClaimResult.FINISHED, failed_now=True)
         job.status, job.worker, job.heartbeat_at, job.error = JobStatus.RUNNING, worker, now, None
         job.started_at = job.started_at or now
         resume_purge = job.result_version_id is not None and job.kind == JobKind.UNLEARN

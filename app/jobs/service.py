@@ -49,6 +49,8 @@ def execute(job_id: str, worker: str) -> float | None:
     if claim.result is lifecycle.ClaimResult.BUSY:
         return lifecycle.lease_seconds()
     if claim.result is lifecycle.ClaimResult.FINISHED:
+        if claim.failed_now:
+            lineage_events.run_finished(job_id)
         return None
     lineage_events.run_started(job_id)
     try:

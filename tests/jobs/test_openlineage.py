@@ -193,3 +193,24 @@ def test_the_schema_check_rejects_what_the_spec_rejects():
     for event in (bad_run, unknown_facet, no_producer):
         with pytest.raises((jsonschema.ValidationError, Unresolvable)):
             validate(event)
+
+
+@pytest.mark.slow
+def test_a_job_whose_worker_was_lost_every_time_sends_fail(env, install_demo):
+    """The claim itself fails such a job (no attempt runs): FAIL all the same."""
+    from datetime import timedelta
+
+    from app.core.database import session_scope, utcnow
+    from app.jobs import service
+    from app.jobs.models import UnlearningJob
+
+    [training] = install_demo(LOGREG)
+    with session_scope() as session:
+        job = session.get(UnlearningJob, training)
+        job.status, job.worker, job.attempts = "running", "vanished:1", job.max_attempts
+        job.heartbeat_at = utcnow() - timedelta(hours=1)
+    assert service.execute(training, "worker-b") is None
+    [event] = _events(Path(env["UNLEARND_DATA_DIR"]) / "openlineage" / "events.jsonl")
+    validate(event)
+    assert (event["eventType"], event["run"]["runId"]) == ("FAIL", training)
+    assert event["run"]["facets"]["errorMessage"]["message"] == "WorkerLost"
