@@ -129,6 +129,25 @@ def _completed_requests(count: int) -> list[str]:
     return ids
 
 
+def _queries(run: Callable[[], object]) -> int:
+    """SQL statements one call sends: the load-independent cost of a head or a proof."""
+    from sqlalchemy import event
+
+    from app.core.database import get_engine
+
+    sent = []
+
+    def count(*_: object) -> None:
+        sent.append(1)
+
+    event.listen(get_engine(), "before_cursor_execute", count)
+    try:
+        run()
+    finally:
+        event.remove(get_engine(), "before_cursor_execute", count)
+    return len(sent)
+
+
 def measure_size(dsn: str, size: int, rng: random.Random, appends: int) -> dict[str, float]:
     from app.audit import nodes
     from app.audit import service as audit
@@ -161,7 +180,10 @@ def measure_size(dsn: str, size: int, rng: random.Random, appends: int) -> dict[
         picks = iter(seqs)
         figures["inclusion_ms"] = _median_ms(lambda: inclusion_proof(session, next(picks), n), 21)
         figures["consistency_ms"] = _median_ms(lambda: consistency_proof(session, next(firsts), n), 21)
-        if n <= OLD_WAY_UP_TO:
+        figures["head_queries"] = _queries(lambda: sign_tree_head(session))
+        figures["inclusion_queries"] = _queries(lambda: inclusion_proof(session, seqs[0], n))
+        figures["consistency_queries"] = _queries(lambda: consistency_proof(session, seqs[1], n))
+        if size <= OLD_WAY_UP_TO:
             repeats = 3 if n <= 200_000 else 1
             seq = seqs[0]
             figures["old_head_ms"] = _median_ms(lambda: merkle.root(leaves(session, n)), repeats)
@@ -268,7 +290,8 @@ def _print_size(f: dict[str, float]) -> None:
                        ("consistency proof", "consistency_ms")):
         old = f.get(f"old_{key}")
         versus = f"   old full scan {old:,.1f} ms, {old / f[key]:,.0f}x faster" if old is not None else ""
-        print(f"{label:18}: {f[key]:8.2f} ms (median){versus}")
+        queries = int(f[key.replace("_ms", "_queries")])
+        print(f"{label:18}: {f[key]:8.2f} ms (median, {queries} SQL statements){versus}")
     print(f"verify whole chain: {f['verify_s']:.1f} s ({events / f['verify_s']:,.0f} events/s, "
           f"{int(f['verified_nodes']):,} stored nodes checked)")
 
