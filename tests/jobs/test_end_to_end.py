@@ -108,6 +108,24 @@ def test_request_is_unlearned_verified_purged_and_completed(backend, env, api, m
         assert states == {"forgotten"}
         assert lineage.subject_lineage(session, hashed).still_contained is False
 
+    # The worker reported both runs to OpenLineage (the default file transport), valid per the spec.
+    from pathlib import Path
+
+    from tests.jobs.openlineage_spec import validate
+
+    lines = (Path(env["UNLEARND_DATA_DIR"]) / "openlineage" / "events.jsonl").read_text().splitlines()
+    events = [json.loads(line) for line in lines]
+    runs: dict[str, list[str]] = {}
+    for event in events:
+        validate(event)
+        runs.setdefault(event["run"]["runId"], []).append(event["eventType"])
+    assert runs[training][0] == "START" and runs[training][-1] == "COMPLETE"  # RUNNING between: after its shards
+    assert runs[job_id] == ["START", "COMPLETE"] and len(runs) == 2  # shard jobs are parts of their parent's run
+    facet = next(e for e in events if e["run"]["runId"] == job_id and e["eventType"] == "COMPLETE")
+    unlearning = facet["run"]["facets"]["unlearning"]
+    assert (unlearning["methodUsed"], unlearning["guarantee"]) == ("sisa", "exact")
+    assert unlearning["purgedVersions"] == [base_id] and unlearning["forgottenCount"] == job["forget_count"]
+
 
 def test_sisa_training_fans_out_one_job_per_shard_and_matches_a_whole_fit(env, api, make_client, install_demo):
     import hashlib
