@@ -9,6 +9,8 @@ message sent twice does its work once.
 from __future__ import annotations
 
 import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
@@ -44,12 +46,35 @@ def enqueue(session: Session, task_name: str, **kwargs: Any) -> OutboxMessage:
     return message
 
 
+# A commit with more messages than this (a bulk intake's certificate orders) hands them to the
+# broker from a background thread, so the response does not wait for a thousand sends.
+RELAY_IN_BACKGROUND_OVER = 20
+_background: list[ThreadPoolExecutor] = []
+_background_lock = threading.Lock()
+
+
 def _after_commit(session: Session) -> None:
     ids = session.info.pop(_PENDING_KEY, [])
     if event.contains(session, "after_rollback", _after_rollback):
         event.remove(session, "after_rollback", _after_rollback)
-    if ids:
+    if len(ids) > RELAY_IN_BACKGROUND_OVER:
+        _background_relayer().submit(_relay_logged, ids)
+    elif ids:
         relay(ids)
+
+
+def _background_relayer() -> ThreadPoolExecutor:
+    with _background_lock:
+        if not _background:
+            _background.append(ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox-relay"))
+        return _background[0]
+
+
+def _relay_logged(ids: list[str]) -> None:
+    try:
+        relay(ids, limit=len(ids))
+    except Exception:  # committed and still pending: the periodic relay sends them
+        log.exception("outbox relay after commit failed", extra={"messages": len(ids)})
 
 
 def _after_rollback(session: Session) -> None:
