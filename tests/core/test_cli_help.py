@@ -8,6 +8,7 @@ import tomllib
 from pathlib import Path
 
 import click
+import pytest
 from click.testing import CliRunner
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,6 +39,7 @@ def test_every_subcommand_has_help():
     assert not missing, f"commands without help: {missing}"
 
 
+@pytest.mark.slow  # builds the wheel (seconds)
 def test_license_is_an_spdx_expression_and_the_build_warns_of_nothing(tmp_path):
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert project["license"] == "Apache-2.0"
