@@ -72,7 +72,7 @@ def load(name: str, quick: bool) -> tuple[LabelledData, dict[str, Any]]:
     return data, {"hidden": [256, 256], "epochs": 10 if quick else 40, "lr": 2e-3, "batch_size": 128}
 
 
-def run_case(name: str, fraction: float, runs: int, quick: bool) -> dict[str, Any]:
+def run_case(name: str, fraction: float, runs: int, quick: bool, accuracy_drop_z: float = 0.0) -> dict[str, Any]:
     configure(threads=1)
     data, recipe = load(name, quick)
     train, _, heldout = split(data, [], HELDOUT_FRACTION, seed=0)
@@ -116,7 +116,8 @@ def run_case(name: str, fraction: float, runs: int, quick: bool) -> dict[str, An
         score, _ = forget_score(scores, ref)
         verdicts = []
         for original, model in zip(populations["original"], models, strict=True):
-            verdicts.append(verify(original, model, retain, forget, test).verdict)
+            verdicts.append(verify(original, model, retain, forget, test,
+                                   {"accuracy_drop_z": accuracy_drop_z}).verdict)
         rows[label] = {
             "forget_score": score, "flag_rate": float(per_model_flags.mean()), "flagged": sum(flagged),
             "test_accuracy": statistics.fmean(m.accuracy(test) for m in models),
@@ -133,7 +134,7 @@ def run_case(name: str, fraction: float, runs: int, quick: bool) -> dict[str, An
 
 def render(results: list[dict[str, Any]], args: argparse.Namespace, wall: float) -> str:
     lines = [f"# Forgetting benchmark ({'quick' if args.quick else 'full'}: {results[0]['runs']} models per "
-             f"population; {wall:.0f} s wall)", ""]
+             f"population; gate accuracy_drop_z {args.accuracy_drop_z:g}; {wall:.0f} s wall)", ""]
     flagged = flagged_passes = ceiling_fails = ceiling_total = original_passes = 0
     for case in results:
         lines += [f"## {case['dataset']}, {case['fraction']:.0%} forget set ({case['forget_size']} of "
@@ -178,6 +179,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--runs", type=int, default=None, help="models per population (default 16, quick 4)")
     parser.add_argument("--jobs", type=int, default=1, help="cases run in parallel processes")
+    parser.add_argument("--accuracy-drop-z", type=float, default=0.0,
+                        help="the gate's accuracy_drop_z (standard errors of noise allowed on the utility check)")
     args = parser.parse_args()
     runs = args.runs or (4 if args.quick else 16)
     cases = [(name, fraction) for name in ("digits", "mnist1d") for fraction in FRACTIONS]
@@ -185,11 +188,11 @@ def main() -> None:
     if args.jobs > 1:
         with ProcessPoolExecutor(args.jobs) as pool:
             results = list(pool.map(run_case, *zip(*cases, strict=True), [runs] * len(cases),
-                                    [args.quick] * len(cases)))
+                                    [args.quick] * len(cases), [args.accuracy_drop_z] * len(cases)))
     else:
         results = []
         for name, fraction in cases:
-            results.append(run_case(name, fraction, runs, args.quick))
+            results.append(run_case(name, fraction, runs, args.quick, args.accuracy_drop_z))
             # Each case as it finishes (stderr), so an interrupted run still leaves its figures.
             print(render(results[-1:], args, time.perf_counter() - started), file=sys.stderr, flush=True)
     print(render(results, args, time.perf_counter() - started))

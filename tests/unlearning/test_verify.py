@@ -73,6 +73,29 @@ def test_accuracy_loss_fails_even_without_membership_power(memorised):
     assert report.verdict == "fail" and "accuracy fell" in report.reasons[0]
 
 
+def test_the_accuracy_limit_can_allow_for_the_paired_noise_of_the_heldout_rows(memorised):
+    """By default the utility limit is the point estimate (0.03); with accuracy_drop_z it is
+    0.03 plus that many standard errors of the paired accuracy difference."""
+    original, retrained, retain, forget, _, test = memorised
+    kept = test.take(torch.tensor([y in set(retain.labels.tolist()) for y in test.labels.tolist()]))
+    before = (original.predict(kept.features) == kept.labels).double()
+    after = (retrained.predict(kept.features) == kept.labels).double()
+    se = float((before - after).std()) / len(kept) ** 0.5
+    assert se > 0.01  # these models disagree on a real share of the rows
+
+    plain = {c.name: c for c in verify(original, retrained, retain, forget, test).checks}
+    assert plain["heldout_accuracy_drop"].limit == pytest.approx(0.03)
+    assert plain["heldout_accuracy_drop"].value == pytest.approx(float(before.mean() - after.mean()))
+    noisy = {c.name: c for c in verify(original, retrained, retain, forget, test,
+                                       Thresholds(accuracy_drop_z=1.96)).checks}
+    assert noisy["heldout_accuracy_drop"].limit == pytest.approx(0.03 + 1.96 * se)
+    # A model that lost real utility still fails, noise allowance and all.
+    broken = get_adapter("mlp", hidden=[8], epochs=0).fit(retain, seed=0)
+    ruined = {c.name: c for c in verify(original, broken, retain, forget, test,
+                                        Thresholds(accuracy_drop_z=1.96)).checks}["heldout_accuracy_drop"]
+    assert not ruined.passed and ruined.value > ruined.limit
+
+
 def test_removed_class_must_be_forgotten(blobs_split):
     train, _, _, heldout = blobs_split
     model = get_adapter("mlp", hidden=[32], epochs=20, batch_size=32).fit(train, seed=0)

@@ -45,10 +45,11 @@ class Thresholds:
     max_attack_auc: float = 0.6
     max_heldout_accuracy_drop: float = 0.03
     # The drop fails only when it exceeds the limit by more than this many standard errors
-    # of the paired difference over the held-out rows (0: the point estimate alone). On a
-    # few hundred rows of a weak model, two retrains from different seeds differ by more
-    # than 3 points by chance; that is not a loss of utility.
-    accuracy_drop_z: float = Z_95
+    # of the paired difference over the held-out rows. Default 0: the point estimate alone.
+    # 1.96 stops failing exact retrains for seed noise on small held-out sets, but the
+    # utility check is then no longer the (only) check that catches neggrad_plus's damage on
+    # weak models: see docs/unlearning.md for the measured trade-off.
+    accuracy_drop_z: float = 0.0
     # For classes the retain set no longer has: accuracy on their forget rows
     # may exceed chance (1 / num_classes) by at most this much.
     class_chance_margin: float = 0.05
