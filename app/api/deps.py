@@ -62,6 +62,9 @@ def require_roles(*roles: Role):  # noqa: ANN201 - returns a FastAPI dependency
 
 AdminClient = Annotated[ApiClient, Depends(require_roles(Role.ADMIN))]
 PortalClient = Annotated[ApiClient, Depends(require_roles(Role.PORTAL, Role.ADMIN))]
+# Who may submit a deletion request: portals (subjects), ml keys (selector removals), admins (both);
+# the requests service checks which kind each role may send.
+RequestSubmitter = Annotated[ApiClient, Depends(require_roles(Role.PORTAL, Role.ML, Role.ADMIN))]
 MLClient = Annotated[ApiClient, Depends(require_roles(Role.ML, Role.ADMIN))]
 ReaderClient = Annotated[ApiClient, Depends(require_roles(Role.ML, Role.AUDITOR, Role.ADMIN))]
 AuditorClient = Annotated[ApiClient, Depends(require_roles(Role.AUDITOR, Role.ADMIN))]

@@ -18,6 +18,7 @@ from app.core.hashing import json_safe
 from app.jobs.models import JobRequest, JobStatus, UnlearningJob
 from app.lineage import proofs
 from app.lineage import service as lineage
+from app.registry import service as registry
 from app.registry.leaves import leaf_hash
 from app.registry.models import DatasetSnapshot, ModelArtifact, ModelVersion, RegisteredModel, VersionState
 from app.requests import service as requests
@@ -53,6 +54,8 @@ def request_facts(request: DeletionRequest) -> dict[str, Any]:
         "outcome": request.outcome or RequestOutcome.FORGOTTEN.value,
         "guarantee": request.guarantee,
         "request_hash": request.request_hash,
+        # Only a removal by selector has one; older certificates keep their exact shape.
+        **({"selector": dict(request.selector)} if request.selector else {}),
     }
 
 
@@ -270,7 +273,69 @@ def _held(described: list[dict[str, Any]]) -> str:
     return "; ".join(parts)
 
 
-def claim(request: DeletionRequest, records: dict[str, Any], described: list[dict[str, Any]]) -> str:
+def _selection(selector: dict[str, Any]) -> str:
+    words = [f"dataset '{selector['dataset']}'"]
+    if selector.get("source") is not None:
+        words.append(f"source '{selector['source']}'")
+    if selector.get("ingested_before") is not None:
+        words.append(f"ingested before {selector['ingested_before']}")
+    return ", ".join(words)
+
+
+def training_data(session: Session, request: DeletionRequest) -> list[dict[str, Any]] | None:
+    """Per dataset, what became of the request's rows in the dataset file itself: rewritten out
+    of a managed file (old and new file sha256), left to an external owner to redact, or still
+    there while other open requests touch the dataset. None when the request forgot no record."""
+    record_ids = requests.record_ids_of(session, request.id)
+    if not record_ids or request.outcome not in (None, RequestOutcome.FORGOTTEN.value):
+        return None
+    erasures, waiting = registry.erasures_of(session, record_ids)
+    described: list[dict[str, Any]] = []
+    for erasure in erasures:
+        if erasure.status == "external":
+            described.append({"dataset_id": erasure.dataset_id, "managed": False, "status": "redaction_required",
+                              "statement": ERASURE_NOT_MANAGED})
+        else:
+            described.append({
+                "dataset_id": erasure.dataset_id, "managed": True, "status": "erased",
+                "erasure_id": erasure.id, "old_file_sha256": erasure.old_sha256,
+                "new_file_sha256": erasure.new_sha256, "rows_erased": erasure.rows_erased,
+                "erased_at": _iso(erasure.finished_at), "old_bytes_destroyed": erasure.old_destroyed_at is not None,
+            })
+    for dataset_id in waiting:
+        described.append({"dataset_id": dataset_id, "managed": True, "status": "pending",
+                          "statement": "the rows are still in the dataset file: it is rewritten without them once no "
+                                       "open request touches the dataset (or the rewrite failed and will be retried "
+                                       "with the next completion)"})
+    return sorted(described, key=lambda d: (d["dataset_id"], d["status"]))
+
+
+ERASURE_NOT_MANAGED = (
+    "the dataset file lies at an external location that Unlearnd does not manage; Unlearnd did not "
+    "rewrite it and asked its owner to redact the forgotten rows (event dataset.redaction_required)"
+)
+
+
+def _erased(data: list[dict[str, Any]] | None) -> str:
+    if not data:
+        return ""
+    erased = [d for d in data if d["status"] == "erased"]
+    external = [d for d in data if d["status"] == "redaction_required"]
+    words = []
+    if erased:
+        words.append(" The training rows were erased from the managed dataset store: " + "; ".join(
+            f"{d['rows_erased']} rows left dataset {d['dataset_id']}'s file (sha256 {d['old_file_sha256']} "
+            f"rewritten as {d['new_file_sha256']}"
+            + (", the old bytes destroyed)" if d["old_bytes_destroyed"] else ", the old bytes kept for the retention period)")
+            for d in erased) + ".")
+    if external:
+        words.append(" Source data of dataset(s) " + ", ".join(d["dataset_id"] for d in external)
+                     + " is not managed by Unlearnd; its owner was asked to redact it.")
+    return "".join(words)
+
+
+def claim(request: DeletionRequest, records: dict[str, Any], described: list[dict[str, Any]],
+          data: list[dict[str, Any]] | None = None) -> str:
     if request.outcome == RequestOutcome.NO_DATA_FOUND:
         return (
             f"Unlearnd asserts that no training record matching deletion request {request.id} was found "
@@ -286,15 +351,17 @@ def claim(request: DeletionRequest, records: dict[str, Any], described: list[dic
         )
     versions = sum(len(m["affected_versions"]) for m in described)
     held = _held(described)
+    selected = f" (selected by {_selection(request.selector)})" if request.selector else ""
     return (
         f"Unlearnd asserts that the {records['count']} training records resolved for deletion request "
-        f"{request.id} (committed to by forgotten_records.merkle_root) are in none of the "
+        f"{request.id}{selected} (committed to by forgotten_records.merkle_root) are in none of the "
         f"{len(described)} models listed" + (f" ({held})" if held else "") + ": each listed job produced its "
         f"result version without them, under the guarantee it states, and each of the {versions} affected "
         "versions' artifacts listed as purged was deleted from the Unlearnd artifact store."
         + (f" At {request.affected['completion_check']['checked_at']} (lineage_check) no part of any live "
            "model version held one of these records and no training run on their datasets was under way."
            if (request.affected or {}).get("completion_check") else "")
+        + _erased(data)
         + " It asserts nothing about copies outside that store, such as backups, exports, caches or models "
         "trained elsewhere."
     )

@@ -26,6 +26,7 @@ from app.core.database import new_id, utcnow
 from app.core.errors import Conflict, Forbidden, NotFound
 from app.core.hashing import canonical_json
 from app.core.signing import jws_sign
+from app.registry import service as registry
 from app.requests import service as requests
 from app.requests.models import DeletionRequest, RequestStatus
 
@@ -47,6 +48,7 @@ def _content(session: Session, request: DeletionRequest, certificate_id: str, ke
     records = evidence.forgotten_records(session, request.id)
     described = evidence.models(session, request.id)
     facts = evidence.request_facts(request)
+    training_data = evidence.training_data(session, request)
     return {
         "type": CERTIFICATE_TYPE,
         "schema_version": SCHEMA_VERSION,
@@ -60,7 +62,8 @@ def _content(session: Session, request: DeletionRequest, certificate_id: str, ke
         "non_inclusion": evidence.non_inclusion(session, request) if facts["outcome"] == "no_data_found" else None,
         "already_forgotten": evidence.already_forgotten(session, request),
         "lineage_check": evidence.lineage_check(request),
-        "claim": evidence.claim(request, records, described),
+        "claim": evidence.claim(request, records, described, training_data),
+        **({"training_data": training_data} if training_data else {}),
     }
 
 
@@ -113,6 +116,12 @@ def certificate_for(session: Session, request_id: str, viewer: ApiClient) -> Cer
             f"a certificate is issued when the request completes; it is '{request.status}'", field="status"
         )
     return session.scalar(select(Certificate).where(Certificate.request_id == request.id))
+
+
+def waits_for_erasure(session: Session, request_id: str) -> bool:
+    """The request's dataset file is being rewritten without its rows: its certificate, which
+    states that erasure, is issued once it is done (the erasure task sends the order)."""
+    return registry.erasure_pending(session, request_id)
 
 
 def requests_missing_certificates(session: Session, *, limit: int = 100) -> list[str]:

@@ -73,6 +73,9 @@ class Settings(BaseSettings):
     scheduler_interval_seconds: float = 30.0
     # The lineage reconciliation sweep (no live version holds a forgotten record unnoticed).
     lineage_sweep_interval_seconds: float = 60.0
+    # Training-data erasure: how long a managed dataset file's previous bytes are kept after
+    # a rewrite without its forgotten rows (0: destroyed at once; otherwise by the scheduler).
+    erased_file_retention_hours: float = 0.0
     torch_threads: int = 1
     # Redis redelivers an unacknowledged task after this long; jobs also keep a heartbeat lease.
     task_visibility_timeout_seconds: int = 3600

@@ -27,6 +27,7 @@ class TaskName:
     RELAY_OUTBOX: Final = "unlearnd.relay_outbox"
     PING: Final = "unlearnd.ping"
     INGEST_DATASET: Final = "unlearnd.registry.ingest_dataset"
+    ERASE_DATASET_ROWS: Final = "unlearnd.registry.erase_dataset_rows"
     RUN_JOB: Final = "unlearnd.run_job"
     QUALIFY_METHOD: Final = "unlearnd.jobs.qualify_method"
     SCHEDULE_BATCHES: Final = "unlearnd.schedule_batches"

@@ -263,10 +263,26 @@ def complete_request(session: Session, request: Any, *, actor: str) -> bool:
         return False
     if record_ids:
         registry.mark_records_forgotten(session, record_ids, actor)
+        # A request by subject suppresses the subject; one by key or selector, the keys only.
+        registry.suppress_forgotten(session, record_ids, subject_hashes=request.subject_hashes,
+                                    request_id=request.id, actor=actor)
     requests.note_completion_check(request, check)
     requests.transition(session, request, RequestStatus.COMPLETED, actor=actor,
                         guarantee=request_guarantee(session, request.id))
+    _erase_training_rows(session, record_ids, request.id, actor=actor)
     return True
+
+
+def _erase_training_rows(session: Session, record_ids: list[int], request_id: str, *, actor: str) -> None:
+    """Once no open request touches a dataset any more, its forgotten rows leave the dataset
+    file too (or its external owner is asked to redact them): registry ``schedule_erasure``."""
+    datasets = set()
+    for start in range(0, len(record_ids), 1000):
+        datasets |= set(session.scalars(select(DataRecord.dataset_id).where(
+            DataRecord.id.in_(record_ids[start : start + 1000]))))
+    for dataset_id in sorted(datasets):
+        if not requests.dataset_has_open_requests(session, dataset_id):
+            registry.schedule_erasure(session, dataset_id, [request_id], actor=actor)
 
 
 def release(session: Session, job: UnlearningJob) -> None:

@@ -27,6 +27,7 @@ from app.jobs.unlearning import active_version
 from app.lineage import service as lineage
 from app.registry import service as registry
 from app.registry.models import ModelVersion, RegisteredModel
+from app.registry.policy import exact_method
 from app.requests import service as requests
 from app.requests.models import DeletionRequest, RequestStatus
 
@@ -47,6 +48,7 @@ def schedule(session: Session, *, now: datetime | None = None, actor: str = "sch
     now = now or utcnow()
     resume_stale_jobs(session, now)
     registry.resend_stalled_ingestions(session, now, patience=resend_patience())
+    registry.destroy_expired_files(session, now)
     complete_requests_without_models(session, actor=actor)
     resync_waiting_requests(session, actor=actor)
     requests.flag_deadlines_at_risk(session, now, actor=actor)
@@ -171,19 +173,34 @@ def retrain_history(session: Session, model_id: str) -> dict[str, float | int]:
     ])
 
 
+def _method_for(session: Session, model: RegisteredModel, forget_count: int) -> tuple[str, dict[str, Any] | None]:
+    """The policy's method, unless the batch forgets at least the policy's fraction of the
+    active version's training data: then the exact method, directly (and the plan says why)."""
+    policy = registry.model_policy(model)
+    base = active_version(session, model.id)
+    trained = registry.get_snapshot(session, base.snapshot_id).record_count if base and base.snapshot_id else 0
+    if not trained or forget_count / trained < policy.policy.large_removal_fraction:
+        return policy.method, None
+    exact = exact_method(model.adapter).value
+    return exact, {"fraction": round(forget_count / trained, 6), "threshold": policy.policy.large_removal_fraction,
+                   "policy_method": policy.method, "method": exact}
+
+
 def create_job(session: Session, model: RegisteredModel, decision: Decision, *, actor: str) -> UnlearningJob:
     request_ids = [p.request_id for p in decision.batch]
     forget_count = len({record_id for _, record_id, _ in
                         requests.records_in_dataset(session, request_ids, model.dataset_id)})
+    method, large = _method_for(session, model, forget_count)
     job = UnlearningJob(
-        kind=JobKind.UNLEARN, model_id=model.id, method=registry.model_policy(model).method,
+        kind=JobKind.UNLEARN, model_id=model.id, method=method,
         cost_units=decision.units, forget_count=forget_count or 0, created_by=actor,
         report={"plan": {"reason": decision.reason, "requests": len(request_ids), "units": decision.units,
                          "units_if_alone": decision.units_if_alone, "units_saved": decision.units_saved,
                          "estimated_seconds": round(decision.estimated_seconds, 3),
                          "at_risk": [p.request_id for p in decision.at_risk],
                          "full_retrain": decision.full_retrain,
-                         "history": retrain_history(session, model.id)}},
+                         "history": retrain_history(session, model.id),
+                         **({"large_removal": large} if large else {})}},
     )
     session.add(job)
     session.flush()

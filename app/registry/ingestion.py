@@ -25,10 +25,11 @@ from app.core.config import get_settings
 from app.core.database import session_scope, utcnow
 from app.core.errors import InvalidInput, NotFound
 from app.core.hashing import CANONICALISER_VERSION, canonical_json, sha256_hex, subject_hash
-from app.registry import locations
+from app.registry import erasure, locations, suppression
 from app.registry.models import DataRecord, Dataset, DatasetStatus, RecordState
 from app.registry.readers import DatasetFileError, RowBatch, read_batches
 from app.registry.schemas import MAX_SOURCE_LENGTH, DatasetColumns, DatasetFormat
+from app.registry.suppression import SuppressionList
 
 log = logging.getLogger("unlearnd.registry.ingestion")
 _COLUMNS = ("dataset_id", "row_index", "record_key", "subject_hash", "content_hash", "state", "source",
@@ -51,7 +52,7 @@ def _source_of(batch: RowBatch, offset: int, first_row: int, columns: DatasetCol
 
 
 def _hash_rows(dataset_id: str, batch: RowBatch, first_row: int, columns: DatasetColumns,
-               pepper: bytes, ingested_at: datetime) -> list[tuple[Any, ...]]:
+               pepper: bytes, ingested_at: datetime, suppressed: SuppressionList) -> list[tuple[Any, ...]]:
     """Rows hashed with the current canonicaliser (``_start`` records it on the dataset)."""
     rows: list[tuple[Any, ...]] = []
     seen: set[str] = set()
@@ -80,8 +81,10 @@ def _hash_rows(dataset_id: str, batch: RowBatch, first_row: int, columns: Datase
             content["features"] = batch.features[offset]
         if batch.images is not None:
             content["image"] = batch.images[offset]
+        # Forgotten stays forgotten: a row whose key or subject a completed request forgot never becomes active.
+        state = RecordState.SUPPRESSED if suppressed.matches(key, subject) else RecordState.ACTIVE
         rows.append((dataset_id, first_row + offset, key, subject, sha256_hex(canonical_json(content)),
-                     RecordState.ACTIVE.value, _source_of(batch, offset, first_row, columns), ingested_at))
+                     state.value, _source_of(batch, offset, first_row, columns), ingested_at))
     return rows
 
 
@@ -193,13 +196,17 @@ def _write(dataset: Dataset, worker: str) -> None:
     batch_keys: list[str] = []
     # Every row of one ingestion carries the same time: "ingested before T" selects whole runs.
     ingested_at = utcnow()
+    with session_scope() as session:
+        suppressed = suppression.active(session)
+    suppressed_rows = 0
     try:
         with locations.open_dataset(dataset.uri) as handle:
             size = handle.size if hasattr(handle, "size") else 0
             for batch in read_batches(handle, DatasetFormat(dataset.format), columns, size or 0):
                 if written + len(batch) > MAX_ROWS:
                     raise DatasetFileError(f"more than {MAX_ROWS} rows")
-                rows = _hash_rows(dataset_id, batch, written, columns, pepper, ingested_at)
+                rows = _hash_rows(dataset_id, batch, written, columns, pepper, ingested_at, suppressed)
+                suppressed_rows += sum(1 for row in rows if row[5] == RecordState.SUPPRESSED)
                 batch_keys = batch.keys
                 with session_scope() as session:
                     # Locks the dataset row first: a batch of a delivery that lost its lease never lands.
@@ -221,8 +228,13 @@ def _write(dataset: Dataset, worker: str) -> None:
             ready = _owned(session, dataset_id, worker)
             ready.status, ready.progress, ready.record_count, ready.ingested_at = (
                 DatasetStatus.READY, 1.0, written, utcnow())
-            ready.ingest_worker = None
+            ready.ingest_worker, ready.suppressed_count = None, suppressed_rows
             audit.record(session, actor="worker", action="dataset.ingested", entity_type="dataset",
-                         entity_id=dataset_id, payload={"record_count": written})
+                         entity_id=dataset_id, payload={"record_count": written, "suppressed": suppressed_rows})
+            if suppressed_rows:
+                audit.record(session, actor="worker", action="dataset.rows_suppressed", entity_type="dataset",
+                             entity_id=dataset_id, payload={"rows": suppressed_rows})
+                # ...and out of the file too, like a forgotten row.
+                erasure.schedule(session, dataset_id, [], actor="worker")
         _refresh_statistics()
     log.info("dataset ingestion finished", extra={"dataset_id": dataset_id, "rows": written})

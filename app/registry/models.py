@@ -24,6 +24,9 @@ class DatasetStatus(StrEnum):
 class RecordState(StrEnum):
     ACTIVE = "active"
     FORGOTTEN = "forgotten"
+    # Ingested again after it was forgotten (its subject hash or record key is on the
+    # suppression list): kept out of every snapshot and of the rewritten file.
+    SUPPRESSED = "suppressed"
 
 
 class VersionState(StrEnum):
@@ -59,6 +62,8 @@ class Dataset(Base):
     # re-sends a pending or stalled ingestion once this clock is two ticks old.
     ingest_worker: Mapped[str | None] = mapped_column(String(200), default=None)
     heartbeat_at: Mapped[datetime | None] = mapped_column(default=None)
+    # Rows of the file that were forgotten before (suppression list) and so never became active.
+    suppressed_count: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
 
 class DataRecord(Base):
@@ -88,6 +93,64 @@ class DataRecord(Base):
     # source named for the file) and when it was ingested. Removal requests select by them.
     source: Mapped[str | None] = mapped_column(String(200), default=None)
     ingested_at: Mapped[datetime | None] = mapped_column(default=None)
+    # The erasure that rewrote the dataset file without this (forgotten) row, or recorded that
+    # its external owner must redact it: app.registry.erasure.
+    erasure_id: Mapped[str | None] = mapped_column(String(36), default=None)
+
+
+class ErasureStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    # The file lies at an external location: its owner was told to redact it.
+    EXTERNAL = "external"
+
+
+class DatasetErasure(Base):
+    """Forgotten rows erased from a dataset file: the old and new file's sha256, how many rows
+    went, and when the old bytes were destroyed (``app.registry.erasure``)."""
+
+    __tablename__ = "dataset_erasures"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"), index=True)
+    status: Mapped[str] = mapped_column(String(16), default=ErasureStatus.QUEUED)
+    # Completed requests whose certificates wait for (and state) this erasure.
+    request_ids: Mapped[list[Any]] = mapped_column(default=list)
+    old_uri: Mapped[str] = mapped_column(String(2000))
+    old_sha256: Mapped[str | None] = mapped_column(String(64), default=None)
+    new_uri: Mapped[str | None] = mapped_column(String(2000), default=None)
+    new_sha256: Mapped[str | None] = mapped_column(String(64), default=None)
+    rows_before: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    rows_erased: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    error: Mapped[str | None] = mapped_column(default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(default=None)
+    destroy_after: Mapped[datetime | None] = mapped_column(default=None)
+    old_destroyed_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class SuppressionKind(StrEnum):
+    SUBJECT_HASH = "subject_hash"
+    RECORD_KEY = "record_key"
+
+
+class Suppression(Base):
+    """Forgotten stays forgotten: a keyed subject hash or a record key that a completed request
+    forgot. Ingestion keeps matching rows out (state ``suppressed``) until an admin lifts it."""
+
+    __tablename__ = "suppressions"
+    __table_args__ = (UniqueConstraint("kind", "value"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    kind: Mapped[str] = mapped_column(String(16))
+    value: Mapped[str] = mapped_column(String(256))
+    request_id: Mapped[str | None] = mapped_column(String(36), default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    lifted_at: Mapped[datetime | None] = mapped_column(default=None)
+    lifted_by: Mapped[str | None] = mapped_column(String(36), default=None)
+    lift_reason: Mapped[str | None] = mapped_column(default=None)
 
 
 class DatasetSnapshot(Base):

@@ -175,6 +175,10 @@ class UnlearningPolicy(BaseModel):
     # result also runs the exact method and compares the two per record; a degraded comparison
     # revokes the qualification (and the job keeps the exact result). None: no audit.
     sampling_audit_every: int | None = Field(default=None, ge=1, le=1_000_000)
+    # A batch forgetting at least this fraction of the active version's training data (a whole
+    # source, say) goes straight to the exact method: approximate methods are neither
+    # qualified nor sensible for removals that large.
+    large_removal_fraction: float = Field(default=0.1, gt=0, le=1)
 
     def stored(self) -> dict[str, Any]:
         """The JSON the model row keeps: thresholds and options only as the caller set them."""
@@ -202,6 +206,12 @@ class StoredPolicy(BaseModel):
             {**values, "thresholds": known, "default_method": method if method in METHOD_NAMES else Method.RETRAIN}
         )
         return cls(policy=policy, method=method, ignored_thresholds=sorted(set(thresholds) - set(known)))
+
+
+def exact_method(adapter: str) -> Method:
+    """The exact method for an adapter without loading it: SISA models forget shard by shard,
+    every other model is retrained (the engine's ``exact_method_for``, read from the name)."""
+    return Method.SISA if adapter == "sisa" else Method.RETRAIN
 
 
 def known_adapters() -> set[str]:

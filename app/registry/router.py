@@ -4,7 +4,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Request, status
 
-from app.api.deps import MLClient, ReaderClient, SessionDep
+from app.api.deps import AdminClient, AuditorClient, MLClient, ReaderClient, SessionDep
 from app.core.fields import INT32_MAX
 from app.registry import service
 from app.registry.schemas import (
@@ -12,10 +12,12 @@ from app.registry.schemas import (
     ArtifactUploaded,
     DatasetCreate,
     DatasetOut,
+    LiftSuppression,
     ModelCreate,
     ModelOut,
     SnapshotCreate,
     SnapshotOut,
+    SuppressionOut,
     VersionOut,
 )
 
@@ -52,6 +54,19 @@ def list_datasets(session: SessionDep, _: ReaderClient) -> list[DatasetOut]:
 @router.get("/datasets/{name}", response_model=DatasetOut)
 def get_dataset(name: str, session: SessionDep, _: ReaderClient) -> DatasetOut:
     return DatasetOut.model_validate(service.get_dataset(session, name))
+
+
+@router.get("/suppressions", response_model=list[SuppressionOut])
+def list_suppressions(session: SessionDep, _: AuditorClient, include_lifted: bool = False) -> list[SuppressionOut]:
+    """The suppression list: forgotten subjects (keyed hashes) and record keys kept out of every ingestion."""
+    return [SuppressionOut.model_validate(s) for s in service.list_suppressions(session, include_lifted=include_lifted)]
+
+
+@router.post("/suppressions/{suppression_id}/lift", response_model=SuppressionOut)
+def lift_suppression(suppression_id: str, body: LiftSuppression, session: SessionDep, admin: AdminClient) -> SuppressionOut:
+    """Let later ingestions take matching rows again; admins only, with a reason (audited)."""
+    return SuppressionOut.model_validate(
+        service.lift_suppression(session, suppression_id, reason=body.reason, actor=admin.id))
 
 
 @router.post("/datasets/{name}/snapshots", status_code=status.HTTP_201_CREATED, response_model=SnapshotOut)

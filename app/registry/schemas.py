@@ -95,8 +95,28 @@ class DatasetOut(BaseModel):
     progress: float
     error: str | None
     record_count: int
+    suppressed_count: int = Field(default=0, description="rows forgotten before (suppression list), kept out")
     created_at: datetime
     ingested_at: datetime | None
+
+
+class SuppressionOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    kind: str = Field(description="subject_hash (keyed) or record_key")
+    value: str
+    request_id: str | None
+    created_at: datetime
+    lifted_at: datetime | None
+    lifted_by: str | None
+    lift_reason: str | None
+
+
+class LiftSuppression(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = Field(min_length=1, max_length=2000)
 
 
 class SnapshotCreate(BaseModel):

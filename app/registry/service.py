@@ -18,7 +18,7 @@ from app.core.database import utcnow
 from app.core.errors import Conflict, IllegalTransition, InvalidInput, NotFound
 from app.core.outbox import enqueue
 from app.core.queue import TaskName
-from app.registry import artifacts, ingestion, locations
+from app.registry import artifacts, erasure, ingestion, locations, suppression
 from app.registry.leaves import SnapshotLeaves, leaf_index
 from app.registry.models import (
     DataRecord,
@@ -109,6 +109,46 @@ def resend_stalled_ingestions(session: Session, now: datetime, *, patience: time
 def ingest_dataset(dataset_id: str) -> Dataset:
     """The ingestion task's work; see ``app.registry.ingestion``."""
     return ingestion.ingest(dataset_id)
+
+
+def suppress_forgotten(session: Session, record_ids: list[int], *, subject_hashes: Iterable[str], request_id: str,
+                       actor: str) -> int:
+    """Forgotten stays forgotten: the records' keys (and a subject request's hashes) go on the
+    suppression list that ingestion checks (``app.registry.suppression``)."""
+    return suppression.add(session, record_ids, subject_hashes=subject_hashes, request_id=request_id, actor=actor)
+
+
+def list_suppressions(session: Session, *, include_lifted: bool = False) -> list[Any]:
+    return suppression.listing(session, include_lifted=include_lifted)
+
+
+def lift_suppression(session: Session, suppression_id: str, *, reason: str, actor: str) -> Any:
+    return suppression.lift(session, suppression_id, reason=reason, actor=actor)
+
+
+def schedule_erasure(session: Session, dataset_id: str, request_ids: Iterable[str], *, actor: str) -> None:
+    """Erase the dataset's forgotten rows from its file (or ask its external owner to):
+    ``app.registry.erasure``. The jobs room calls it once no open request touches the dataset."""
+    erasure.schedule(session, dataset_id, request_ids, actor=actor)
+
+
+def erase_dataset_rows(erasure_id: str) -> None:
+    """The erasure task's work; see ``app.registry.erasure``."""
+    erasure.run(erasure_id)
+
+
+def erasure_pending(session: Session, request_id: str) -> bool:
+    """An erasure the request's certificate should state is still queued or running."""
+    return erasure.pending_for(session, request_id)
+
+
+def erasures_of(session: Session, record_ids: list[int]) -> tuple[list[Any], list[str]]:
+    """(erasures that took these records out of their files, datasets whose files still hold some)."""
+    return erasure.erasures_of(session, record_ids)
+
+
+def destroy_expired_files(session: Session, now: datetime) -> int:
+    return erasure.destroy_expired(session, now)
 
 
 def get_dataset(session: Session, name: str) -> Dataset:

@@ -4,7 +4,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.core.database import Base, new_id, utcnow
@@ -30,6 +30,9 @@ class LegalBasis(StrEnum):
     PIPEDA = "pipeda"
     CONTRACT = "contract"
     INTERNAL_POLICY = "internal_policy"
+    # Bases of removals by selector (a whole dataset or source), not of a person's request.
+    COPYRIGHT = "copyright"
+    DATA_QUALITY = "data_quality"
 
 
 class RequestOutcome(StrEnum):
@@ -85,6 +88,10 @@ class DeletionRequest(Base):
     guarantee: Mapped[str | None] = mapped_column(String(16), default=None)
     # source system, IP, user agent, identity verification attestation.
     provenance: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # A removal by selector instead of a subject: {"dataset", "source"?, "ingested_before"?}.
+    selector: Mapped[dict[str, Any] | None] = mapped_column(JSON(), default=None)
+    # Why a selector removal was asked for (required with a selector; free text, kept out of the chain).
+    reason: Mapped[str | None] = mapped_column(Text(), default=None)
     # resolved lineage: records and model versions affected, filled at resolution.
     affected: Mapped[dict[str, Any]] = mapped_column(default=dict)
     completed_at: Mapped[datetime | None] = mapped_column(default=None)

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request, Response, status
 
-from app.api.deps import AdminClient, PortalClient, RequestViewer, SessionDep
+from app.api.deps import AdminClient, PortalClient, RequestSubmitter, RequestViewer, SessionDep
 from app.core.fields import BoundedDatetime
 from app.core.problems import problem_document
 from app.requests import service
@@ -45,9 +45,10 @@ def submit_request(
     http: Request,
     response: Response,
     session: SessionDep,
-    client: PortalClient,
+    client: RequestSubmitter,
     idempotency_key: IdempotencyKey = None,
 ) -> DeletionRequestOut:
+    """A subject's request (portals, admins) or a removal by selector (admins and ml keys only)."""
     outcome = service.submit(
         session,
         client=client,

@@ -53,10 +53,24 @@ class RequestScope(BaseModel):
     models: list[ShortText] | None = Field(default=None, min_length=1, max_length=100)
 
 
+class RecordSelector(BaseModel):
+    """A removal by provenance: every record of a dataset, of one of its sources, or
+    ingested before a time. Admin and ml keys only; portals name subjects."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dataset: ShortText
+    source: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = None
+    ingested_before: BoundedDatetime | None = None
+
+
 class DeletionRequestCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     subject: list[SubjectIdentifier] = Field(default_factory=list, max_length=20)
+    selector: RecordSelector | None = None
+    # Required with a selector: why the data goes (kept on the request, out of the audit chain).
+    reason: Reason | None = None
     records: list[RecordRef] = Field(default_factory=list, max_length=1000)
     legal_basis: LegalBasis
     jurisdiction: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64)] | None = None
@@ -127,6 +141,8 @@ class DeletionRequestOut(BaseModel):
     jurisdiction: str | None
     subject_hashes: list[str]
     record_refs: list[dict[str, str]]
+    selector: dict[str, Any] | None = None
+    reason: str | None = None
     scope: dict[str, Any]
     requested_at: datetime
     received_at: datetime

@@ -21,11 +21,12 @@ from sqlalchemy import Select, insert, or_, select, tuple_
 from sqlalchemy.orm import Session
 
 from app.audit import service as audit
-from app.core.auth import ApiClient, sees_every_client
+from app.core.auth import ApiClient, Role, sees_every_client
 from app.core.config import get_settings
 from app.core.database import new_id, utcnow
 from app.core.errors import (
     Conflict,
+    Forbidden,
     IllegalTransition,
     InvalidInput,
     NotFound,
@@ -168,8 +169,7 @@ def _plan(
     """Every check and every read of one submission; no write. What it returns is written by
     ``_write``, so a submission is written whole or not at all without a savepoint."""
     _check_idempotency_key(idempotency_key)
-    if not submission.subject and not submission.records:
-        raise InvalidInput("give the subject's identifiers and/or explicit records", field="subject")
+    _check_kind(client, submission)
     if submission.subject and shared.schemes is None:
         shared.schemes = subjects.schemes_in_use(session)
     identifiers = _hash_identifiers(submission, shared.schemes or [])
@@ -191,7 +191,8 @@ def _plan(
     if not shared.locked:
         _lock_lineage(session)
         shared.locked = True
-    resolution = lineage.resolve(session, subject_hashes=lookup, record_refs=record_refs, scope_models=scope_models)
+    resolution = lineage.resolve(session, subject_hashes=lookup, record_refs=record_refs, scope_models=scope_models,
+                                 selection=_selection(submission))
     _check_known_datasets(submission, resolution.unknown_datasets)
 
     # Built in memory and written with Core statements: no identity-map work on the hot path.
@@ -203,6 +204,8 @@ def _plan(
         request_hash=request_hash,
         subject_hashes=lookup,
         record_refs=[{"dataset": d, "record_key": k} for d, k in record_refs],
+        selector=submission.selector.model_dump(mode="json", exclude_none=True) if submission.selector else None,
+        reason=submission.reason,
         legal_basis=submission.legal_basis.value,
         jurisdiction=submission.jurisdiction,
         scope={"models": scope_models} if scope_models else {},
@@ -286,6 +289,7 @@ def _write(session: Session, client: ApiClient, planned: list[_Planned]) -> list
             entity_id=request.id, payload={
                 "client_id": client.id, "legal_basis": request.legal_basis, "request_hash": request.request_hash,
                 "due_at": request.due_at.isoformat(), "subject_hashes": request.subject_hashes,
+                **({"selector": request.selector} if request.selector else {}),
                 "record_count": request.affected["record_count"], "model_versions": [v.id for v in p.versions],
                 "transitions": [[step.from_status, step.to_status] for step in p.steps],
                 "status": request.status, "outcome": request.outcome,
@@ -377,6 +381,31 @@ def _validate_batch_item(raw: Any) -> DeletionRequestBatchItem:
         first = errors[0] if errors else {"field": "", "message": "invalid request"}
         raise InvalidInput(f"{first['field']}: {first['message']}" if first["field"] else first["message"],
                            field=first["field"], errors=errors) from None
+
+
+def _check_kind(client: ApiClient, submission: DeletionRequestCreate) -> None:
+    """Portals name subjects or records; a selector (a whole dataset or source) is an
+    operator's decision, so only admin and ml keys may send one, and must say why."""
+    if submission.selector is not None:
+        if client.role_enum not in (Role.ADMIN, Role.ML):
+            raise Forbidden(f"role '{client.role}' may not remove data by selector; needs admin or ml")
+        if submission.subject or submission.records:
+            raise InvalidInput("a selector request names no subject or records", field="selector")
+        if submission.reason is None:
+            raise InvalidInput("a removal by selector needs a reason", field="reason")
+        return
+    if client.role_enum is Role.ML:
+        raise Forbidden("role 'ml' may only submit removals by selector")
+    if not submission.subject and not submission.records:
+        raise InvalidInput("give the subject's identifiers and/or explicit records", field="subject")
+
+
+def _selection(submission: DeletionRequestCreate) -> lineage.RecordSelection | None:
+    selector = submission.selector
+    if selector is None:
+        return None
+    return lineage.RecordSelection(dataset=selector.dataset, source=selector.source,
+                                   ingested_before=selector.ingested_before)
 
 
 def _check_idempotency_key(key: str | None) -> None:
@@ -484,6 +513,8 @@ def _check_scope_models(session: Session, names: list[str] | None) -> None:
 
 def _check_known_datasets(submission: DeletionRequestCreate, unknown: Iterable[str]) -> None:
     unknown = set(unknown)
+    if submission.selector is not None and submission.selector.dataset in unknown:
+        raise InvalidInput(f"no dataset named '{submission.selector.dataset}'", field="selector.dataset")
     for index, ref in enumerate(submission.records):
         if ref.dataset in unknown:
             raise InvalidInput(f"no dataset named '{ref.dataset}'", field=f"records.{index}.dataset")
@@ -928,6 +959,16 @@ def records_in_dataset(session: Session, request_ids: Iterable[str], dataset_id:
         .where(RequestRecord.request_id.in_(list(request_ids)), DataRecord.dataset_id == dataset_id)
         .order_by(RequestRecord.request_id, DataRecord.id)
     ).tuples())
+
+
+def dataset_has_open_requests(session: Session, dataset_id: str) -> bool:
+    """Some request not yet finished (completed, rejected, cancelled) names a record of the dataset."""
+    return session.scalar(
+        select(RequestRecord.request_id)
+        .join(DeletionRequest, DeletionRequest.id == RequestRecord.request_id)
+        .join(DataRecord, DataRecord.id == RequestRecord.record_id)
+        .where(DataRecord.dataset_id == dataset_id, DeletionRequest.status.in_(AT_STAKE)).limit(1)
+    ) is not None
 
 
 def record_keys_and_hashes(session: Session, request_id: str) -> list[tuple[str, str]]:

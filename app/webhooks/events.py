@@ -25,11 +25,12 @@ CERTIFICATE_ISSUED = "certificate.issued"
 ENDPOINT_DISABLED = "webhook_endpoint.disabled"
 LINEAGE_VIOLATION = "lineage.violation"
 QUALIFICATION_REVOKED = "method_qualification.revoked"
+DATASET_REDACTION_REQUIRED = "dataset.redaction_required"
 
 EVENT_TYPES = (
     REQUEST_RECEIVED, REQUEST_SCHEDULED, REQUEST_COMPLETED, REQUEST_FAILED, REQUEST_REJECTED, REQUEST_CANCELLED,
     REQUEST_DEADLINE_AT_RISK, JOB_SUCCEEDED, JOB_FAILED, VERSION_PURGED, CERTIFICATE_ISSUED, ENDPOINT_DISABLED,
-    LINEAGE_VIOLATION, QUALIFICATION_REVOKED,
+    LINEAGE_VIOLATION, QUALIFICATION_REVOKED, DATASET_REDACTION_REQUIRED,
 )
 
 # The audit action this room writes when it disables an endpoint.
@@ -128,6 +129,11 @@ def from_audit(fact: AuditFact) -> list[WebhookEvent]:
             "records": payload.get("records"), "flagged": payload.get("flagged"), "p_value": payload.get("p_value"),
             "revoked_at": fact.occurred_at,
         }, entity)]
+    if action == DATASET_REDACTION_REQUIRED:  # forgotten rows sit in a file Unlearnd does not manage
+        return [WebhookEvent(DATASET_REDACTION_REQUIRED, {
+            "dataset_id": entity, "erasure_id": payload.get("erasure_id"), "rows": payload.get("rows"),
+            "found_at": fact.occurred_at,
+        }, entity, client_id=payload.get("owner_client_id"))]
     if action == ENDPOINT_DISABLED_ACTION:
         return [WebhookEvent(ENDPOINT_DISABLED, {"endpoint_id": entity, "reason": payload.get("reason"),
                                                  "disabled_at": fact.occurred_at}, entity,

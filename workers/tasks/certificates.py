@@ -3,7 +3,7 @@ catches any completed request still without one."""
 
 from __future__ import annotations
 
-from app.certificates.service import issue_certificate, requests_missing_certificates
+from app.certificates.service import issue_certificate, requests_missing_certificates, waits_for_erasure
 from app.core.database import session_scope
 from app.core.queue import TaskName, get_celery
 
@@ -11,9 +11,12 @@ celery = get_celery()
 
 
 @celery.task(name=TaskName.ISSUE_CERTIFICATE, ignore_result=True)
-def issue(request_id: str) -> str:
-    """Idempotent: a second delivery returns the certificate the first one issued."""
+def issue(request_id: str) -> str | None:
+    """Idempotent: a second delivery returns the certificate the first one issued. A request
+    whose dataset file is being rewritten waits: the erasure sends this task again when done."""
     with session_scope() as session:
+        if waits_for_erasure(session, request_id):
+            return None
         return issue_certificate(session, request_id).id
 
 
@@ -23,5 +26,6 @@ def issue_missing(limit: int = 100) -> int:
         pending = requests_missing_certificates(session, limit=limit)
     for request_id in pending:
         with session_scope() as session:
-            issue_certificate(session, request_id)
+            if not waits_for_erasure(session, request_id):
+                issue_certificate(session, request_id)
     return len(pending)

@@ -1,9 +1,10 @@
-"""Registry tasks: dataset ingestion."""
+"""Registry tasks: dataset ingestion, and erasing forgotten rows from dataset files."""
 
 from __future__ import annotations
 
 from app.core.queue import TaskName, get_celery
 from app.registry import service
+from app.registry.erasure import ErasureBusy
 
 celery = get_celery()
 
@@ -12,3 +13,12 @@ celery = get_celery()
 def ingest_dataset(dataset_id: str) -> None:
     """Idempotent: a ready dataset is left alone, a half-done one starts over."""
     service.ingest_dataset(dataset_id)
+
+
+@celery.task(name=TaskName.ERASE_DATASET_ROWS, ignore_result=True, bind=True, max_retries=None)
+def erase_dataset_rows(self, erasure_id: str) -> None:  # noqa: ANN001 - the bound task
+    """Idempotent: the new file is content-addressed and the swap checks what it replaces."""
+    try:
+        service.erase_dataset_rows(erasure_id)
+    except ErasureBusy as exc:
+        raise self.retry(countdown=5) from exc

@@ -1,0 +1,336 @@
+"""Training-data erasure: forgotten rows leave the dataset file itself, not only the models.
+
+When every request touching a dataset has completed, the jobs room calls ``schedule``. For a
+managed file (a local file under the dataset root) that queues an erasure: the task streams
+the file, writes a new content-addressed file (``<dataset root>/managed/<sha256>.<format>``)
+without any row whose record is no longer active (forgotten or suppressed), rebuilds the
+leaf index, points the dataset at the new file and destroys the old bytes (at once, or after
+``UNLEARND_ERASED_FILE_RETENTION_HOURS`` through the scheduler's tick). A file at an external
+location is not Unlearnd's to rewrite: its erasure row says so, and the audit event
+``dataset.redaction_required`` (a webhook to its owner) asks for the redaction.
+
+Rows keep their ``row_index`` (snapshots are bitmaps of it) and the engine reads a file by
+record key, so nothing else changes when the file shrinks. The leaf index keeps every
+record's (key, content hash) leaf, forgotten ones included: purged versions' snapshot roots
+and the certificates' proofs are computed from it, and the database keeps those keys and
+hashes anyway (they are the suppression list).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import hashlib
+import io
+import logging
+import os
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import IO
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from app.audit import service as audit
+from app.core.config import get_settings
+from app.core.database import session_scope, utcnow
+from app.core.outbox import enqueue
+from app.core.queue import TaskName
+from app.registry import locations
+from app.registry.leaves import build_leaf_index
+from app.registry.models import DataRecord, Dataset, DatasetErasure, ErasureStatus, RecordState
+from app.registry.readers import BATCH_ROWS, DatasetFileError
+from app.registry.schemas import DatasetColumns, DatasetFormat
+
+log = logging.getLogger("unlearnd.registry.erasure")
+REDACTION_REQUIRED = "dataset.redaction_required"
+OPEN = (ErasureStatus.QUEUED, ErasureStatus.RUNNING)
+NOT_MANAGED_STATEMENT = (
+    "the dataset file lies at an external location that Unlearnd does not manage; Unlearnd did not "
+    "rewrite it, and asked its owner to redact the forgotten rows (event dataset.redaction_required)"
+)
+
+
+def managed_root() -> Path:
+    return locations.dataset_root() / "managed"
+
+
+def is_managed(dataset: Dataset) -> bool:
+    """A local file under the dataset root is Unlearnd's to rewrite; a remote one is not."""
+    return not locations.under_prefix(dataset.uri, get_settings().dataset_remote_prefixes)
+
+
+def _unerased(session: Session, dataset_id: str) -> int:
+    return session.scalar(select(func.count()).select_from(DataRecord).where(
+        DataRecord.dataset_id == dataset_id, DataRecord.state != RecordState.ACTIVE,
+        DataRecord.erasure_id.is_(None))) or 0
+
+
+def schedule(session: Session, dataset_id: str, request_ids: Iterable[str], *, actor: str) -> DatasetErasure | None:
+    """Erase the dataset's no-longer-active rows from its file (managed), or ask the owner to
+    (external). ``request_ids``: completed requests whose certificates should state it.
+    Joins an erasure still queued for the dataset; None when no row waits for erasure."""
+    dataset = session.scalar(select(Dataset).where(Dataset.id == dataset_id).with_for_update())
+    waiting = _unerased(session, dataset_id)
+    if dataset is None or not waiting:
+        return None
+    request_ids = sorted(set(request_ids))
+    if not is_managed(dataset):
+        erasure = DatasetErasure(dataset_id=dataset_id, status=ErasureStatus.EXTERNAL, request_ids=request_ids,
+                                 old_uri=dataset.uri, rows_erased=0, finished_at=utcnow())
+        session.add(erasure)
+        session.flush()
+        session.execute(update(DataRecord).where(
+            DataRecord.dataset_id == dataset_id, DataRecord.state != RecordState.ACTIVE,
+            DataRecord.erasure_id.is_(None)).values(erasure_id=erasure.id))
+        audit.record(session, actor=actor, action=REDACTION_REQUIRED, entity_type="dataset", entity_id=dataset_id,
+                     payload={"erasure_id": erasure.id, "dataset": dataset.name, "rows": waiting,
+                              "owner_client_id": dataset.created_by})
+        return erasure
+    queued = session.scalar(select(DatasetErasure).where(
+        DatasetErasure.dataset_id == dataset_id, DatasetErasure.status == ErasureStatus.QUEUED))
+    if queued is not None:
+        queued.request_ids = sorted({*queued.request_ids, *request_ids})
+        return queued
+    erasure = DatasetErasure(dataset_id=dataset_id, request_ids=request_ids, old_uri=dataset.uri)
+    session.add(erasure)
+    session.flush()
+    enqueue(session, TaskName.ERASE_DATASET_ROWS, erasure_id=erasure.id)
+    audit.record(session, actor=actor, action="dataset.erasure_queued", entity_type="dataset", entity_id=dataset_id,
+                 payload={"erasure_id": erasure.id, "rows": waiting})
+    return erasure
+
+
+# --- the rewrite ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Rewritten:
+    path: Path
+    sha256: str
+    rows_before: int
+    rows_kept: int
+
+
+class _HashingWriter(io.RawIOBase):
+    """A file that hashes what is written to it, so the new file is hashed in one pass."""
+
+    def __init__(self, handle: IO[bytes]) -> None:
+        self.handle, self.digest = handle, hashlib.sha256()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: bytes) -> int:  # type: ignore[override]
+        view = memoryview(data)
+        self.digest.update(view)
+        return self.handle.write(view)
+
+
+def _drop_mask(keys: pa.Array, drop: pa.Array) -> pa.Array:
+    return pc.invert(pc.is_in(pc.cast(keys, pa.string()), value_set=drop))
+
+
+def _parquet(source: IO[bytes], sink: IO[bytes], key: str, drop: pa.Array) -> tuple[int, int]:
+    parquet = pq.ParquetFile(source)
+    before = kept = 0
+    with pq.ParquetWriter(sink, parquet.schema_arrow) as writer:
+        for batch in parquet.iter_batches(batch_size=BATCH_ROWS):
+            survivors = batch.filter(_drop_mask(batch.column(key), drop))
+            before, kept = before + batch.num_rows, kept + survivors.num_rows
+            writer.write_batch(survivors)
+    return before, kept
+
+
+def _csv(source: IO[bytes], sink: IO[bytes], key: str, drop: pa.Array) -> tuple[int, int]:
+    head = source.read(64 * 1024)
+    source.seek(0)
+    header = next(csv.reader(io.StringIO(head.decode("utf-8").splitlines()[0])))
+    # Every column as text: the rewritten file carries each kept value exactly as it was.
+    reader = pacsv.open_csv(source, read_options=pacsv.ReadOptions(block_size=4 << 20),
+                            convert_options=pacsv.ConvertOptions(column_types=dict.fromkeys(header, pa.string()),
+                                                                 strings_can_be_null=False))
+    before = kept = 0
+    with pacsv.CSVWriter(sink, reader.schema, write_options=pacsv.WriteOptions(quoting_style="needed")) as writer:
+        for batch in reader:
+            survivors = batch.filter(_drop_mask(batch.column(key), drop))
+            before, kept = before + batch.num_rows, kept + survivors.num_rows
+            writer.write_batch(survivors)
+    return before, kept
+
+
+def _npz(source: IO[bytes], sink: IO[bytes], key: str, drop: pa.Array) -> tuple[int, int]:
+    # NPZ members are rewritten whole (np.savez has no streaming writer): memory grows with the file.
+    with np.load(source, allow_pickle=False) as archive:
+        arrays = {name: archive[name] for name in archive.files}
+    keys = arrays[key].astype(str)
+    mask = np.asarray(_drop_mask(pa.array(keys), drop))
+    np.savez(sink, **{name: array[mask] if array.ndim and array.shape[0] == len(keys) else array
+                      for name, array in arrays.items()})
+    return len(keys), int(mask.sum())
+
+
+_WRITERS = {DatasetFormat.PARQUET: _parquet, DatasetFormat.CSV: _csv, DatasetFormat.NPZ: _npz}
+
+
+def rewrite(source: IO[bytes], fmt: DatasetFormat, columns: DatasetColumns, drop_keys: Iterable[str],
+            target_dir: Path) -> Rewritten:
+    """Stream ``source`` into a content-addressed file under ``target_dir`` without the rows
+    whose record key is in ``drop_keys``."""
+    target_dir.mkdir(parents=True, exist_ok=True)
+    drop = pa.array(sorted(set(drop_keys)), pa.string())
+    scratch = target_dir / f".tmp-{uuid.uuid4().hex}"
+    try:
+        with open(scratch, "wb") as handle:
+            hashing = _HashingWriter(handle)
+            with io.BufferedWriter(hashing, buffer_size=1 << 20) as sink:
+                before, kept = _WRITERS[fmt](source, sink, columns.record_key, drop)
+        sha256 = hashing.digest.hexdigest()
+        final = target_dir / f"{sha256}.{fmt.value}"
+        os.replace(scratch, final)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            scratch.unlink()
+    return Rewritten(final, sha256, before, kept)
+
+
+def _sha256_of(location: str) -> str:
+    digest = hashlib.sha256()
+    with locations.open_dataset(location) as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# --- the task ---------------------------------------------------------------------------------
+
+
+def run(erasure_id: str) -> DatasetErasure | None:
+    """The erasure task's body. Idempotent: the new file is content-addressed, and the swap
+    happens only while the dataset still names the file this erasure read."""
+    with session_scope() as session:
+        erasure = session.scalar(select(DatasetErasure).where(DatasetErasure.id == erasure_id).with_for_update())
+        if erasure is None or erasure.status not in OPEN:
+            return erasure
+        dataset = session.get(Dataset, erasure.dataset_id)
+        busy = session.scalar(select(DatasetErasure.id).where(
+            DatasetErasure.dataset_id == dataset.id, DatasetErasure.status == ErasureStatus.RUNNING,
+            DatasetErasure.id != erasure.id))
+        if busy is not None:
+            raise ErasureBusy(f"erasure {busy} of the dataset is running")
+        erasure.status, erasure.old_uri = ErasureStatus.RUNNING, dataset.uri
+        source = (dataset.uri, DatasetFormat(dataset.format), DatasetColumns.model_validate(dataset.schema))
+        gone = session.execute(select(DataRecord.id, DataRecord.record_key).where(
+            DataRecord.dataset_id == dataset.id, DataRecord.state != RecordState.ACTIVE)).tuples().all()
+    try:
+        old_sha256 = _sha256_of(source[0])
+        with locations.open_dataset(source[0]) as handle:
+            rewritten = rewrite(handle, source[1], source[2], [key for _, key in gone], managed_root())
+    except (OSError, ValueError, DatasetFileError, pa.ArrowException) as exc:
+        return _fail(erasure_id, f"{type(exc).__name__}: the dataset file could not be rewritten")
+    return _swap(erasure_id, source[0], old_sha256, rewritten, [record_id for record_id, _ in gone])
+
+
+class ErasureBusy(Exception):
+    """Another erasure of the same dataset is rewriting its file; try again shortly."""
+
+
+def _fail(erasure_id: str, message: str) -> DatasetErasure:
+    with session_scope() as session:
+        erasure = session.get(DatasetErasure, erasure_id)
+        erasure.status, erasure.error, erasure.finished_at = ErasureStatus.FAILED, message[:2000], utcnow()
+        audit.record(session, actor="worker", action="dataset.erasure_failed", entity_type="dataset",
+                     entity_id=erasure.dataset_id, payload={"erasure_id": erasure.id, "error": message[:200]})
+        _certify(session, erasure)
+        return erasure
+
+
+def _certify(session: Session, erasure: DatasetErasure) -> None:
+    """The certificates that waited for this erasure can be issued now (the task is idempotent)."""
+    for request_id in erasure.request_ids:
+        enqueue(session, TaskName.ISSUE_CERTIFICATE, request_id=request_id)
+
+
+def _swap(erasure_id: str, old_uri: str, old_sha256: str, rewritten: Rewritten, record_ids: list[int]) -> DatasetErasure:
+    now = utcnow()
+    retention = timedelta(hours=get_settings().erased_file_retention_hours)
+    with session_scope() as session:
+        erasure = session.scalar(select(DatasetErasure).where(DatasetErasure.id == erasure_id).with_for_update())
+        dataset = session.scalar(select(Dataset).where(Dataset.id == erasure.dataset_id).with_for_update())
+        if erasure.status != ErasureStatus.RUNNING or dataset.uri != old_uri:
+            return erasure  # another delivery finished it
+        new_uri = str(rewritten.path)
+        dataset.uri = new_uri
+        dataset.leaf_index_uri = build_leaf_index(session, dataset)
+        for start in range(0, len(record_ids), 1000):
+            session.execute(update(DataRecord).where(
+                DataRecord.id.in_(record_ids[start : start + 1000]), DataRecord.erasure_id.is_(None)
+            ).values(erasure_id=erasure.id))
+        erasure.status, erasure.finished_at = ErasureStatus.DONE, now
+        erasure.old_sha256, erasure.new_uri, erasure.new_sha256 = old_sha256, new_uri, rewritten.sha256
+        erasure.rows_before, erasure.rows_erased = rewritten.rows_before, rewritten.rows_before - rewritten.rows_kept
+        erasure.destroy_after = now + retention
+        session.flush()
+        destroyed = _destroy_old(session, erasure, now) if not retention else False
+        audit.record(session, actor="worker", action="dataset.rows_erased", entity_type="dataset",
+                     entity_id=dataset.id, payload={"erasure_id": erasure.id, "old_sha256": old_sha256,
+                                                    "new_sha256": rewritten.sha256,
+                                                    "rows_erased": erasure.rows_erased,
+                                                    "old_bytes_destroyed": destroyed})
+        _certify(session, erasure)
+        log.info("dataset rows erased", extra={"dataset_id": dataset.id, "rows": erasure.rows_erased})
+        return erasure
+
+
+def _destroy_old(session: Session, erasure: DatasetErasure, now: datetime) -> bool:
+    """Delete the previous file's bytes unless another dataset still reads that file."""
+    if erasure.old_destroyed_at is not None or erasure.old_uri == erasure.new_uri:
+        return False
+    shared = session.scalar(select(Dataset.id).where(Dataset.uri == erasure.old_uri))
+    if shared is None:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(erasure.old_uri)
+    erasure.old_destroyed_at = now
+    return shared is None
+
+
+def destroy_expired(session: Session, now: datetime) -> int:
+    """The scheduler's tick: old files whose retention ran out are destroyed."""
+    due = list(session.scalars(select(DatasetErasure).where(
+        DatasetErasure.status == ErasureStatus.DONE, DatasetErasure.old_destroyed_at.is_(None),
+        DatasetErasure.destroy_after <= now).with_for_update(skip_locked=True)))
+    for erasure in due:
+        if _destroy_old(session, erasure, now):
+            audit.record(session, actor="scheduler", action="dataset.old_file_destroyed", entity_type="dataset",
+                         entity_id=erasure.dataset_id, payload={"erasure_id": erasure.id, "sha256": erasure.old_sha256})
+    return len(due)
+
+
+def pending_for(session: Session, request_id: str) -> bool:
+    """An erasure this request's certificate waits for is still queued or running."""
+    return any(request_id in (ids or []) for ids in session.scalars(
+        select(DatasetErasure.request_ids).where(DatasetErasure.status.in_(OPEN))))
+
+
+def erasures_of(session: Session, record_ids: list[int]) -> tuple[list[DatasetErasure], list[str]]:
+    """(erasures that took any of these records out of their files, datasets still holding some)."""
+    erasure_ids: set[str] = set()
+    waiting: set[str] = set()
+    for start in range(0, len(record_ids), 1000):
+        for dataset_id, erasure_id in session.execute(select(DataRecord.dataset_id, DataRecord.erasure_id).where(
+                DataRecord.id.in_(record_ids[start : start + 1000]))).tuples():
+            if erasure_id is None:
+                waiting.add(dataset_id)
+            else:
+                erasure_ids.add(erasure_id)
+    erasures = list(session.scalars(select(DatasetErasure).where(DatasetErasure.id.in_(sorted(erasure_ids)))
+                                    .order_by(DatasetErasure.created_at)))
+    return erasures, sorted(waiting)
