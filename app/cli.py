@@ -82,8 +82,34 @@ class _Main(click.Group):
             from app.client.cli import REMOTE_GROUPS
 
             if cmd_name in REMOTE_GROUPS:
-                return REMOTE_GROUPS[cmd_name]
+                remote = REMOTE_GROUPS[cmd_name]
+                if cmd_name == "certificate" and "verify" not in remote.commands:
+                    # `certificate verify` needs no server: the remote group offers the local command.
+                    remote.add_command(_room_command("certificate").commands["verify"])
+                return remote
+        if cmd_name in ROOM_COMMANDS and cmd_name not in self.commands:
+            self.add_command(_room_command(cmd_name), cmd_name)
         return super().get_command(ctx, cmd_name)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *ROOM_COMMANDS})
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """List every command without loading the rooms' modules for their one-line help."""
+        names = self.list_commands(ctx)
+        limit = formatter.width - 6 - max(len(name) for name in names)
+        rows = []
+        for name in names:
+            if name in self.commands:
+                command = self.commands[name]
+                if command.hidden:
+                    continue
+                rows.append((name, command.get_short_help_str(limit)))
+            else:
+                rows.append((name, ROOM_COMMANDS[name][2]))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
 
 
 @click.group(cls=_Main)
@@ -366,34 +392,23 @@ def _terminate_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
-def _register_room_commands() -> None:
-    """Each room may offer a click group in ``app/<room>/cli.py`` named ``cli``."""
+# Each room offers a click group in ``app/<room>/cli.py``; loaded only when named, so `--help`
+# and every other command skip the rooms' imports. The short help here is what `--help` lists.
+ROOM_COMMANDS: dict[str, tuple[str, str, str]] = {
+    "requests": ("app.requests.cli", "cli", "Deletion requests."),
+    "lineage": ("app.lineage.cli", "cli", "Record lineage and snapshot proofs."),
+    "jobs": ("app.jobs.cli", "cli", "Training and unlearning jobs."),
+    "audit": ("app.audit.cli", "cli", "The tamper-evident audit log."),
+    "keys": ("app.audit.cli", "keys_cli", "Signing keys for tree heads and certificates."),
+    "certificate": ("app.certificates.cli", "cli", "Signed deletion certificates."),
+}
+
+
+def _room_command(name: str) -> click.Command:
     import importlib
 
-    for room in ("requests", "registry", "lineage", "jobs", "audit", "certificates"):
-        try:
-            module = importlib.import_module(f"app.{room}.cli")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"app.{room}.cli":
-                raise
-            continue
-        main.add_command(module.cli)
-        # A room may also own a top-level group that is not named after it (audit: `keys`).
-        for group in getattr(module, "extra_groups", ()):
-            main.add_command(group)
-
-
-_register_room_commands()
-
-
-def _remote_certificate_verify() -> None:
-    """`certificate verify` needs no server: the remote group offers the local command."""
-    from app.client.cli import certificate_cli
-
-    certificate_cli.add_command(main.commands["certificate"].commands["verify"])
-
-
-_remote_certificate_verify()
+    module, attribute, _ = ROOM_COMMANDS[name]
+    return getattr(importlib.import_module(module), attribute)
 
 
 if __name__ == "__main__":

@@ -77,3 +77,14 @@ def test_db_upgrade_check_downgrade_on_sqlite(tmp_path, monkeypatch):
         assert runner.invoke(main, ["db", "check"]).exit_code == 0
     finally:
         reset_caches()
+
+
+def test_room_commands_listed_without_loading_are_the_rooms_groups():
+    """`unlearnd --help` lists the rooms' groups from a table instead of importing them: the
+    table must name each group by its own name and say what its own help says."""
+    from app.cli import ROOM_COMMANDS, _room_command
+
+    for name, (_, _, short_help) in ROOM_COMMANDS.items():
+        group = _room_command(name)
+        assert group.name == name
+        assert group.get_short_help_str(200) == short_help
