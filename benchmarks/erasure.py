@@ -59,13 +59,13 @@ def _child(mode: str, path: str, rows: int, out_dir: str) -> None:
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
+    from app.registry.erasure import rewrite
+    from app.registry.schemas import DatasetColumns, DatasetFormat
+
     drop = [f"r{i:08d}" for i in range(rows) if i % 10 == 3]
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     started = time.perf_counter()
     if mode == "streaming":
-        from app.registry.erasure import rewrite
-        from app.registry.schemas import DatasetColumns, DatasetFormat
-
         columns = DatasetColumns(record_key="record_key", label="label", features=["f00"])
         with open(path, "rb") as handle:
             result = rewrite(handle, DatasetFormat.PARQUET, columns, drop, Path(out_dir))
