@@ -12,8 +12,8 @@ from pathlib import Path
 
 import click
 
-from app.core.auth import Role
 from app.core.config import get_settings
+from app.core.roles import Role
 
 # Hosts `unlearnd run` lets webhooks reach over plain http (a receiver on this machine).
 LOOPBACK_HOSTS = ["127.0.0.1", "::1", "localhost"]

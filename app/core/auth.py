@@ -13,7 +13,6 @@ import secrets
 import threading
 import time
 from datetime import datetime
-from enum import StrEnum
 
 from sqlalchemy import String, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
@@ -21,21 +20,9 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 from app.core.config import get_settings
 from app.core.database import Base, new_id, utcnow
 from app.core.errors import Unauthenticated
+from app.core.roles import Role
 
 KEY_PREFIX = "ulk"
-
-
-class Role(StrEnum):
-    PORTAL = "portal"
-    ML = "ml"
-    AUDITOR = "auditor"
-    ADMIN = "admin"
-
-
-def sees_every_client(role: str) -> bool:
-    """The one visibility rule: admins and auditors see every client's requests and events;
-    a portal sees its own; an ML client sees jobs and versions, never requests."""
-    return role in (Role.ADMIN, Role.AUDITOR)
 
 
 class ApiClient(Base):

@@ -21,7 +21,7 @@ from sqlalchemy import Select, insert, or_, select, tuple_
 from sqlalchemy.orm import Session
 
 from app.audit import service as audit
-from app.core.auth import ApiClient, Role, sees_every_client
+from app.core.auth import ApiClient
 from app.core.config import get_settings
 from app.core.database import new_id, utcnow
 from app.core.errors import (
@@ -37,6 +37,7 @@ from app.core.errors import (
 from app.core.hashing import canonical_json, sha256_hex
 from app.core.outbox import enqueue
 from app.core.queue import TaskName
+from app.core.roles import Role, sees_every_client
 from app.lineage import service as lineage
 from app.registry import subjects
 from app.registry.models import DataRecord, RecordState, RegisteredModel

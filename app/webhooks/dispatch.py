@@ -29,10 +29,11 @@ from sqlalchemy.orm import Session, aliased
 
 from app.audit import events as audit_events
 from app.audit import service as audit
-from app.core.auth import ApiClient, Role, sees_every_client
+from app.core.auth import ApiClient
 from app.core.config import get_settings
 from app.core.database import session_scope, utcnow
 from app.core.hashing import canonical_json
+from app.core.roles import Role, sees_every_client
 from app.jobs import service as jobs
 from app.requests import service as requests
 from app.webhooks import endpoint_secrets, events, ssrf
