@@ -49,8 +49,10 @@ class Service:
         if self.alive():
             os.killpg(self.process.pid, signum)
 
-    def stop(self, timeout: float = 30.0) -> None:
-        """SIGTERM the group, SIGKILL it if it does not exit in time."""
+    def stop(self, timeout: float = 90.0) -> None:
+        """SIGTERM the group, SIGKILL it if it does not exit in time. Generous: a worker's warm
+        shutdown waits for the task in hand (``unlearnd run`` allows its worker 20 s), and under
+        a loaded CI machine 30 s was seen to be too short for a clean exit."""
         self.signal(signal.SIGTERM)
         try:
             self.process.wait(timeout=timeout)
