@@ -82,11 +82,13 @@ def install(*, actor: str = "demo", models: tuple[DemoModel, ...] = DEMO_MODELS,
     """Register and ingest the dataset and models (skipping what exists), queue their training;
     return the ids of the training jobs queued."""
     path = registry.data_root() / "demo" / "digits.parquet"
-    if not path.exists():
-        write_digits(path, limit=limit)
     with session_scope() as session:
         dataset = session.scalar(select(Dataset).where(Dataset.name == DATASET_NAME))
         if dataset is None:
+            # Written only for a new registration: once rows were erased from the dataset's
+            # file, writing the bundled digits again would put forgotten rows back on disk.
+            if not path.exists():
+                write_digits(path, limit=limit)
             dataset = registry.register_dataset(session, name=DATASET_NAME, uri=str(path), fmt="parquet",
                                                 schema=DIGITS_SCHEMA, actor=actor)
         dataset_id = dataset.id
