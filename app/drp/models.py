@@ -21,3 +21,15 @@ class DrpAgent(Base):
     client_id: Mapped[str] = mapped_column(ForeignKey("api_clients.id"), unique=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     token_issued_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class DrpCallback(Base):
+    """A request's §2.03 ``status_callback``: the webhooks room's endpoint it is POSTed to (the
+    URL lives there, SSRF-checked like any endpoint's) and the last DRP status queued for it."""
+
+    __tablename__ = "drp_callbacks"
+
+    request_id: Mapped[str] = mapped_column(ForeignKey("deletion_requests.id"), primary_key=True)
+    endpoint_id: Mapped[str] = mapped_column(ForeignKey("webhook_endpoints.id"))
+    last_status: Mapped[str | None] = mapped_column(String(16), default=None, index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

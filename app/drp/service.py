@@ -36,10 +36,14 @@ from app.core.config import get_settings
 from app.core.database import utcnow
 from app.core.errors import Conflict, Forbidden, InvalidInput, NotFound
 from app.core.inputs import NotJson, check_json
-from app.drp.models import DrpAgent
+from app.drp.models import DrpAgent, DrpCallback
+from app.drp.status import exercise_status
 from app.requests import service as requests
-from app.requests.models import DeletionRequest, LegalBasis, RequestOutcome, RequestStatus
+from app.requests.models import DeletionRequest, LegalBasis
 from app.requests.schemas import DeletionRequestCreate
+from app.webhooks import service as webhooks
+from app.webhooks.models import EndpointKind
+from app.webhooks.ssrf import UnsafeDestination
 
 SIGNATURE_BYTES = 64
 SUPPORTED_VERSION = re.compile(r"^0\.9(\.\d+)?$")
@@ -48,9 +52,6 @@ CLOCK_SKEW = requests.CLOCK_SKEW
 REGIMES = {"ccpa": (LegalBasis.CCPA_1798_105, "US-CA"), None: (LegalBasis.INTERNAL_POLICY, None)}
 # §3.04 identity claims Unlearnd can match records by; others (name, address) are not used.
 CLAIMS = {"email": "email", "phone_number": "phone", "user_id": "user_id"}
-DENIAL_REASONS = ("suspected_fraud", "insuf_verification", "no_match", "claim_not_covered",
-                  "outside_jurisdiction", "too_many_requests", "other")
-S = RequestStatus
 
 
 class DrpError(Forbidden):
@@ -219,9 +220,39 @@ def exercise(session: Session, client: ApiClient, signed: bytes, provenance: req
     message = _open(signed, agent, require_claims=True)
     submission = _submission(message)
     key = None if submission.external_ref else "drp-" + hashlib.sha256(signed.strip()).hexdigest()
+    callback = _callback_url(message)
+    endpoint_id = _callback_endpoint(session, client, callback) if callback else None
     outcome = requests.submit(session, client=client, submission=submission, provenance=provenance,
                               idempotency_key=key)
+    if endpoint_id and session.get(DrpCallback, outcome.request.id) is None:
+        # The agent was told the current status in the answer; callbacks follow its changes.
+        session.add(DrpCallback(request_id=outcome.request.id, endpoint_id=endpoint_id,
+                                last_status=exercise_status(session, outcome.request)["status"]))
+        session.flush()
     return Exercise(request=outcome.request, replayed=outcome.replayed)
+
+
+# --- status callbacks (§2.03) ---------------------------------------------------------------------
+
+
+def _callback_url(message: dict[str, Any]) -> str | None:
+    url = message.get("status_callback")
+    if url is None or url == "":
+        return None
+    if not isinstance(url, str) or len(url) > 2000:
+        raise InvalidInput("'status_callback' must be a URL of at most 2000 characters", field="status_callback",
+                           fatal=True)
+    return url
+
+
+def _callback_endpoint(session: Session, client: ApiClient, url: str) -> str:
+    """The webhooks room's endpoint for this agent's callback URL: the same SSRF rules as a
+    registered webhook (https, public addresses unless the host is allow-listed)."""
+    try:
+        return webhooks.callback_endpoint(session, client.id, url, kind=EndpointKind.DRP_CALLBACK)
+    except UnsafeDestination as exc:
+        raise InvalidInput(f"status_callback refused: {exc.detail}", field="status_callback",
+                           fatal=True) from None
 
 
 def _own(session: Session, client: ApiClient, request_id: str) -> DeletionRequest:
@@ -248,52 +279,3 @@ def revoke(session: Session, client: ApiClient, request_id: str, signed: bytes) 
         raise InvalidInput("'reason' must be a string", field="reason")
     requests.cancel(session, request.id, viewer=client, reason=(reason or "revoked by the agent")[:2000])
     return exercise_status(session, request)
-
-
-def _last_reason(session: Session, request: DeletionRequest) -> str | None:
-    steps = [s for s in requests.history(session, request.id) if s.to_status == request.status]
-    return steps[-1].reason if steps else None
-
-
-def _iso(moment: datetime | None) -> str | None:
-    return moment.astimezone(UTC).isoformat() if moment else None
-
-
-def exercise_status(session: Session, request: DeletionRequest) -> dict[str, Any]:
-    """The §3.03 Exercise Status object of a deletion request, with §3.02's states:
-
-    received, pending_approval → open · scheduled, unlearning, verifying, failed (an operator
-    retries) → in_progress · completed forgotten / already_forgotten → fulfilled (results_url:
-    the certificate) · completed no_data_found → denied / no_match (certificate with the
-    non-inclusion proof) · rejected → denied with the reason the admin's text starts with
-    (``suspected_fraud: ...``), else ``other`` · cancelled → revoked."""
-    status: dict[str, Any] = {"request_id": request.id, "received_at": _iso(request.received_at)}
-    if request.external_ref:
-        status["agent_request_id"] = request.external_ref
-    certificate_url = f"{get_settings().public_url.rstrip('/')}/v1/deletion-requests/{request.id}/certificate"
-    current = RequestStatus(request.status)
-    if current in (S.RECEIVED, S.PENDING_APPROVAL):
-        status.update(status="open", expected_by=_iso(request.due_at))
-        if current is S.PENDING_APPROVAL:
-            status["processing_details"] = "awaiting the business's approval"
-    elif current in (S.SCHEDULED, S.UNLEARNING, S.VERIFYING, S.FAILED):
-        details = {S.SCHEDULED: "scheduled for the next unlearning batch", S.UNLEARNING: "models are unlearning",
-                   S.VERIFYING: "verifying that the models forgot",
-                   S.FAILED: "an unlearning job failed; the operator retries it"}[current]
-        status.update(status="in_progress", expected_by=_iso(request.due_at), processing_details=details)
-        if request.extension_reason:
-            status["processing_details"] += f"; deadline extended: {request.extension_reason}"
-    elif current is S.COMPLETED:
-        if request.outcome == RequestOutcome.NO_DATA_FOUND:
-            status.update(status="denied", reason="no_match", results_url=certificate_url,
-                          processing_details="no data of this person was found; the certificate proves it")
-        else:
-            status.update(status="fulfilled", results_url=certificate_url,
-                          processing_details="deleted, and every model trained on the data has forgotten it")
-    elif current is S.REJECTED:
-        text = _last_reason(session, request) or ""
-        code = text.split(":", 1)[0].strip()
-        status.update(status="denied", reason=code if code in DENIAL_REASONS else "other", processing_details=text)
-    elif current is S.CANCELLED:
-        status["status"] = "revoked"
-    return status

@@ -19,6 +19,7 @@ import logging
 import random
 import time
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -38,7 +39,14 @@ from app.jobs import service as jobs
 from app.requests import service as requests
 from app.webhooks import endpoint_secrets, events, ssrf
 from app.webhooks import http as webhook_http
-from app.webhooks.models import DeliveryStatus, WebhookAttempt, WebhookCursor, WebhookDelivery, WebhookEndpoint
+from app.webhooks.models import (
+    DeliveryStatus,
+    EndpointKind,
+    WebhookAttempt,
+    WebhookCursor,
+    WebhookDelivery,
+    WebhookEndpoint,
+)
 
 log = logging.getLogger("unlearnd.webhooks")
 
@@ -82,7 +90,8 @@ def _subscribers(session: Session) -> list[_Subscriber]:
     rows = session.execute(
         select(WebhookEndpoint, ApiClient.role)
         .join(ApiClient, ApiClient.id == WebhookEndpoint.client_id)
-        .where(WebhookEndpoint.active.is_(True), WebhookEndpoint.deleted_at.is_(None))
+        .where(WebhookEndpoint.active.is_(True), WebhookEndpoint.deleted_at.is_(None),
+               WebhookEndpoint.kind == EndpointKind.WEBHOOK)
     ).all()
     return [
         _Subscriber(e.id, e.client_id, role, frozenset(e.event_types or ()), e.created_at) for e, role in rows
@@ -160,6 +169,22 @@ def fan_out(session: Session) -> int:
     cursor.last_seq, cursor.updated_at = page[-1].seq, utcnow()
     session.flush()
     return len(page)
+
+
+Producer = Callable[[Session], int]
+_producers: list[Producer] = []
+
+
+def add_producer(producer: Producer) -> None:
+    """Let a room above this one queue deliveries of its own (``service.enqueue_callback``) at
+    the start of every dispatch round, in the round's fan-out transaction; it returns how many
+    it queued. The DRP room's status callbacks come this way (its module registers itself)."""
+    if producer not in _producers:
+        _producers.append(producer)
+
+
+def produce(session: Session) -> int:
+    return sum(producer(session) for producer in _producers)
 
 
 # --- claim --------------------------------------------------------------------------------------
@@ -365,6 +390,8 @@ def dispatch(*, budget_seconds: float = ROUND_BUDGET_SECONDS) -> int:
     while time.monotonic() - started < budget_seconds:
         with session_scope() as session:
             read = fan_out(session)
+        with session_scope() as session:
+            read += produce(session)
         with session_scope() as session:
             claimed = claim(session)
         if not claimed:

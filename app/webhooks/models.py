@@ -17,10 +17,18 @@ class DeliveryStatus(StrEnum):
     FAILED = "failed"  # every retry spent; `recover` or `replay` sends it again
 
 
+class EndpointKind(StrEnum):
+    WEBHOOK = "webhook"  # registered by a client; the audit fan-out feeds it
+    # An authorized agent's DRP ``status_callback`` URL: the DRP room enqueues its deliveries
+    # (``service.enqueue_callback``); it is not listed or managed through /v1/webhooks.
+    DRP_CALLBACK = "drp_callback"
+
+
 class WebhookEndpoint(Base):
     __tablename__ = "webhook_endpoints"
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    kind: Mapped[str] = mapped_column(String(16), default=EndpointKind.WEBHOOK, server_default="webhook")
     client_id: Mapped[str] = mapped_column(ForeignKey("api_clients.id"), index=True)
     url: Mapped[str] = mapped_column(String(2000))
     description: Mapped[str | None] = mapped_column(String(500), default=None)

@@ -13,8 +13,9 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from app.audit import service as audit
@@ -24,7 +25,7 @@ from app.core.database import utcnow
 from app.core.errors import Conflict, InvalidInput, NotFound
 from app.core.queue import TaskName, get_celery
 from app.webhooks import dispatch, endpoint_secrets, events, ssrf
-from app.webhooks.models import DeliveryStatus, WebhookAttempt, WebhookDelivery, WebhookEndpoint
+from app.webhooks.models import DeliveryStatus, EndpointKind, WebhookAttempt, WebhookDelivery, WebhookEndpoint
 
 log = logging.getLogger("unlearnd.webhooks")
 
@@ -62,9 +63,45 @@ def create_endpoint(
     return CreatedEndpoint(endpoint, secret)
 
 
+def callback_endpoint(session: Session, client_id: str, url: str, *, kind: EndpointKind) -> str:
+    """The id of ``client_id``'s enabled endpoint of ``kind`` for ``url``, made if there is none:
+    a callback URL a client named in a request rather than registered. It passes the same SSRF
+    check as a registered endpoint (``ssrf.UnsafeDestination``, a 422, otherwise) and gets
+    retries, health, signing and the delivery log like one. The URL is never logged."""
+    ssrf.check(url)
+    found = session.scalar(select(WebhookEndpoint.id).where(
+        WebhookEndpoint.client_id == client_id, WebhookEndpoint.url == url, WebhookEndpoint.kind == kind,
+        WebhookEndpoint.active.is_(True), WebhookEndpoint.deleted_at.is_(None)).limit(1))
+    if found is not None:
+        return found
+    endpoint = WebhookEndpoint(client_id=client_id, url=url, kind=kind, event_types=[],
+                               secret_encrypted=endpoint_secrets.seal(endpoint_secrets.new_secret()))
+    session.add(endpoint)
+    session.flush()
+    _endpoints_exist.forget()
+    return endpoint.id
+
+
+def enqueue_callback(session: Session, endpoint_id: str, payload: dict[str, Any], *, event_type: str,
+                     order_key: str) -> None:
+    """Queue ``payload`` (sent as is, as the body) for a callback endpoint, in the caller's
+    transaction: it exists exactly when the caller's change commits (the outbox). Deliveries
+    with one ``order_key`` reach the endpoint in the order they were queued."""
+    if len(dispatch.body_bytes(payload)) > dispatch.MAX_PAYLOAD_BYTES:
+        raise ValueError(f"{event_type} payload exceeds {dispatch.MAX_PAYLOAD_BYTES} bytes")
+    now = utcnow()
+    # Not from the audit chain: a microsecond clock orders them (event_index keeps one instant's apart).
+    seq = time.time_ns() // 1000
+    index = session.scalar(select(func.count()).select_from(WebhookDelivery).where(
+        WebhookDelivery.endpoint_id == endpoint_id, WebhookDelivery.event_seq == seq)) or 0
+    session.add(WebhookDelivery(endpoint_id=endpoint_id, event_type=event_type, event_seq=seq, event_index=index,
+                                order_key=order_key, payload=payload, next_attempt_at=now))
+    session.flush()
+
+
 def _visible(session: Session, endpoint_id: str, viewer: ApiClient) -> WebhookEndpoint:
     endpoint = session.get(WebhookEndpoint, endpoint_id)
-    if endpoint is None or endpoint.deleted_at is not None or (
+    if endpoint is None or endpoint.deleted_at is not None or endpoint.kind != EndpointKind.WEBHOOK or (
         viewer.role_enum is not Role.ADMIN and endpoint.client_id != viewer.id
     ):
         raise NotFound(f"no webhook endpoint {endpoint_id}")
@@ -76,7 +113,9 @@ def get_endpoint(session: Session, endpoint_id: str, viewer: ApiClient) -> Webho
 
 
 def list_endpoints(session: Session, viewer: ApiClient) -> list[WebhookEndpoint]:
-    query = select(WebhookEndpoint).where(WebhookEndpoint.deleted_at.is_(None)).order_by(WebhookEndpoint.created_at)
+    query = select(WebhookEndpoint).where(
+        WebhookEndpoint.deleted_at.is_(None), WebhookEndpoint.kind == EndpointKind.WEBHOOK
+    ).order_by(WebhookEndpoint.created_at)
     if viewer.role_enum is not Role.ADMIN:
         query = query.where(WebhookEndpoint.client_id == viewer.id)
     return list(session.scalars(query))

@@ -50,7 +50,7 @@ def exercise(email: str, **overrides: object) -> dict:
     # §2.01, as in the spec, with the deletion right and schema.org/Person claims (§3.04).
     return {"agent-id": AGENT, "business-id": BUSINESS, "issued-at": _now(), "expires-at": _now(minutes=10),
             "agent-request-id": "foo", "drp.version": "0.9.4", "exercise": "deletion", "regime": "ccpa",
-            "relationships": ["customer", "marketing"], "status_callback": "https://dsr-agent.example.com/update_status",
+            "relationships": ["customer", "marketing"],  # status_callback: tests/drp/test_callbacks.py
             "name": "Test User", "email": email, "email_verified": True, **overrides}
 
 

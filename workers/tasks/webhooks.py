@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+# Its status callbacks are queued at the start of each dispatch round (dispatch.add_producer).
+import app.drp.status  # noqa: F401
+
 # Importing the service registers its after-commit wake-up: state changes this worker commits
 # (jobs finishing, purges) are then delivered at once rather than at the next sweep.
 import app.webhooks.service  # noqa: F401
