@@ -6,7 +6,7 @@ from app.core.auth import ApiClient
 from app.core.database import Base
 from app.core.outbox import OutboxMessage
 from app.dashboard.models import DashboardSession
-from app.drp.models import DrpAgent
+from app.drp.models import DrpAgent, DrpCallback
 from app.jobs.models import JobRequest, UnlearningJob
 from app.registry.models import (
     DataRecord,
@@ -20,7 +20,7 @@ from app.requests.models import DeletionRequest, RequestModelVersion, RequestRec
 from app.webhooks.models import WebhookAttempt, WebhookCursor, WebhookDelivery, WebhookEndpoint
 
 __all__ = [
-    "ApiClient", "AuditEvent", "Base", "Certificate", "DashboardSession", "DataRecord", "Dataset", "DatasetSnapshot", "DrpAgent",
+    "ApiClient", "AuditEvent", "Base", "Certificate", "DashboardSession", "DataRecord", "Dataset", "DatasetSnapshot", "DrpAgent", "DrpCallback",
     "DeletionRequest", "JobRequest", "ModelArtifact", "ModelVersion", "OutboxMessage", "PendingAuditEvent",
     "RegisteredModel", "RequestModelVersion", "RequestRecord", "RequestTransition", "SigningKey", "TreeHead",
     "UnlearningJob", "WebhookAttempt", "WebhookCursor", "WebhookDelivery", "WebhookEndpoint",
