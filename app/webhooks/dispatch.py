@@ -335,8 +335,14 @@ def _record_one(
         return
     endpoint.failing_since = endpoint.failing_since or now
     endpoint.consecutive_failures += 1
+    # A callback URL no client registered (nor can enable again) is never disabled: a 410 or
+    # a spent schedule fails that one delivery, and the next one is tried afresh.
+    registered = endpoint.kind == EndpointKind.WEBHOOK
     if response.status_code == 410:
-        disable(session, endpoint, reason="the endpoint answered 410 Gone", actor="webhooks")
+        if registered:
+            disable(session, endpoint, reason="the endpoint answered 410 Gone", actor="webhooks")
+        else:
+            delivery.status = DeliveryStatus.FAILED
         return
     delay = _retry_delay(delivery.attempts)
     if response.status_code in (429, 503) and response.retry_after_seconds is not None:
@@ -350,6 +356,8 @@ def _record_one(
     else:
         delivery.next_attempt_at = now + timedelta(seconds=delay)
     settings = get_settings()
+    if not registered:
+        return
     if (now - endpoint.failing_since).total_seconds() >= settings.webhook_disable_after_seconds:
         disable(session, endpoint, reason=f"every attempt failed since {endpoint.failing_since.isoformat()}",
                 actor="webhooks")

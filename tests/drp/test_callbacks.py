@@ -122,3 +122,25 @@ def test_a_worker_calls_back_right_after_the_change_commits(api, gated, seed_mod
     assert got.payload == {**api.get(f"/v1/data-rights-request/{request_id}", headers=auth).json(),
                            "status": "in_progress"}
     assert b"cb@example.com" not in got.body
+
+
+def test_a_gone_callback_fails_that_delivery_only(api, gated, seed_model, make_receiver):  # noqa: F811
+    from app.webhooks.models import DeliveryStatus, WebhookDelivery, WebhookEndpoint
+
+    admin, key, auth = gated
+    seed_model({"a": ("email", "cb@example.com")})
+    answers = iter([410])
+    receiver = make_receiver(behaviour=lambda _: (next(answers, 200), {}))
+    request_id = _exercise(api, key, auth, "cb@example.com", "r-4", receiver.url).json()["request_id"]
+    assert api.post(f"/v1/deletion-requests/{request_id}/approve", headers=admin.headers).status_code == 200
+    deliver_now()
+    receiver.wait_for(lambda got: len(got) >= 1)
+    _complete(request_id)
+    deliver_now()
+    got = receiver.wait_for(lambda got: len(got) >= 2)
+    assert [item.payload["status"] for item in got] == ["in_progress", "fulfilled"]
+    with session_scope() as session:
+        (endpoint,) = session.scalars(select(WebhookEndpoint)).all()
+        assert endpoint.active and endpoint.kind == "drp_callback"
+        states = session.scalars(select(WebhookDelivery.status).order_by(WebhookDelivery.event_seq)).all()
+    assert states == [DeliveryStatus.FAILED, DeliveryStatus.DELIVERED]
