@@ -396,7 +396,8 @@ def _terminate_with_parent() -> None:
 # and every other command skip the rooms' imports. The short help here is what `--help` lists.
 ROOM_COMMANDS: dict[str, tuple[str, str, str]] = {
     "requests": ("app.requests.cli", "cli", "Deletion requests."),
-    "lineage": ("app.lineage.cli", "cli", "Record lineage and snapshot proofs."),
+    # The jobs room adds `lineage check` (the invariant sweep) to the lineage group.
+    "lineage": ("app.jobs.cli", "lineage_cli", "Record lineage and snapshot proofs."),
     "jobs": ("app.jobs.cli", "cli", "Training and unlearning jobs."),
     "audit": ("app.audit.cli", "cli", "The tamper-evident audit log."),
     "keys": ("app.audit.cli", "keys_cli", "Signing keys for tree heads and certificates."),

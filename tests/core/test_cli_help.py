@@ -17,8 +17,10 @@ ROOT = Path(__file__).resolve().parents[2]
 def _walk(command: click.Command, path: list[str]) -> list[tuple[list[str], click.Command]]:
     found = [(path, command)]
     if isinstance(command, click.Group):
-        for name, sub in sorted(command.commands.items()):
-            found += _walk(sub, [*path, name])
+        # Through the group's own listing: the main group loads each room's commands lazily.
+        ctx = click.Context(command)
+        for name in command.list_commands(ctx):
+            found += _walk(command.get_command(ctx, name), [*path, name])
     return found
 
 
