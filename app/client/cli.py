@@ -14,7 +14,7 @@ import click
 from pydantic import ValidationError
 
 from app.client import ApiError, Client
-from app.requests.cli import LIST_HEADER, list_row
+from app.requests.cli import echo_page
 from app.requests.models import LegalBasis, RequestStatus
 from app.requests.schemas import DeletionRequestOut
 
@@ -88,11 +88,7 @@ def list_command(status: str | None, legal_basis: str | None, external_ref: str 
     if as_json:
         click.echo(json.dumps(page.model_dump(mode="json")))
         return
-    click.echo(LIST_HEADER)
-    for r in page.items:
-        click.echo(list_row(r))
-    if page.next_cursor:
-        click.echo(f"next: --cursor {page.next_cursor}")
+    echo_page(page)
 
 
 @requests_cli.command("show")

@@ -30,6 +30,15 @@ def list_row(r: Any) -> str:
             f"{r.guarantee or '-':11} {r.external_ref or ''}")
 
 
+def echo_page(page: Any) -> None:
+    """A page of requests as the list commands print it (local, or the remote CLI's)."""
+    click.echo(LIST_HEADER)
+    for r in page.items:
+        click.echo(list_row(r))
+    if page.next_cursor:
+        click.echo(f"next: --cursor {page.next_cursor}")
+
+
 def _echo(document: DeletionRequestOut) -> None:
     click.echo(json.dumps(document.model_dump(mode="json"), indent=2))
 
@@ -106,12 +115,7 @@ def list_command(
         external_ref=external_ref,
     )
     with as_click_errors(), session_scope() as session:
-        page = service.list_requests(session, filters=filters, cursor=cursor, limit=limit)
-        click.echo(LIST_HEADER)
-        for r in page.items:
-            click.echo(list_row(r))
-        if page.next_cursor:
-            click.echo(f"next: --cursor {page.next_cursor}")
+        echo_page(service.list_requests(session, filters=filters, cursor=cursor, limit=limit))
 
 
 @cli.command("show")
