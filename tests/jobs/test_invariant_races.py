@@ -7,6 +7,8 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sqlite3
+import time
 from collections.abc import Iterator
 
 from sqlalchemy import select
@@ -20,10 +22,37 @@ MLP = DemoModel("digits-mlp", "mlp", SLOW_MLP, {"default_method": "retrain"})
 SISA = DemoModel("digits-sisa", "sisa", TINY_SISA, {"default_method": "sisa"})
 
 
+def _sqlite_write_lock_free() -> bool:
+    """On SQLite, whether a writer could start now (a stopped worker may hold the lock)."""
+    from app.core.config import get_settings
+
+    url = get_settings().database_url
+    if not url.startswith("sqlite"):
+        return True
+    connection = sqlite3.connect(url.split("///", 1)[1], timeout=0.2, isolation_level=None)
+    try:
+        connection.execute("BEGIN IMMEDIATE")
+        connection.execute("ROLLBACK")
+        return True
+    except sqlite3.OperationalError:
+        return False
+    finally:
+        connection.close()
+
+
 @contextlib.contextmanager
 def frozen(worker) -> Iterator[None]:
-    """The worker's whole process group stopped: it computes and writes nothing until thawed."""
-    os.killpg(worker.process.pid, signal.SIGSTOP)
+    """The worker's whole process group stopped: it computes and writes nothing until thawed.
+    On SQLite it is stopped between write transactions, else the test's own writes would wait
+    on a lock nobody can release."""
+    for _ in range(200):
+        os.killpg(worker.process.pid, signal.SIGSTOP)
+        if _sqlite_write_lock_free():
+            break
+        os.killpg(worker.process.pid, signal.SIGCONT)
+        time.sleep(0.01)
+    else:
+        raise AssertionError("the worker held SQLite's write lock every time it was stopped")
     try:
         yield
     finally:
