@@ -68,5 +68,6 @@ RequestSubmitter = Annotated[ApiClient, Depends(require_roles(Role.PORTAL, Role.
 MLClient = Annotated[ApiClient, Depends(require_roles(Role.ML, Role.ADMIN))]
 ReaderClient = Annotated[ApiClient, Depends(require_roles(Role.ML, Role.AUDITOR, Role.ADMIN))]
 AuditorClient = Annotated[ApiClient, Depends(require_roles(Role.AUDITOR, Role.ADMIN))]
-# Who may read deletion requests: portals (their own), auditors and admins (all).
-RequestViewer = Annotated[ApiClient, Depends(require_roles(Role.PORTAL, Role.AUDITOR, Role.ADMIN))]
+# Who may read deletion requests: portals and ml keys (their own: an ml key reads back the
+# selector removals it submitted), auditors and admins (all).
+RequestViewer = Annotated[ApiClient, Depends(require_roles(Role.PORTAL, Role.ML, Role.AUDITOR, Role.ADMIN))]

@@ -14,5 +14,6 @@ class Role(StrEnum):
 
 def sees_every_client(role: str) -> bool:
     """The one visibility rule: admins and auditors see every client's requests and events;
-    a portal sees its own; an ML client sees jobs and versions, never requests."""
+    a portal sees its own; an ML client sees jobs and versions, and of the requests only the
+    selector removals it submitted itself."""
     return role in (Role.ADMIN, Role.AUDITOR)

@@ -747,7 +747,7 @@ def extend(
 
 
 def _visible(query: Select[Any], viewer: ApiClient | None) -> Select[Any]:
-    """A portal sees only its own requests; everyone else allowed here sees all."""
+    """A portal (or an ml key) sees only its own requests; admins and auditors see all."""
     if viewer is None or sees_every_client(viewer.role):
         return query
     return query.where(DeletionRequest.client_id == viewer.id)

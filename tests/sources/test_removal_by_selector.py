@@ -47,6 +47,17 @@ def test_who_may_send_a_selector_and_what_it_needs(env, api, make_client, instal
     assert request["affected"]["record_count"] == len(FEED_A)
     assert request["legal_basis"] == "data_quality"
 
+    # The ml key reads back the removals it submitted, and only those; certificates stay with
+    # portals, auditors and admins.
+    mine = api.get(f"/v1/deletion-requests/{request['id']}", headers=ml.headers)
+    assert mine.status_code == 200, mine.text
+    assert mine.json()["selector"] == BODY["selector"] and mine.json()["reason"] == BODY["reason"]
+    assert [r["id"] for r in api.get("/v1/deletion-requests", headers=ml.headers).json()["items"]] == [request["id"]]
+    other = make_client("ml")
+    assert api.get(f"/v1/deletion-requests/{request['id']}", headers=other.headers).status_code == 404
+    assert api.get("/v1/deletion-requests", headers=other.headers).json()["items"] == []
+    assert api.get(f"/v1/deletion-requests/{request['id']}/certificate", headers=ml.headers).status_code == 403
+
 
 def test_selectors_by_dataset_and_by_ingestion_time(env, api, make_client, install_demo):
     from datetime import UTC, datetime, timedelta
@@ -113,8 +124,8 @@ def test_removing_a_source_end_to_end_with_a_worker(env, api, make_client, insta
     # Each proof verifies (verify_proof raises otherwise) and claims absence.
     assert all("is not in the snapshot" in proofs.verify_proof(p) for p in found)
 
-    # An ml key submits removals; reading requests stays with admins, auditors and portals.
-    done = wait_for(lambda: (r := api.get(f"/v1/deletion-requests/{request['id']}", headers=admin.headers).json())
+    # The ml key that submitted the removal follows it to completion.
+    done = wait_for(lambda: (r := api.get(f"/v1/deletion-requests/{request['id']}", headers=ml.headers).json())
                     ["status"] == "completed" and r, what="request completed")
     assert done["outcome"] == "forgotten" and done["guarantee"] == "exact"
     after = api.get("/v1/lineage/datasets/digits/sources/feed-a", headers=ml.headers).json()
