@@ -9,12 +9,13 @@ import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import click
 from pydantic import ValidationError
 
 from app.client import ApiError, Client
-from app.requests.cli import echo_page
+from app.requests.cli import echo_page, submission_body, submission_options
 from app.requests.models import LegalBasis, RequestStatus
 from app.requests.schemas import DeletionRequestOut
 
@@ -42,32 +43,11 @@ def requests_cli() -> None:
 
 
 @requests_cli.command("submit")
-@click.option("--email", multiple=True)
-@click.option("--user-id", multiple=True)
-@click.option("--phone", multiple=True)
-@click.option("--custom", multiple=True)
-@click.option("--record", "records", multiple=True, metavar="DATASET:KEY")
-@click.option("--legal-basis", type=click.Choice([b.value for b in LegalBasis]), required=True)
-@click.option("--jurisdiction")
-@click.option("--external-ref")
-@click.option("--verification-method", help="How the requester's identity was verified.")
+@submission_options
 @click.option("--idempotency-key", help="Default: a fresh one, kept across retries.")
-def submit(email: tuple[str, ...], user_id: tuple[str, ...], phone: tuple[str, ...], custom: tuple[str, ...],
-           records: tuple[str, ...], legal_basis: str, jurisdiction: str | None, external_ref: str | None,
-           verification_method: str | None, idempotency_key: str | None) -> None:
+def submit(idempotency_key: str | None, **options: Any) -> None:
     """Submit a deletion request as the client of UNLEARND_API_KEY (a portal key)."""
-    identifiers = [{"type": kind, "value": value}
-                   for kind, values in (("email", email), ("user_id", user_id), ("phone", phone), ("custom", custom))
-                   for value in values]
-    refs = []
-    for ref in records:
-        dataset, sep, key = ref.partition(":")
-        if not sep:
-            raise click.BadParameter("expected DATASET:KEY", param_hint="--record")
-        refs.append({"dataset": dataset, "record_key": key})
-    body = {"subject": identifiers, "records": refs, "legal_basis": legal_basis, "jurisdiction": jurisdiction,
-            "external_ref": external_ref,
-            "identity_verification": {"method": verification_method} if verification_method else None}
+    body = submission_body(**options)
     with _remote() as client:
         _echo(client.submit_request(body, idempotency_key=idempotency_key))
 

@@ -43,34 +43,32 @@ def _echo(document: DeletionRequestOut) -> None:
     click.echo(json.dumps(document.model_dump(mode="json"), indent=2))
 
 
-@cli.command("submit")
-@click.option("--client", "client_ref", required=True, help="Submit as this API client (id or name).")
-@click.option("--email", multiple=True)
-@click.option("--user-id", multiple=True)
-@click.option("--phone", multiple=True)
-@click.option("--custom", multiple=True)
-@click.option("--record", "records", multiple=True, metavar="DATASET:KEY")
-@click.option("--legal-basis", type=click.Choice([b.value for b in LegalBasis]), required=True)
-@click.option("--jurisdiction")
-@click.option("--external-ref")
-@click.option("--requested-at", type=click.DateTime(["%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%d %H:%M:%S%z"]))
-@click.option("--verification-method", help="How the requester's identity was verified.")
-@click.option("--idempotency-key")
-def submit(
-    client_ref: str,
-    email: tuple[str, ...],
-    user_id: tuple[str, ...],
-    phone: tuple[str, ...],
-    custom: tuple[str, ...],
-    records: tuple[str, ...],
-    legal_basis: str,
-    jurisdiction: str | None,
-    external_ref: str | None,
-    requested_at: datetime | None,
+SUBMISSION_OPTIONS = (
+    click.option("--email", multiple=True),
+    click.option("--user-id", multiple=True),
+    click.option("--phone", multiple=True),
+    click.option("--custom", multiple=True),
+    click.option("--record", "records", multiple=True, metavar="DATASET:KEY"),
+    click.option("--legal-basis", type=click.Choice([b.value for b in LegalBasis]), required=True),
+    click.option("--jurisdiction"),
+    click.option("--external-ref"),
+    click.option("--verification-method", help="How the requester's identity was verified."),
+)
+
+
+def submission_options(command: Any) -> Any:
+    """The subject and request options of both submit commands (local, and the remote CLI's)."""
+    for option in reversed(SUBMISSION_OPTIONS):
+        command = option(command)
+    return command
+
+
+def submission_body(
+    *, email: tuple[str, ...], user_id: tuple[str, ...], phone: tuple[str, ...], custom: tuple[str, ...],
+    records: tuple[str, ...], legal_basis: str, jurisdiction: str | None, external_ref: str | None,
     verification_method: str | None,
-    idempotency_key: str | None,
-) -> None:
-    """Submit a deletion request. Identifiers are hashed before anything is written."""
+) -> dict[str, Any]:
+    """The API body those options describe (validated by the API's schema, locally or remotely)."""
     identifiers = [
         {"type": kind, "value": value}
         for kind, values in (("email", email), ("user_id", user_id), ("phone", phone), ("custom", custom))
@@ -82,18 +80,26 @@ def submit(
         if not sep:
             raise click.BadParameter("expected DATASET:KEY", param_hint="--record")
         refs.append({"dataset": dataset, "record_key": key})
+    return {
+        "subject": identifiers, "records": refs, "legal_basis": legal_basis,
+        "jurisdiction": jurisdiction, "external_ref": external_ref,
+        "identity_verification": {"method": verification_method} if verification_method else None,
+    }
+
+
+@cli.command("submit")
+@click.option("--client", "client_ref", required=True, help="Submit as this API client (id or name).")
+@submission_options
+@click.option("--requested-at", type=click.DateTime(["%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%d %H:%M:%S%z"]))
+@click.option("--idempotency-key")
+def submit(client_ref: str, requested_at: datetime | None, idempotency_key: str | None, **options: Any) -> None:
+    """Submit a deletion request. Identifiers are hashed before anything is written."""
+    body = submission_body(**options) | ({"requested_at": requested_at} if requested_at else {})
     with as_click_errors(), session_scope() as session:
-        body = DeletionRequestCreate.model_validate(
-            {
-                "subject": identifiers, "records": refs, "legal_basis": legal_basis,
-                "jurisdiction": jurisdiction, "external_ref": external_ref,
-                "identity_verification": {"method": verification_method} if verification_method else None,
-            }
-            | ({"requested_at": requested_at} if requested_at else {})
-        )
+        submission = DeletionRequestCreate.model_validate(body)
         client = service.get_submitting_client(session, client_ref)
         outcome = service.submit(
-            session, client=client, submission=body, idempotency_key=idempotency_key,
+            session, client=client, submission=submission, idempotency_key=idempotency_key,
             provenance=service.Provenance(channel="cli"),
         )
         _echo(DeletionRequestOut.model_validate(outcome.request))
