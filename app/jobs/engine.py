@@ -261,10 +261,13 @@ def unlearn_verified(
     seed: int,
     on_stage: Callable[[str], None],
     qualification: dict[str, Any] | None = None,
+    retrain_accuracy: Mapping[str, Any] | None = None,
 ) -> UnlearningOutcome:
     """Run the policy's method; keep an approximate result only if verification passes,
     otherwise (or when the method refuses) run the exact method instead. Exact results are
-    correct by construction; their verification is reported, not gated."""
+    correct by construction; their verification is reported, not gated. ``retrain_accuracy``
+    (the qualification study's retrains on the same held-out rows) makes the approximate
+    result's utility check compare it with retrains rather than with the original."""
     from workers.unlearning import CertifiedBudgetExceeded, unlearn, verify
     from workers.unlearning.methods import METHODS, UnsupportedModel
 
@@ -287,7 +290,8 @@ def unlearn_verified(
             attempts.append({"method": method, "outcome": "refused", "reason": str(exc)})
         else:
             on_stage("verifying")
-            verdict = verify(base, unlearned, retain, forget, verification, thresholds)
+            verdict = verify(base, unlearned, retain, forget, verification, thresholds,
+                             retrain_accuracy=retrain_accuracy)
             outcome = verdict.verdict
             if not spec.exact and report.details.get("steps") == 0:
                 outcome = "fail"

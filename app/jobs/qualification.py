@@ -123,6 +123,15 @@ def covering(session: Session, version: ModelVersion, method: str, forget_size: 
     return None if study is None else {"id": study.id, "report_sha256": study.report_sha256}
 
 
+def retrain_accuracy(session: Session, qualification_id: str) -> dict[str, Any] | None:
+    """The study's exact retrains' held-out accuracy (mean, sd over seeds, models, rows), for
+    the job's utility check to compare its result with, rather than with the original's seed
+    luck. None for a study that did not measure it (reports from before it was recorded)."""
+    study = session.get(MethodQualification, qualification_id)
+    measured = (study.report or {}).get("study", {}).get("retrain_accuracy") if study is not None else None
+    return {**measured, "source": f"qualification {qualification_id}"} if measured else None
+
+
 @dataclass(frozen=True)
 class Lapsed:
     """An approximate method that once qualified on a model but covers its active version no

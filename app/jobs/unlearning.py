@@ -53,6 +53,7 @@ class Inputs:
     request_keys: dict[str, frozenset[str]]
     lineage_metrics: dict[str, Any]  # what every version of the lineage carries forward
     qualification: dict[str, Any] | None
+    retrain_accuracy: dict[str, Any] | None = None
 
     @property
     def forget_keys(self) -> frozenset[str]:
@@ -98,7 +99,8 @@ def _inputs(session: Session, job: UnlearningJob) -> Inputs:
     )
     if engine.is_approximate(job.method):
         found = qualification.covering(session, base, job.method, len(inputs.forget_keys))
-        inputs = dataclasses.replace(inputs, qualification=found)
+        inputs = dataclasses.replace(inputs, qualification=found, retrain_accuracy=(
+            qualification.retrain_accuracy(session, found["id"]) if found else None))
     return inputs
 
 
@@ -124,7 +126,7 @@ def run(job_id: str, worker: str, lease: lifecycle.Lease) -> None:
         base_model, inputs.method, data.select(retain_keys), data.select(forget_keys), heldout,
         engine.thresholds(inputs.policy.policy.thresholds), inputs.policy.policy.method_configs.options_for,
         seed=inputs.seed, on_stage=lambda stage: lifecycle.set_stage(job_id, worker, stage),
-        qualification=inputs.qualification,
+        qualification=inputs.qualification, retrain_accuracy=inputs.retrain_accuracy,
     )
     if inputs.qualification is not None and outcome.method_used == inputs.method:
         lease.check()

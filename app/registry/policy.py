@@ -62,6 +62,7 @@ class Thresholds(TypedDict, total=False):
     max_attack_auc: FiniteFloat
     max_heldout_accuracy_drop: FiniteFloat
     accuracy_drop_z: FiniteFloat
+    retrain_accuracy_z: FiniteFloat
     class_chance_margin: FiniteFloat
     max_js_divergence: FiniteFloat | None
     min_forget_size: Int32 | None

@@ -89,3 +89,64 @@ def test_a_study_is_queued_run_signed_and_listed_under_the_model(env, api, make_
         [destroyed] = session.query(AuditEvent).filter_by(action="qualification.temporary_models_destroyed",
                                                           entity_id=study["id"]).all()
         assert destroyed.payload == temporary
+
+
+@pytest.mark.slow
+def test_a_job_under_a_study_judges_utility_against_the_studys_retrains(env, api, make_client, install_demo):
+    """The approximate attempt's utility check compares with the covering study's retrains
+    (their held-out accuracy, read from its report) and says so; a result below what those
+    retrains reach fails and the job runs the exact method."""
+    from app.core.database import session_scope, utcnow
+    from app.jobs.models import MethodQualification
+    from app.registry import service as registry
+    from tests.jobs.conftest import submit
+
+    admin, portal = make_client("admin"), make_client("portal")
+    # Membership checks opened up so that the utility check alone decides; no drop allowed.
+    lenient = {"min_forget_size": 1, "max_mia_auc": 1.0, "min_mia_auc": 0.0, "max_attack_auc": 1.0,
+               "min_power": 0.0, "max_heldout_accuracy_drop": 0.0}
+    [training] = install_demo(DemoModel("digits-mlp", "mlp", TINY_MLP,
+                                        {"default_method": "finetune", "thresholds": lenient}))
+    run_inline(training)
+
+    def study(mean: float) -> str:
+        report = {"study": {"qualified": True, "reference_score_std": 1.0,
+                            "policy": {"alpha": 0.05, "flag_margin": 0.05},
+                            "retrain_accuracy": {"mean": mean, "std": 0.0, "models": 8, "rows": 150}}}
+        with session_scope() as session:
+            model = registry.get_model(session, "digits-mlp")
+            version = [v for v in registry.list_versions(session, model) if v.state == "active"][0]
+            row = MethodQualification(model_id=model.id, version_id=version.id, method="finetune", band_min=1,
+                                      band_max=1000, status="qualified", report=report, report_sha256="ab" * 32,
+                                      finished_at=utcnow())
+            session.add(row)
+            session.flush()
+            return row.id
+
+    def unlearn(subject: str) -> dict:
+        submit(api, portal, subject)
+        response = api.post("/v1/models/digits-mlp/unlearn-now", headers=admin.headers)
+        assert response.status_code == 202, response.text
+        job_id = response.json()["job"]["id"]
+        assert run_inline(job_id)["status"] == "succeeded"
+        return api.get(f"/v1/jobs/{job_id}", headers=admin.headers).json()
+
+    low = study(0.0)  # retrains that reach nothing: any result is at least as useful
+    kept = unlearn("demo-subject-40")
+    [attempt] = kept["report"]["attempts"]
+    checks = {c["name"]: c for c in attempt["verification"]["checks"]}
+    assert "heldout_accuracy_drop" not in checks
+    check = checks["heldout_accuracy_vs_retrains"]
+    assert check["passed"] and check["limit"] == pytest.approx(0.0)
+    assert f"8 exact retrains of qualification {low}" in check["basis"]
+    assert kept["method_used"] == "finetune" and attempt["qualification"]["id"] == low
+
+    high = study(1.0)  # a newer study whose retrains are perfect: a tiny MLP cannot match them
+    fell = unlearn("demo-subject-41")
+    first, exact = fell["report"]["attempts"]
+    assert first["method"] == "finetune" and first["outcome"] == "fail"
+    check = {c["name"]: c for c in first["verification"]["checks"]}["heldout_accuracy_vs_retrains"]
+    assert not check["passed"] and check["limit"] == pytest.approx(1.0)
+    assert f"qualification {high}" in check["basis"]
+    assert any("below what an exact retrain reaches" in r for r in first["verification"]["reasons"])
+    assert exact["method"] == "retrain" and fell["method_used"] == "retrain"

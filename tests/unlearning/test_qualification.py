@@ -13,6 +13,7 @@ from workers.unlearning.qualification import (
     epsilon_score,
     example_epsilon,
     per_example_flags,
+    run_studies,
     run_study,
 )
 
@@ -107,3 +108,38 @@ def test_several_forget_sets_qualify_only_together(study_data):
         (good.forget_score + bad.forget_score) / 2)
     with pytest.raises(ValueError):
         combine([])
+
+
+def test_studies_of_several_methods_share_their_retrains_and_record_the_retrains_accuracy(study_data):
+    """run_studies gives each method what run_study would with the same seeds, and every
+    study records its 2N retrains' held-out accuracy (the utility check's yardstick);
+    combine pools the spread within sets."""
+    train, forget_keys, heldout = study_data
+    quick = {"hidden": [16], "epochs": 3, "batch_size": 32}
+    fitted = []
+
+    def fit(data, seed):
+        fitted.append(seed)
+        return get_adapter("mlp", **quick).fit(data, seed=seed)
+
+    def untouched(original, retain, forget, seed):
+        return original
+
+    def retrain(original, retain, forget, seed):
+        return fit(retain, seed)
+
+    both = run_studies(fit, {"noop": untouched, "retrain": retrain}, train, forget_keys, heldout, runs=2, seed=1)
+    # 2 runs x (reference, ceiling, original) shared, plus the retrain "method"'s own 2 fits.
+    assert len(fitted) == 2 * 3 + 2
+    alone = run_study(fit, untouched, train, forget_keys, heldout, runs=2, seed=1)
+    assert both["noop"].forget_score == pytest.approx(alone.forget_score)
+    assert both["noop"].flag_rate_unlearned == pytest.approx(alone.flag_rate_unlearned)
+    measured = alone.retrain_accuracy
+    assert measured["models"] == 4 and measured["rows"] == len(heldout)
+    assert 0.0 <= measured["mean"] <= 1.0 and measured["std"] >= 0.0
+    assert both["retrain"].retrain_accuracy == measured
+    other = run_study(fit, untouched, train, forget_keys[:5], heldout, runs=3, seed=7)
+    pooled = combine([alone, other])["retrain_accuracy"]
+    assert pooled["models"] == 4 + 6 and pooled["rows"] == len(heldout)
+    assert pooled["mean"] == pytest.approx((measured["mean"] * 4 + other.retrain_accuracy["mean"] * 6) / 10)
+    assert pooled["std"] == pytest.approx(((3 * measured["std"] ** 2 + 5 * other.retrain_accuracy["std"] ** 2) / 8) ** 0.5)

@@ -201,3 +201,53 @@ def test_the_report_carries_binned_loss_distributions_and_no_single_loss(memoris
                 for name, counts in histogram["counts"].items()}
     assert mean_bin["forget"] < mean_bin["heldout"] < bins
     assert all(isinstance(c, int) for counts in histogram["counts"].values() for c in counts)
+
+
+def test_with_a_retrain_reference_the_utility_check_compares_with_retrains_not_the_original(memorised):
+    """A qualification study's retrains, scored on the same rows, replace the original as the
+    utility check's yardstick: one-sided, floor = mean - 0.03 - z * sd * sqrt(1 + 1/models),
+    and the check says what it compared. Forgetting is still the membership tests' call."""
+    original, retrained, retain, forget, _, test = memorised
+    value = retrained.accuracy(test)
+    # A reference just above this retrain: no seed noise allowed (sd 0), so 0.03 is the whole slack.
+    close = {"mean": value + 0.02, "std": 0.0, "models": 8, "rows": len(test), "source": "study X"}
+    report = verify(original, retrained, retain, forget, test, retrain_accuracy=close)
+    checks = {c.name: c for c in report.checks}
+    assert "heldout_accuracy_drop" not in checks  # the original's own seed luck is not held against it
+    check = checks["heldout_accuracy_vs_retrains"]
+    assert check.passed and check.value == pytest.approx(value)
+    assert check.limit == pytest.approx(value + 0.02 - 0.03)
+    assert "8 exact retrains of study X" in check.basis and f"{len(test)} rows" in check.basis
+    assert report.accuracy["heldout_accuracy_floor"] == pytest.approx(check.limit)
+    # Retrains clearly better than this result, beyond 0.03 and their measured spread: fail, and say so.
+    better = {"mean": value + 0.10, "std": 0.01, "models": 8, "rows": len(test)}
+    failed = verify(original, retrained, retain, forget, test, retrain_accuracy=better)
+    floor = value + 0.10 - 0.03 - 1.96 * 0.01 * (1 + 1 / 8) ** 0.5
+    assert failed.verdict == "fail"
+    assert {c.name: c for c in failed.checks}["heldout_accuracy_vs_retrains"].limit == pytest.approx(floor)
+    assert any("below what an exact retrain reaches" in reason for reason in failed.reasons)
+    # The seed spread the study measured widens the floor: the same gap within the noise passes.
+    noisy = {"mean": value + 0.10, "std": 0.05, "models": 8, "rows": len(test)}
+    assert {c.name: c for c in verify(original, retrained, retain, forget, test,
+                                      retrain_accuracy=noisy).checks}["heldout_accuracy_vs_retrains"].passed
+    # The allowance never passes a model that remembers: the original still fails on membership.
+    remembered = verify(original, original, retain, forget, test, retrain_accuracy=noisy)
+    assert remembered.verdict == "fail" and not {c.name: c for c in remembered.checks}["mia_auc_max"].passed
+
+
+def test_every_check_says_what_it_compared(memorised):
+    original, retrained, retain, forget, _, test = memorised
+    report = verify(original, retrained, retain, forget, test)
+    assert all(check.basis for check in report.checks), [c.name for c in report.checks if not c.basis]
+
+
+def test_a_removed_class_keeps_the_check_against_the_original(blobs_split):
+    """The study's retrains forgot random rows, not a class: no yardstick for a class removal."""
+    train, _, _, heldout = blobs_split
+    model = get_adapter("mlp", hidden=[32], epochs=20, batch_size=32).fit(train, seed=0)
+    retain, forget, _ = split(train, [k for k, y in zip(train.keys, train.labels.tolist(), strict=True)
+                                      if y == 1], 0.0, seed=0)
+    retrained = model.fit_fresh(retain, 0)
+    names = {c.name for c in verify(model, retrained, retain, forget, heldout,
+                                    retrain_accuracy={"mean": 1.0, "std": 0.0, "models": 4, "rows": 1}).checks}
+    assert "heldout_accuracy_drop" in names and "heldout_accuracy_vs_retrains" not in names

@@ -38,7 +38,7 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -140,6 +140,9 @@ class StudyResult:
     # Pooled seed-to-seed spread of a record's score under the reference retrains: the noise
     # scale a sampling audit compares one job's result with one exact retrain against.
     reference_score_std: float = 0.0
+    # Held-out accuracy of all 2N exact retrains (reference and ceiling): mean, std (over
+    # seeds), models and rows. The noise a job's utility check allows for.
+    retrain_accuracy: dict[str, float] = field(default_factory=dict)
     models_trained: dict[str, int] = field(default_factory=dict)
     epsilons_unlearned: list[float] = field(default_factory=list)
 
@@ -164,56 +167,109 @@ def run_study(
     dropped when this returns: the temporary retrains hold the training data and are never
     stored anywhere.
     """
+    return run_studies(fit, {"method": unlearn_fn}, train, forget_keys, heldout, runs=runs, seed=seed,
+                       policy=policy)["method"]
+
+
+def run_studies(
+    fit: Callable[[LabelledData, int], Any],
+    unlearn_fns: Mapping[str, Callable[[Any, LabelledData, LabelledData, int], Any]],
+    train: LabelledData,
+    forget_keys: Sequence[str],
+    heldout: LabelledData,
+    *,
+    runs: int,
+    seed: int,
+    policy: QualificationPolicy | None = None,
+) -> dict[str, StudyResult]:
+    """``run_study`` for several methods at once, sharing one set of reference retrains,
+    ceiling retrains and originals (each method gets its own unlearned population); the
+    result per method is what ``run_study`` would give with the same seeds."""
     policy = policy or QualificationPolicy()
     forget = train.select(list(forget_keys))
     retain = train.without(list(forget_keys))
     started = time.perf_counter()
-    reference, ceiling, unlearned, originals = [], [], [], []
-    acc_reference, acc_unlearned, acc_original = [], [], []
-    seconds_method = seconds_retrain = 0.0
+    reference, ceiling, originals = [], [], []
+    unlearned: dict[str, list[torch.Tensor]] = {name: [] for name in unlearn_fns}
+    acc_unlearned: dict[str, list[float]] = {name: [] for name in unlearn_fns}
+    seconds_method = dict.fromkeys(unlearn_fns, 0.0)
+    acc_reference, acc_ceiling, acc_original = [], [], []
+    seconds_retrain = 0.0
     for i in range(runs):
         t0 = time.perf_counter()
         retrained = fit(retain, seed + 1000 + i)
         seconds_retrain += time.perf_counter() - t0
         reference.append(record_scores(retrained, forget))
         acc_reference.append(retrained.accuracy(heldout))
-        ceiling.append(record_scores(fit(retain, seed + 2000 + i), forget))
+        independent = fit(retain, seed + 2000 + i)
+        ceiling.append(record_scores(independent, forget))
+        acc_ceiling.append(independent.accuracy(heldout))
         original = fit(train, seed + 3000 + i)
         originals.append(record_scores(original, forget))
         acc_original.append(original.accuracy(heldout))
-        t0 = time.perf_counter()
-        edited = unlearn_fn(original, retain, forget, seed + 4000 + i)
-        seconds_method += time.perf_counter() - t0
-        unlearned.append(record_scores(edited, forget))
-        acc_unlearned.append(edited.accuracy(heldout))
-    ref, ceil, unl, orig = (torch.stack(x) for x in (reference, ceiling, unlearned, originals))
+        for name, unlearn_fn in unlearn_fns.items():
+            t0 = time.perf_counter()
+            edited = unlearn_fn(original, retain, forget, seed + 4000 + i)
+            seconds_method[name] += time.perf_counter() - t0
+            unlearned[name].append(record_scores(edited, forget))
+            acc_unlearned[name].append(edited.accuracy(heldout))
+    ref, ceil, orig = (torch.stack(x) for x in (reference, ceiling, originals))
     spread = float(ref.var(0, unbiased=True).mean().sqrt()) if runs > 1 else 0.0
-    flag_unlearned = float(per_example_flags(ref, unl, policy.alpha).double().mean())
     flag_retrain = float(per_example_flags(ref, ceil, policy.alpha).double().mean())
-    score, epsilons = forget_score(unl, ref)
     score_ceiling, _ = forget_score(ceil, ref)
     score_original, _ = forget_score(orig, ref)
-    reasons = []
-    if flag_unlearned > flag_retrain + policy.flag_margin:
-        reasons.append(f"per-example test flags unlearned models on {flag_unlearned:.3f} of records, retrains on "
-                       f"{flag_retrain:.3f} (margin {policy.flag_margin})")
-    if score < policy.forget_score_fraction * score_ceiling:
-        reasons.append(f"forget score {score:.3f} is below {policy.forget_score_fraction} of the retrain ceiling "
-                       f"{score_ceiling:.3f}")
-    drop = statistics.fmean(acc_reference) - statistics.fmean(acc_unlearned)
-    if drop > policy.max_accuracy_drop:
-        reasons.append(f"held-out accuracy {drop:.3f} below the retrains' (limit {policy.max_accuracy_drop})")
-    return StudyResult(
-        qualified=not reasons, reasons=reasons, forget_size=len(forget), runs=runs,
-        flag_rate_unlearned=flag_unlearned, flag_rate_retrain=flag_retrain,
-        forget_score=score, forget_score_ceiling=score_ceiling, forget_score_original=score_original,
-        accuracy_unlearned=statistics.fmean(acc_unlearned), accuracy_retrain=statistics.fmean(acc_reference),
-        accuracy_original=statistics.fmean(acc_original),
-        seconds_method=seconds_method / runs, seconds_retrain=seconds_retrain / runs,
-        seconds_total=time.perf_counter() - started, policy=asdict(policy), reference_score_std=spread,
-        models_trained={"retrain_reference": runs, "retrain_ceiling": runs, "original": runs, "unlearned": runs},
-        epsilons_unlearned=epsilons,
-    )
+    # Every exact retrain of the study (reference and ceiling: 2N seeds) scored on the same
+    # held-out rows: the seed-to-seed spread of a retrain's accuracy, which a job's utility
+    # check allows for (``verify(..., retrain_accuracy=...)``).
+    retrain_accuracies = acc_reference + acc_ceiling
+    retrain_accuracy = {
+        "mean": statistics.fmean(retrain_accuracies),
+        "std": statistics.stdev(retrain_accuracies) if len(retrain_accuracies) > 1 else 0.0,
+        "models": len(retrain_accuracies), "rows": len(heldout),
+    }
+    results = {}
+    for name in unlearn_fns:
+        unl = torch.stack(unlearned[name])
+        flag_unlearned = float(per_example_flags(ref, unl, policy.alpha).double().mean())
+        score, epsilons = forget_score(unl, ref)
+        reasons = []
+        if flag_unlearned > flag_retrain + policy.flag_margin:
+            reasons.append(f"per-example test flags unlearned models on {flag_unlearned:.3f} of records, retrains "
+                           f"on {flag_retrain:.3f} (margin {policy.flag_margin})")
+        if score < policy.forget_score_fraction * score_ceiling:
+            reasons.append(f"forget score {score:.3f} is below {policy.forget_score_fraction} of the retrain "
+                           f"ceiling {score_ceiling:.3f}")
+        drop = statistics.fmean(acc_reference) - statistics.fmean(acc_unlearned[name])
+        if drop > policy.max_accuracy_drop:
+            reasons.append(f"held-out accuracy {drop:.3f} below the retrains' (limit {policy.max_accuracy_drop})")
+        results[name] = StudyResult(
+            qualified=not reasons, reasons=reasons, forget_size=len(forget), runs=runs,
+            flag_rate_unlearned=flag_unlearned, flag_rate_retrain=flag_retrain,
+            forget_score=score, forget_score_ceiling=score_ceiling, forget_score_original=score_original,
+            accuracy_unlearned=statistics.fmean(acc_unlearned[name]),
+            accuracy_retrain=statistics.fmean(acc_reference), accuracy_original=statistics.fmean(acc_original),
+            seconds_method=seconds_method[name] / runs, seconds_retrain=seconds_retrain / runs,
+            seconds_total=time.perf_counter() - started, policy=asdict(policy), reference_score_std=spread,
+            retrain_accuracy=retrain_accuracy,
+            models_trained={"retrain_reference": runs, "retrain_ceiling": runs, "original": runs,
+                            "unlearned": runs},
+            epsilons_unlearned=epsilons,
+        )
+    return results
+
+
+def pooled_retrain_accuracy(results: Sequence[StudyResult]) -> dict[str, float]:
+    """The retrains' held-out accuracy over several forget sets of one band: the mean over
+    all of them and the pooled within-set standard deviation (seed noise, not the small
+    differences between forget sets)."""
+    parts = [r.retrain_accuracy for r in results if r.retrain_accuracy]
+    if not parts:
+        return {}
+    models = sum(int(p["models"]) for p in parts)
+    dof = sum(int(p["models"]) - 1 for p in parts)
+    variance = sum((int(p["models"]) - 1) * p["std"] ** 2 for p in parts) / dof if dof > 0 else 0.0
+    return {"mean": sum(p["mean"] * int(p["models"]) for p in parts) / models, "std": math.sqrt(variance),
+            "models": models, "rows": int(parts[0]["rows"])}
 
 
 def combine(results: Sequence[StudyResult]) -> dict[str, Any]:
@@ -238,7 +294,8 @@ def combine(results: Sequence[StudyResult]) -> dict[str, Any]:
         "worst_forget_score_share": min(r.forget_score / r.forget_score_ceiling if r.forget_score_ceiling else 0.0
                                         for r in results),
         "seconds_total": sum(r.seconds_total for r in results), "policy": results[0].policy,
-        "models_trained": trained, "per_set": [r.to_dict() for r in results],
+        "models_trained": trained, "retrain_accuracy": pooled_retrain_accuracy(results),
+        "per_set": [r.to_dict() for r in results],
     }
 
 
@@ -271,4 +328,4 @@ def audit_comparison(unlearned: Any, retrained: Any, forget: LabelledData, score
 
 
 __all__ = ["Z_95", "QualificationPolicy", "StudyResult", "audit_comparison", "combine", "example_epsilon", "epsilon_score", "forget_score",
-           "per_example_flags", "record_scores", "run_study"]
+           "per_example_flags", "pooled_retrain_accuracy", "record_scores", "run_studies", "run_study"]
