@@ -26,10 +26,11 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, delete, event, exists, or_, select, text
+from sqlalchemy import ColumnElement, delete, event, exists, insert, or_, select, text
 from sqlalchemy.orm import Session
 
 from app.audit import nodes
@@ -116,11 +117,40 @@ def record(
         payload=payload or {},
     )
     session.add(pending)
+    _seal_when_committed(session)
+    return pending
+
+
+@dataclass(frozen=True)
+class Event:
+    """One event for ``record_many``."""
+
+    actor: str
+    action: str
+    entity_type: str
+    entity_id: str
+    payload: dict[str, Any]
+
+
+def record_many(session: Session, events: list[Event]) -> None:
+    """``record`` for many events in one multi-row statement (a bulk intake's), with no ORM
+    object per event."""
+    if not events:
+        return
+    now = utcnow()
+    session.execute(insert(PendingAuditEvent), [
+        {"occurred_at": now, "actor": e.actor, "action": e.action, "entity_type": e.entity_type,
+         "entity_id": str(e.entity_id), "payload": e.payload}
+        for e in events
+    ])
+    _seal_when_committed(session)
+
+
+def _seal_when_committed(session: Session) -> None:
     if not session.info.get(_SEAL_AFTER_COMMIT):
         session.info[_SEAL_AFTER_COMMIT] = True
         event.listen(session, "after_commit", _seal_after_commit, once=True)
         event.listen(session, "after_rollback", _forget_seal, once=True)
-    return pending
 
 
 def recent(session: Session, *, action: str, actor: str, since: datetime) -> list[datetime]:

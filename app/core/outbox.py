@@ -35,39 +35,65 @@ class OutboxMessage(Base):
     last_error: Mapped[str | None] = mapped_column(default=None)
 
 
-def enqueue(session: Session, task_name: str, **kwargs: Any) -> OutboxMessage:
+def enqueue(session: Session, task_name: str, *, background: bool = False, **kwargs: Any) -> OutboxMessage:
+    """Write a message for the broker in the caller's transaction; it is handed over right after
+    commit. ``background``: by this process's relay thread, which gathers what many commits
+    queued into one transaction (and merges mergeable tasks into one send), so a request path
+    never waits on the broker; a message still waits in the table until it is sent."""
     message = OutboxMessage(id=new_id(), task_name=task_name, kwargs=kwargs)
     session.add(message)
-    pending: list[str] = session.info.setdefault(_PENDING_KEY, [])
+    pending: list[tuple[str, bool]] = session.info.setdefault(_PENDING_KEY, [])
     if not pending:
         event.listen(session, "after_commit", _after_commit, once=True)
         event.listen(session, "after_rollback", _after_rollback, once=True)
-    pending.append(message.id)
+    pending.append((message.id, background))
     return message
 
 
-# A commit with more messages than this (a bulk intake's certificate orders) hands them to the
-# broker from a background thread, so the response does not wait for a thousand sends.
+# A commit with more messages than this hands them to the broker from the background thread
+# too, so the response does not wait for many sends.
 RELAY_IN_BACKGROUND_OVER = 20
 _background: list[ThreadPoolExecutor] = []
 _background_lock = threading.Lock()
+_queued: list[str] = []
+_drain_scheduled = [False]
 
 
 def _after_commit(session: Session) -> None:
-    ids = session.info.pop(_PENDING_KEY, [])
+    pending = session.info.pop(_PENDING_KEY, [])
     if event.contains(session, "after_rollback", _after_rollback):
         event.remove(session, "after_rollback", _after_rollback)
-    if len(ids) > RELAY_IN_BACKGROUND_OVER:
-        _background_relayer().submit(_relay_logged, ids)
-    elif ids:
-        relay(ids)
+    now = [message_id for message_id, background in pending if not background]
+    later = [message_id for message_id, background in pending if background]
+    if len(now) > RELAY_IN_BACKGROUND_OVER:
+        later, now = later + now, []
+    if now:
+        relay(now)
+    if later:
+        _relay_in_background(later)
 
 
-def _background_relayer() -> ThreadPoolExecutor:
+def _relay_in_background(ids: list[str]) -> None:
+    """Queue ids for the relay thread; while it is busy, later commits' ids gather and go in its
+    next pass, one transaction for all of them."""
     with _background_lock:
+        _queued.extend(ids)
+        if _drain_scheduled[0]:
+            return
+        _drain_scheduled[0] = True
         if not _background:
             _background.append(ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox-relay"))
-        return _background[0]
+        relayer = _background[0]
+    relayer.submit(_drain)
+
+
+def _drain() -> None:
+    with _background_lock:
+        ids = list(_queued)
+        _queued.clear()
+        _drain_scheduled[0] = False
+    if ids:
+        _relay_logged(ids)
 
 
 def _relay_logged(ids: list[str]) -> None:
@@ -85,7 +111,7 @@ def _after_rollback(session: Session) -> None:
 
 def relay(ids: list[str] | None = None, limit: int = 500) -> int:
     """Send pending messages (these ids, or the oldest ``limit``); return how many were sent."""
-    from app.core.queue import get_celery
+    from app.core.queue import MERGED_KWARG, get_celery
 
     celery = get_celery()
     sent = 0
@@ -95,20 +121,46 @@ def relay(ids: list[str] | None = None, limit: int = 500) -> int:
         if session.get_bind().dialect.name == "postgresql":
             # Two relays (API and beat) never send the same row concurrently.
             query = query.with_for_update(skip_locked=True)
-        for message in session.scalars(query):
-            message.attempts += 1
+        for group in _merged(list(session.scalars(query)), MERGED_KWARG):
+            head = group[0]
+            kwargs = head.kwargs if len(group) == 1 else {
+                MERGED_KWARG[head.task_name]: [item for m in group for item in m.kwargs[MERGED_KWARG[head.task_name]]]}
+            for message in group:
+                message.attempts += 1
             try:
                 # ignore_result: no task's result is read, and registering for one makes Celery
                 # wait on the result backend for ~20 s when Redis is down, inside a request.
-                celery.send_task(message.task_name, kwargs=message.kwargs, task_id=message.id, ignore_result=True)
+                # A merged send carries the first message's id as its task id; the task is
+                # idempotent per item, so a re-send after a crash does each item once.
+                celery.send_task(head.task_name, kwargs=kwargs, task_id=head.id, ignore_result=True)
             except Exception as exc:  # broker down: leave pending for the periodic relay
-                message.last_error = f"{type(exc).__name__}: {exc}"[:500]
-                log.warning("outbox relay failed", extra={"message_id": message.id, "error": message.last_error})
+                for message in group:
+                    message.last_error = f"{type(exc).__name__}: {exc}"[:500]
+                log.warning("outbox relay failed", extra={"message_id": head.id, "error": head.last_error})
                 break
-            message.dispatched_at = utcnow()
-            sent += 1
+            sent_at = utcnow()
+            for message in group:
+                message.dispatched_at = sent_at
+            sent += len(group)
         session.commit()
     return sent
+
+
+def _merged(messages: list[OutboxMessage], merged_kwarg: dict[str, str]) -> list[list[OutboxMessage]]:
+    """Messages in send order, grouped: those of a task that takes a list (``MERGED_KWARG``)
+    and carry only that list go together in one send; every other message alone."""
+    groups: list[list[OutboxMessage]] = []
+    by_task: dict[str, list[OutboxMessage]] = {}
+    for message in messages:
+        key = merged_kwarg.get(message.task_name)
+        if key is None or set(message.kwargs) != {key}:
+            groups.append([message])
+        elif message.task_name in by_task:
+            by_task[message.task_name].append(message)
+        else:
+            by_task[message.task_name] = group = [message]
+            groups.append(group)
+    return groups
 
 
 def backlog(session: Session, now: datetime | None = None) -> tuple[int, float]:

@@ -39,6 +39,11 @@ class TaskName:
     LINEAGE_SWEEP: Final = "unlearnd.lineage.sweep"
 
 
+# Tasks whose outbox messages the relay may merge into one send: task name -> the list
+# argument it concatenates (each item is handled on its own and idempotently).
+MERGED_KWARG: Final[dict[str, str]] = {TaskName.ISSUE_CERTIFICATE: "request_ids"}
+
+
 def beat_schedule(settings: Settings) -> dict[str, dict[str, object]]:
     """The periodic tasks (exactly one beat runs them), keyed by task name."""
     every = {

@@ -287,6 +287,17 @@ def source_lineage(session: Session, dataset_name: str, source: str) -> SourceLi
                          model_versions=versions, still_contained=live)
 
 
+@dataclass(frozen=True)
+class ResolveQuery:
+    """What one deletion request names: subject hashes, explicit (dataset, key) refs, the
+    models it is scoped to, or a selector over a dataset's provenance."""
+
+    subject_hashes: list[str]
+    record_refs: list[tuple[str, str]]
+    scope_models: list[str] | None = None
+    selection: RecordSelection | None = None
+
+
 def resolve(
     session: Session,
     *,
@@ -297,47 +308,84 @@ def resolve(
 ) -> Resolution:
     """Records a deletion request names (by subject, by key, or by a selector over a dataset's
     provenance) and the live versions trained on them."""
+    return resolve_many(session, [ResolveQuery(subject_hashes, record_refs, scope_models, selection)])[0]
+
+
+def resolve_many(session: Session, queries: list[ResolveQuery]) -> list[Resolution]:
+    """``resolve`` for many requests at once (a bulk intake): one statement finds every
+    subject's records, one per dataset every named key, and the snapshots and versions of all
+    of them are read once; each request then gets exactly what it alone would have."""
     rows: dict[int, _Row] = {}
-    resolution = Resolution()
-    if selection is not None:
-        if session.scalar(select(Dataset.id).where(Dataset.name == selection.dataset)) is None:
-            resolution.unknown_datasets.append(selection.dataset)
-        for r in session.execute(_selected(selection)):
-            rows[r[0]] = _Row(*r)
-    hashes = sorted(set(subject_hashes))
+    by_hash: dict[str, list[int]] = defaultdict(list)
+    hashes = sorted({h for q in queries for h in q.subject_hashes})
     for start in range(0, len(hashes), _CHUNK):
-        for r in session.execute(_ready_records().where(DataRecord.subject_hash.in_(hashes[start : start + _CHUNK]))):
-            rows[r[0]] = _Row(*r)
+        for r in session.execute(select(*_ROW_COLUMNS, DataRecord.subject_hash)
+                                 .join(Dataset, Dataset.id == DataRecord.dataset_id)
+                                 .where(Dataset.status == DatasetStatus.READY,
+                                        DataRecord.subject_hash.in_(hashes[start : start + _CHUNK]))):
+            rows[r[0]] = _Row(*r[:6])
+            by_hash[r[6]].append(r[0])
     wanted: dict[str, set[str]] = defaultdict(set)
-    for dataset_name, key in record_refs:
-        wanted[dataset_name].add(key)
+    for q in queries:
+        for dataset_name, key in q.record_refs:
+            wanted[dataset_name].add(key)
+    known: dict[str, str] = {}
+    by_ref: dict[tuple[str, str], int] = {}
     if wanted:
         known = dict(session.execute(select(Dataset.name, Dataset.id).where(Dataset.name.in_(list(wanted)))).tuples().all())
-        resolution.unknown_datasets = sorted({*resolution.unknown_datasets, *(set(wanted) - set(known))})
         for dataset_name in sorted(set(wanted) & set(known)):
             keys = sorted(wanted[dataset_name])
-            found: set[str] = set()
             for start in range(0, len(keys), _CHUNK):
                 for r in session.execute(_ready_records().where(
                     Dataset.name == dataset_name, DataRecord.record_key.in_(keys[start : start + _CHUNK])
                 )):
                     rows[r[0]] = _Row(*r)
-                    found.add(r[3])
-            resolution.unknown_records += [(dataset_name, k) for k in keys if k not in found]
-    ordered = sorted(rows.values(), key=lambda r: (r.dataset, r.record_key))
-    resolution.records = [ResolvedRecord(id=r.id, dataset_id=r.dataset_id, dataset=r.dataset,
-                                         record_key=r.record_key, state=r.state) for r in ordered]
-    contains, _ = _containing(session, ordered)
-    trained = _trained_on(session, list(contains), scope_models)
-    for ref, model_id, via in trained.versions:
-        if ref.state == VersionState.PURGED:
+                    by_ref[(dataset_name, r[3])] = r[0]
+    selected: dict[int, dict[int, _Row]] = {}
+    unknown_selected: dict[int, str] = {}
+    for index, q in enumerate(queries):
+        if q.selection is None:
             continue
-        record_ids = set().union(*(contains[sid] for sid in via))
-        resolution.model_versions.append(AffectedVersion(
-            id=ref.id, model_id=model_id, model=ref.model, number=ref.number, state=ref.state,
-            record_ids=tuple(sorted(record_ids)),
-        ))
-    return resolution
+        if session.scalar(select(Dataset.id).where(Dataset.name == q.selection.dataset)) is None:
+            unknown_selected[index] = q.selection.dataset
+        selected[index] = {r[0]: _Row(*r) for r in session.execute(_selected(q.selection))}
+        rows.update(selected[index])
+    contains, _ = _containing(session, list(rows.values()))
+    trained = _trained_on(session, list(contains))
+    resolutions = []
+    for index, q in enumerate(queries):
+        resolution = Resolution()
+        mine: dict[int, _Row] = dict(selected.get(index, {}))
+        for h in q.subject_hashes:
+            mine.update((rid, rows[rid]) for rid in by_hash.get(h, ()))
+        for dataset_name, key in q.record_refs:
+            rid = by_ref.get((dataset_name, key))
+            if rid is not None:
+                mine[rid] = rows[rid]
+        named = {dataset_name for dataset_name, _ in q.record_refs}
+        resolution.unknown_datasets = sorted(
+            {*(named - set(known)), *([unknown_selected[index]] if index in unknown_selected else [])})
+        resolution.unknown_records = [
+            (dataset_name, key)
+            for dataset_name in sorted(named & set(known))
+            for key in sorted({k for d, k in q.record_refs if d == dataset_name})
+            if (dataset_name, key) not in by_ref
+        ]
+        ordered = sorted(mine.values(), key=lambda r: (r.dataset, r.record_key))
+        resolution.records = [ResolvedRecord(id=r.id, dataset_id=r.dataset_id, dataset=r.dataset,
+                                             record_key=r.record_key, state=r.state) for r in ordered]
+        ids = set(mine)
+        for ref, model_id, via in trained.versions if ids else ():
+            if ref.state == VersionState.PURGED or (q.scope_models is not None and ref.model not in q.scope_models):
+                continue
+            record_ids = set().union(*(contains[sid] for sid in via)) & ids
+            if record_ids:
+                resolution.model_versions.append(AffectedVersion(
+                    id=ref.id, model_id=model_id, model=ref.model, number=ref.number, state=ref.state,
+                    record_ids=tuple(sorted(record_ids)),
+                ))
+        resolutions.append(resolution)
+    return resolutions
 
 
 def live_versions_holding(session: Session, record_ids: list[int]) -> list[VersionRef]:

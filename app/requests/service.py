@@ -40,7 +40,7 @@ from app.core.queue import TaskName
 from app.core.roles import Role, sees_every_client
 from app.lineage import service as lineage
 from app.registry import subjects
-from app.registry.models import DataRecord, RecordState, RegisteredModel
+from app.registry.models import DataRecord, Dataset, RecordState, RegisteredModel
 from app.requests import deadlines
 from app.requests.models import (
     DeletionRequest,
@@ -132,13 +132,24 @@ class _Planned:
 
 
 @dataclass
-class _Intake:
-    """What one transaction's submissions share: a batch reads the hash schemes and takes the
-    lineage lock once, and sees the requests planned before each item as if written."""
+class _Prepared:
+    """A submission checked on its own and hashed; not yet compared with earlier requests."""
 
-    schemes: list[subjects.HashScheme] | None = None
-    locked: bool = False
-    planned: dict[tuple[str, str], _Planned] = field(default_factory=dict)
+    submission: DeletionRequestCreate
+    idempotency_key: str | None
+    identifiers: list[subjects.SubjectHashes]
+    lookup: list[str]
+    requested_at: datetime
+    received_at: datetime
+    request_hash: str
+
+    @property
+    def record_refs(self) -> list[tuple[str, str]]:
+        return [(ref.dataset, ref.record_key) for ref in self.submission.records]
+
+    @property
+    def scope_models(self) -> list[str] | None:
+        return self.submission.scope.models if self.submission.scope else None
 
 
 def submit(
@@ -150,7 +161,9 @@ def submit(
     idempotency_key: str | None = None,
 ) -> Submission:
     """Record a deletion request, resolve it, and move it as far as intake may."""
-    planned = _plan(session, client, submission, provenance, idempotency_key, _Intake())
+    (planned,) = _plan_all(session, client, [(submission, idempotency_key)], provenance)
+    if isinstance(planned, UnlearndError):
+        raise planned
     if isinstance(planned, Submission):
         return planned
     (outcome,) = _write(session, client, [planned])
@@ -159,90 +172,137 @@ def submit(
     return outcome
 
 
-def _plan(
+def _plan_all(
     session: Session,
     client: ApiClient,
-    submission: DeletionRequestCreate,
+    entries: Sequence[tuple[DeletionRequestCreate, str | None] | UnlearndError],
     provenance: Provenance,
-    idempotency_key: str | None,
-    shared: _Intake,
-) -> Submission | _Planned:
-    """Every check and every read of one submission; no write. What it returns is written by
-    ``_write``, so a submission is written whole or not at all without a savepoint."""
-    _check_idempotency_key(idempotency_key)
-    _check_kind(client, submission)
-    if submission.subject and shared.schemes is None:
-        shared.schemes = subjects.schemes_in_use(session)
-    identifiers = _hash_identifiers(submission, shared.schemes or [])
+) -> list[Submission | _Planned | UnlearndError]:
+    """Every check and every read of the submissions, in order; no write. What it returns is
+    written by ``_write``, so a submission is written whole or not at all without a savepoint.
+    The reads are set-based: one statement finds every earlier request the items name, one
+    the scope models, one the datasets, and ``lineage.resolve_many`` resolves them together,
+    so a batch of a thousand costs the round trips of one. Later items see earlier planned
+    ones as if written (a repeat is a replay of it, or a 409)."""
+    answers: list[Any] = list(entries)
+    prepared: dict[int, _Prepared] = {}
+    schemes: list[subjects.HashScheme] | None = None
+    for index, entry in enumerate(entries):
+        if isinstance(entry, UnlearndError):
+            continue
+        submission, key = entry
+        try:
+            _check_idempotency_key(key)
+            _check_kind(client, submission)
+            if submission.subject and schemes is None:
+                schemes = subjects.schemes_in_use(session)
+            prepared[index] = _prepare(submission, key, schemes or [])
+        except UnlearndError as error:
+            answers[index] = error
+    if not prepared:
+        return answers
+    by_key, by_ref = _earlier_requests(session, client.id, prepared.values())
+    known_models = _known(session, RegisteredModel.name, {m for p in prepared.values() for m in p.scope_models or ()})
+    known_datasets = _known(session, Dataset.name, {d for p in prepared.values() for d in _datasets_named(p.submission)})
+    planned: dict[tuple[str, str], _Planned] = {}
+    fresh: list[tuple[int, _Prepared]] = []
+    for index, p in prepared.items():
+        try:
+            earlier = _earlier(p.idempotency_key, p.submission.external_ref, by_key, by_ref, planned)
+            if earlier is not None:
+                answers[index] = _replay(earlier, p.request_hash, p.idempotency_key)
+                continue
+            _check_scope_models(p.scope_models, known_models)
+            _check_known_datasets(p.submission, known_datasets)
+        except UnlearndError as error:
+            answers[index] = error
+            continue
+        answers[index] = plan = _Planned(request=_new_request(client, provenance, p), steps=[], record_ids=[],
+                                         versions=[])
+        if p.idempotency_key is not None:
+            planned.setdefault(("key", p.idempotency_key), plan)
+        if p.submission.external_ref is not None:
+            planned.setdefault(("ref", p.submission.external_ref), plan)
+        fresh.append((index, p))
+    if not fresh:
+        return answers
+    # Resolution runs under the shared lineage lock (see ``_lock_lineage``), taken once.
+    _lock_lineage(session)
+    resolutions = lineage.resolve_many(session, [
+        lineage.ResolveQuery(subject_hashes=p.lookup, record_refs=p.record_refs, scope_models=p.scope_models,
+                             selection=_selection(p.submission))
+        for _, p in fresh
+    ])
+    for (index, p), resolution in zip(fresh, resolutions, strict=True):
+        _settle(session, client, answers[index], p, resolution)
+    return answers
+
+
+def _prepare(submission: DeletionRequestCreate, key: str | None, schemes: list[subjects.HashScheme]) -> _Prepared:
+    identifiers = _hash_identifiers(submission, schemes)
     hashes = [identifier.current for identifier in identifiers]
-    lookup = sorted({h for identifier in identifiers for h in identifier.lookup})
     received_at = utcnow()
     requested_at = submission.requested_at or received_at
     if requested_at > received_at + CLOCK_SKEW:
         raise InvalidInput("requested_at is in the future", field="requested_at")
-    request_hash = _request_hash(submission, hashes)
+    return _Prepared(
+        submission=submission, idempotency_key=key, identifiers=identifiers,
+        lookup=sorted({h for identifier in identifiers for h in identifier.lookup}),
+        requested_at=requested_at, received_at=received_at, request_hash=_request_hash(submission, hashes),
+    )
 
-    earlier = _find_earlier(session, client.id, idempotency_key, submission.external_ref, shared)
-    if earlier is not None:
-        return _replay(earlier, request_hash, idempotency_key)
 
-    record_refs = [(ref.dataset, ref.record_key) for ref in submission.records]
-    scope_models = submission.scope.models if submission.scope else None
-    _check_scope_models(session, scope_models)
-    if not shared.locked:
-        _lock_lineage(session)
-        shared.locked = True
-    resolution = lineage.resolve(session, subject_hashes=lookup, record_refs=record_refs, scope_models=scope_models,
-                                 selection=_selection(submission))
-    _check_known_datasets(submission, resolution.unknown_datasets)
-
-    # Built in memory and written with Core statements: no identity-map work on the hot path.
-    request = DeletionRequest(
+def _new_request(client: ApiClient, provenance: Provenance, p: _Prepared) -> DeletionRequest:
+    """The request row, built in memory and written with Core statements: no identity-map
+    work on the hot path. ``_settle`` fills in what resolution found."""
+    submission, scope_models = p.submission, p.scope_models
+    return DeletionRequest(
         id=new_id(),
         client_id=client.id,
         external_ref=submission.external_ref,
-        idempotency_key=idempotency_key,
-        request_hash=request_hash,
-        subject_hashes=lookup,
-        record_refs=[{"dataset": d, "record_key": k} for d, k in record_refs],
+        idempotency_key=p.idempotency_key,
+        request_hash=p.request_hash,
+        subject_hashes=p.lookup,
+        record_refs=[{"dataset": d, "record_key": k} for d, k in p.record_refs],
         selector=submission.selector.model_dump(mode="json", exclude_none=True) if submission.selector else None,
         reason=submission.reason,
         legal_basis=submission.legal_basis.value,
         jurisdiction=submission.jurisdiction,
         scope={"models": scope_models} if scope_models else {},
-        requested_at=requested_at,
-        received_at=received_at,
-        due_at=deadlines.due_at(submission.legal_basis, requested_at, get_settings().default_deadline_days),
+        requested_at=p.requested_at,
+        received_at=p.received_at,
+        due_at=deadlines.due_at(submission.legal_basis, p.requested_at, get_settings().default_deadline_days),
         status=S.RECEIVED.value,
         outcome=None,
         guarantee=None,
         extended_at=None,
         extension_reason=None,
         completed_at=None,
-        updated_at=received_at,
+        updated_at=p.received_at,
         provenance=_provenance_document(client, provenance, submission),
     )
-    steps = [RequestTransition(request_id=request.id, from_status=None, to_status=S.RECEIVED.value, actor=client.id,
-                               reason=None, at=received_at)]
-    record_ids, versions = _describe_resolution(session, request, resolution)
-    request.affected["identifiers_checked"] = _identifiers_checked(submission, identifiers)
-    if not record_ids and not versions:
+
+
+def _settle(session: Session, client: ApiClient, planned: _Planned, p: _Prepared,
+            resolution: lineage.Resolution) -> None:
+    """Move a planned request as far as intake may, from what resolution found."""
+    request = planned.request
+    planned.steps.append(RequestTransition(request_id=request.id, from_status=None, to_status=S.RECEIVED.value,
+                                           actor=client.id, reason=None, at=p.received_at))
+    planned.record_ids, planned.versions = _describe_resolution(session, request, resolution)
+    request.affected["identifiers_checked"] = _identifiers_checked(p.submission, p.identifiers)
+    if not planned.record_ids and not planned.versions:
         # Records found but all forgotten already: that is not "no data found", it is done, and
         # the earlier request's certificate holds the proof.
         outcome = RequestOutcome.ALREADY_FORGOTTEN if "already_forgotten" in request.affected \
             else RequestOutcome.NO_DATA_FOUND
-        steps.append(_apply(request, S.COMPLETED, actor="system", outcome=outcome,
-                            guarantee=_earlier_guarantee(session, request)))
+        planned.steps.append(_apply(request, S.COMPLETED, actor="system", outcome=outcome,
+                                    guarantee=_earlier_guarantee(session, request)))
     elif client.requires_approval:
-        steps.append(_apply(request, S.PENDING_APPROVAL, actor="system", reason="client policy requires approval"))
+        planned.steps.append(_apply(request, S.PENDING_APPROVAL, actor="system",
+                                    reason="client policy requires approval"))
     else:
-        steps.append(_apply(request, S.SCHEDULED, actor="system"))
-    planned = _Planned(request=request, steps=steps, record_ids=record_ids, versions=versions)
-    if idempotency_key is not None:
-        shared.planned.setdefault(("key", idempotency_key), planned)
-    if submission.external_ref is not None:
-        shared.planned.setdefault(("ref", submission.external_ref), planned)
-    return planned
+        planned.steps.append(_apply(request, S.SCHEDULED, actor="system"))
 
 
 def _write(session: Session, client: ApiClient, planned: list[_Planned]) -> list[Submission | UnlearndError]:
@@ -255,14 +315,16 @@ def _write(session: Session, client: ApiClient, planned: list[_Planned]) -> list
     inserted = set(session.scalars(
         _insert_or_nothing(session, table).returning(table.c.id), [_columns(p.request) for p in planned]))
     outcomes: dict[int, Submission | UnlearndError] = {}
-    winners = []
-    for p in planned:
-        if p.request.id in inserted:
-            winners.append(p)
-            outcomes[id(p)] = Submission(request=p.request, replayed=False)
-            continue
+    winners = [p for p in planned if p.request.id in inserted]
+    losers = [p for p in planned if p.request.id not in inserted]
+    for p in winners:
+        outcomes[id(p)] = Submission(request=p.request, replayed=False)
+    if losers:
+        by_key, by_ref = _earlier_requests(
+            session, client.id, [(p.request.idempotency_key, p.request.external_ref) for p in losers])
+    for p in losers:
         request = p.request
-        earlier = _find_earlier(session, client.id, request.idempotency_key, request.external_ref)
+        earlier = _earlier(request.idempotency_key, request.external_ref, by_key, by_ref, {})
         if earlier is None:  # the other transaction rolled back after all: a transient state
             outcomes[id(p)] = ServiceUnavailable("a concurrent submission with this key is still settling; retry")
             continue
@@ -280,23 +342,30 @@ def _write(session: Session, client: ApiClient, planned: list[_Planned]) -> list
                 for p in winners for v in p.versions]
     if versions:
         session.execute(insert(RequestModelVersion), versions)
-    for p in winners:
-        request = p.request
-        _issue_certificate_when_completed(session, request)
-        # One event for the whole intake transaction, naming every status it passed through,
-        # keeps the hot path to a single audit row.
-        audit.record(
-            session, actor=client.id, action="request.received", entity_type="deletion_request",
-            entity_id=request.id, payload={
-                "client_id": client.id, "legal_basis": request.legal_basis, "request_hash": request.request_hash,
-                "due_at": request.due_at.isoformat(), "subject_hashes": request.subject_hashes,
-                **({"selector": request.selector} if request.selector else {}),
-                "record_count": request.affected["record_count"], "model_versions": [v.id for v in p.versions],
+    # Every completed request's certificate order goes in one outbox message: a batch of a
+    # thousand is one hand-off to the broker after commit, not a thousand.
+    completed = [p.request.id for p in winners if p.request.status == S.COMPLETED]
+    if completed:
+        enqueue(session, TaskName.ISSUE_CERTIFICATE, request_ids=completed, background=True)
+    # One event per request for the whole intake transaction, naming every status it passed
+    # through, all in one multi-row statement.
+    audit.record_many(session, [
+        audit.Event(
+            actor=client.id, action="request.received", entity_type="deletion_request", entity_id=p.request.id,
+            payload={
+                "client_id": client.id, "legal_basis": p.request.legal_basis, "request_hash": p.request.request_hash,
+                "due_at": p.request.due_at.isoformat(), "subject_hashes": p.request.subject_hashes,
+                **({"selector": p.request.selector} if p.request.selector else {}),
+                "record_count": p.request.affected["record_count"], "model_versions": [v.id for v in p.versions],
                 "transitions": [[step.from_status, step.to_status] for step in p.steps],
-                "status": request.status, "outcome": request.outcome,
+                "status": p.request.status, "outcome": p.request.outcome,
             },
         )
-        log.info("deletion request received", extra={"deletion_request": request.id, "status": request.status})
+        for p in winners
+    ])
+    if winners and log.isEnabledFor(logging.INFO):
+        for p in winners:
+            log.info("deletion request received", extra={"deletion_request": p.request.id, "status": p.request.status})
     return [outcomes[id(p)] for p in planned]
 
 
@@ -339,14 +408,14 @@ def submit_batch(
     if len(items) > MAX_BATCH:
         raise PayloadTooLarge(f"at most {MAX_BATCH} requests per batch; this one has {len(items)}",
                               field="requests", max_items=MAX_BATCH)
-    shared = _Intake()
-    answers: list[Submission | _Planned | UnlearndError] = []
+    entries: list[tuple[DeletionRequestCreate, str | None] | UnlearndError] = []
     for raw in items:
         try:
             item = _parse_batch_item(raw)
-            answers.append(_plan(session, client, item, provenance, item.idempotency_key, shared))
+            entries.append((item, item.idempotency_key))
         except UnlearndError as error:
-            answers.append(error)
+            entries.append(error)
+    answers = _plan_all(session, client, entries, provenance)
     planned = [a for a in answers if isinstance(a, _Planned)]
     written = dict(zip(map(id, planned), _write(session, client, planned), strict=True))
     results = []
@@ -467,28 +536,72 @@ class _PlannedRef:
         return self.planned.request.idempotency_key
 
 
-def _find_earlier(
-    session: Session, client_id: str, idempotency_key: str | None, external_ref: str | None,
-    shared: _Intake | None = None,
-) -> Any:
-    """The client's earlier request with this key or external_ref (the key decides when both
-    match different requests): written, or planned earlier in the same batch."""
-    if shared is not None and idempotency_key is not None and ("key", idempotency_key) in shared.planned:
-        return _PlannedRef(shared.planned[("key", idempotency_key)])
+def _find_earlier(session: Session, client_id: str, idempotency_key: str | None, external_ref: str | None) -> Any:
+    """The client's written request with this key or external_ref (the key decides when both
+    match different requests)."""
+    by_key, by_ref = _earlier_requests(session, client_id, [(idempotency_key, external_ref)])
+    return _earlier(idempotency_key, external_ref, by_key, by_ref, {})
+
+
+def _earlier_requests(
+    session: Session, client_id: str, named: Iterable[_Prepared | tuple[str | None, str | None]]
+) -> tuple[dict[str, DeletionRequest], dict[str, DeletionRequest]]:
+    """The client's written requests with any of these keys or external_refs, in one statement:
+    (by idempotency key, by external_ref)."""
+    keys: set[str] = set()
+    refs: set[str] = set()
+    for item in named:
+        key, ref = (item.idempotency_key, item.submission.external_ref) if isinstance(item, _Prepared) else item
+        if key is not None:
+            keys.add(key)
+        if ref is not None:
+            refs.add(ref)
     matches = []
-    if idempotency_key is not None:
-        matches.append(DeletionRequest.idempotency_key == idempotency_key)
-    if external_ref is not None:
-        matches.append(DeletionRequest.external_ref == external_ref)
+    if keys:
+        matches.append(DeletionRequest.idempotency_key.in_(sorted(keys)))
+    if refs:
+        matches.append(DeletionRequest.external_ref.in_(sorted(refs)))
     if not matches:
+        return {}, {}
+    found = list(session.scalars(select(DeletionRequest).where(DeletionRequest.client_id == client_id, or_(*matches))))
+    return ({r.idempotency_key: r for r in found if r.idempotency_key in keys},
+            {r.external_ref: r for r in found if r.external_ref in refs})
+
+
+def _earlier(
+    idempotency_key: str | None, external_ref: str | None, by_key: dict[str, DeletionRequest],
+    by_ref: dict[str, DeletionRequest], planned: dict[tuple[str, str], _Planned],
+) -> Any:
+    """The earlier request a submission repeats: by its key (planned earlier in this batch, or
+    written), else by its external_ref (when it has a key, one planned in this batch first)."""
+    if idempotency_key is not None:
+        if ("key", idempotency_key) in planned:
+            return _PlannedRef(planned[("key", idempotency_key)])
+        if idempotency_key in by_key:
+            return by_key[idempotency_key]
+    if external_ref is None:
         return None
-    query = select(DeletionRequest).where(DeletionRequest.client_id == client_id, or_(*matches))
-    found = sorted(session.scalars(query), key=lambda r: r.idempotency_key != idempotency_key)
-    if found and (idempotency_key is None or found[0].idempotency_key == idempotency_key):
-        return found[0]
-    if shared is not None and external_ref is not None and ("ref", external_ref) in shared.planned:
-        return _PlannedRef(shared.planned[("ref", external_ref)])
-    return found[0] if found else None
+    if idempotency_key is not None and ("ref", external_ref) in planned:
+        return _PlannedRef(planned[("ref", external_ref)])
+    if external_ref in by_ref:
+        return by_ref[external_ref]
+    if ("ref", external_ref) in planned:
+        return _PlannedRef(planned[("ref", external_ref)])
+    return None
+
+
+def _known(session: Session, column: Any, names: set[str]) -> set[str]:
+    """Which of the names a row has in ``column`` (model or dataset names), in one statement."""
+    if not names:
+        return set()
+    return set(session.scalars(select(column).where(column.in_(sorted(names)))))
+
+
+def _datasets_named(submission: DeletionRequestCreate) -> set[str]:
+    named = {ref.dataset for ref in submission.records}
+    if submission.selector is not None:
+        named.add(submission.selector.dataset)
+    return named
 
 
 def _replay(earlier: Any, request_hash: str, idempotency_key: str | None) -> Submission:
@@ -503,21 +616,17 @@ def _replay(earlier: Any, request_hash: str, idempotency_key: str | None) -> Sub
     return Submission(request=earlier, replayed=True)
 
 
-def _check_scope_models(session: Session, names: list[str] | None) -> None:
-    if not names:
-        return
-    known = set(session.scalars(select(RegisteredModel.name).where(RegisteredModel.name.in_(names))))
-    for index, name in enumerate(names):
+def _check_scope_models(names: list[str] | None, known: set[str]) -> None:
+    for index, name in enumerate(names or ()):
         if name not in known:
             raise InvalidInput(f"no registered model named '{name}'", field=f"scope.models.{index}")
 
 
-def _check_known_datasets(submission: DeletionRequestCreate, unknown: Iterable[str]) -> None:
-    unknown = set(unknown)
-    if submission.selector is not None and submission.selector.dataset in unknown:
+def _check_known_datasets(submission: DeletionRequestCreate, known: set[str]) -> None:
+    if submission.selector is not None and submission.selector.dataset not in known:
         raise InvalidInput(f"no dataset named '{submission.selector.dataset}'", field="selector.dataset")
     for index, ref in enumerate(submission.records):
-        if ref.dataset in unknown:
+        if ref.dataset not in known:
             raise InvalidInput(f"no dataset named '{ref.dataset}'", field=f"records.{index}.dataset")
 
 
@@ -628,7 +737,7 @@ def _issue_certificate_when_completed(session: Session, request: DeletionRequest
     """Completion and the order to certify it commit together (outbox), so every completed
     request gets its certificate without anyone having to read it first."""
     if request.status == S.COMPLETED:
-        enqueue(session, TaskName.ISSUE_CERTIFICATE, request_id=request.id)
+        enqueue(session, TaskName.ISSUE_CERTIFICATE, request_ids=[request.id])
 
 
 def _apply(

@@ -287,7 +287,7 @@ def test_completion_enqueues_the_certificate_in_the_same_transaction(env, make_c
         request_id = submitted.id
     with session_scope() as session:
         messages = session.scalars(select(OutboxMessage).where(OutboxMessage.task_name == TaskName.ISSUE_CERTIFICATE))
-        assert [m.kwargs for m in messages] == [{"request_id": request_id}]
+        assert [m.kwargs for m in messages] == [{"request_ids": [request_id]}]
 
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:

@@ -11,13 +11,18 @@ celery = get_celery()
 
 
 @celery.task(name=TaskName.ISSUE_CERTIFICATE, ignore_result=True)
-def issue(request_id: str) -> str | None:
-    """Idempotent: a second delivery returns the certificate the first one issued. A request
-    whose dataset file is being rewritten waits: the erasure sends this task again when done."""
-    with session_scope() as session:
-        if waits_for_erasure(session, request_id):
-            return None
-        return issue_certificate(session, request_id).id
+def issue(request_id: str | None = None, request_ids: list[str] | None = None) -> list[str]:
+    """Idempotent: a second delivery returns the certificate the first one issued. One message
+    may carry many requests (a bulk intake's, or the outbox relay's merge of several); each is
+    issued in a transaction of its own. A request whose dataset file is being rewritten waits:
+    the erasure sends this task again when done."""
+    issued = []
+    for one in [*([request_id] if request_id else []), *(request_ids or [])]:
+        with session_scope() as session:
+            if waits_for_erasure(session, one):
+                continue
+            issued.append(issue_certificate(session, one).id)
+    return issued
 
 
 @celery.task(name=TaskName.ISSUE_MISSING_CERTIFICATES, ignore_result=True)
