@@ -302,3 +302,18 @@ def test_filter_forms_send_empty_fields_as_any(api, sign_in, seeded):
     assert api.get("/admin/requests", params={"due_days": "soon"}).status_code == 422
     assert api.get("/admin/requests", params={"due_days": "-1"}).status_code == 422
     assert api.get("/admin/audit", params={"before": "0"}).status_code == 422
+
+
+def test_every_page_title_is_plain_text_and_each_section_appears_once(api, sign_in, seeded):
+    import re
+
+    sign_in("admin")
+    pages = {"/admin": "Overview", "/admin/requests": "Requests", "/admin/jobs": "Jobs", "/admin/models": "Models",
+             f"/admin/models/{seeded.model_name}": f"Model {seeded.model_name}", "/admin/audit": "Audit",
+             "/admin/webhooks": "Webhooks"}
+    for path, name in pages.items():
+        page = api.get(path).text
+        [title] = re.findall(r"<title>(.*?)</title>", page, flags=re.DOTALL)
+        assert title == f"{name} · Unlearnd admin", (path, title[:200])
+        headings = re.findall(r'<h2 id="([^"]+)"', page)
+        assert len(headings) == len(set(headings)), (path, headings)
