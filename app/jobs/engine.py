@@ -84,9 +84,21 @@ def verification_halves(heldout: LabelledData, seed: int) -> tuple[LabelledData,
     return calibration, verification
 
 
-def check_recipe(adapter_name: str, hyperparameters: dict[str, Any]) -> Any:
-    """An unfitted adapter of the recipe; a bad name or hyper-parameter is refused here,
-    before any job is queued."""
+def check_recipe(adapter_name: str, hyperparameters: dict[str, Any]) -> None:
+    """Refuse a bad adapter name or hyper-parameter before any job is queued. A built-in recipe
+    is checked without PyTorch (``workers.unlearning.recipes``), so the API never loads it; a
+    plugin's can only be checked by building it."""
+    from workers.unlearning import recipes
+
+    try:
+        if not recipes.check(adapter_name, hyperparameters):
+            adapter_of(adapter_name, hyperparameters)
+    except (ValueError, TypeError) as exc:
+        raise EngineInputError(f"model recipe rejected: {exc}") from exc
+
+
+def adapter_of(adapter_name: str, hyperparameters: dict[str, Any]) -> Any:
+    """An unfitted adapter of the recipe (loads PyTorch)."""
     from workers.unlearning import get_adapter
 
     try:
@@ -107,7 +119,7 @@ def recipe_under_policy(
 
 
 def fit(adapter_name: str, hyperparameters: dict[str, Any], data: LabelledData, seed: int) -> Any:
-    return check_recipe(adapter_name, hyperparameters).fit(data, seed)
+    return adapter_of(adapter_name, hyperparameters).fit(data, seed)
 
 
 def load_model(raw: bytes) -> Any:
@@ -311,10 +323,9 @@ def unlearn_verified(
 
 
 def is_approximate(method: str) -> bool:
-    from workers.unlearning.methods import METHODS
+    from workers.unlearning.recipes import METHOD_GUARANTEES  # torch-free: the API asks this
 
-    spec = METHODS.get(method)
-    return spec is not None and spec.guarantee == "approximate"
+    return METHOD_GUARANTEES.get(method) == "approximate"
 
 
 def qualify(adapter_name: str, hyperparameters: dict[str, Any], train: LabelledData,

@@ -116,4 +116,4 @@ def test_policy_epsilon_and_delta_reach_a_logreg_recipe_unless_it_sets_its_own()
     assert engine.recipe_under_policy("logreg", {"l2": 1e-3}, **policy) == {"l2": 1e-3, "epsilon": 0.5, "delta": 1e-6}
     assert engine.recipe_under_policy("logreg", {"epsilon": 2.0}, **policy)["epsilon"] == 2.0
     assert engine.recipe_under_policy("mlp", {"hidden": [8]}, **policy) == {"hidden": [8]}
-    assert engine.check_recipe("logreg", engine.recipe_under_policy("logreg", {}, **policy)).hyperparameters.epsilon == 0.5
+    assert engine.adapter_of("logreg", engine.recipe_under_policy("logreg", {}, **policy)).hyperparameters.epsilon == 0.5

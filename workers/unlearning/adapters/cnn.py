@@ -3,31 +3,12 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from ..recipes import CNNParams
 from .base import AdapterError, TorchClassifier
-
-
-@dataclass(frozen=True)
-class CNNParams:
-    channels: tuple[int, ...] = (16, 32)
-    hidden: int = 64
-    input_shape: tuple[int, ...] | None = None  # (C, H, W); inferred when omitted
-    epochs: int = 20
-    batch_size: int = 64
-    lr: float = 2e-3
-    weight_decay: float = 0.0
-    num_classes: int | None = None
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "channels", tuple(int(c) for c in self.channels))
-        if self.input_shape is not None:
-            object.__setattr__(self, "input_shape", tuple(int(s) for s in self.input_shape))
-            if len(self.input_shape) != 3:
-                raise ValueError("input_shape is (channels, height, width)")
 
 
 class CNNAdapter(TorchClassifier):

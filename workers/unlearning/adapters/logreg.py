@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -37,6 +36,7 @@ from torch import nn
 
 from .. import runtime
 from ..data import LabelledData
+from ..recipes import LogRegParams
 from .base import AdapterError, TorchClassifier
 
 # Bound on the third derivative of log-sum-exp (operator norm of the symmetric
@@ -47,36 +47,6 @@ from .base import AdapterError, TorchClassifier
 # over K <= 10 reaches the same value. It makes each row's loss Hessian
 # M3 * ||x||^3 Lipschitz in W.
 SOFTMAX_THIRD_DERIVATIVE_BOUND = math.sqrt(6.0) / 9.0
-
-
-@dataclass(frozen=True)
-class LogRegParams:
-    l2: float = 1e-3
-    max_iter: int = 300
-    tol: float = 1e-8
-    # None: derived at the first fit from epsilon, delta and residual_allowance.
-    noise_std: float | None = None
-    epsilon: float = 1.0
-    delta: float = 1e-4
-    residual_allowance: float = 0.15
-    unit_rows: bool = True
-    # Replaces the certificate's budget (the result is then not certified; for tests).
-    residual_budget: float | None = None
-    removal_cache: bool = True
-    # Used only when an approximate method fine-tunes this model by minibatches.
-    epochs: int = 10
-    batch_size: int = 256
-    lr: float = 1e-2
-    weight_decay: float = 0.0
-    num_classes: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.l2 <= 0:
-            raise ValueError("l2 must be > 0: removal needs a strongly convex objective")
-        if (self.noise_std is not None and self.noise_std < 0) or self.epsilon <= 0 or not 0 < self.delta < 1:
-            raise ValueError("noise_std >= 0, epsilon > 0 and 0 < delta < 1 are required")
-        if self.residual_allowance <= 0:
-            raise ValueError("residual_allowance must be > 0")
 
 
 def certificate_constant(delta: float) -> float:
