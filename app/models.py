@@ -15,6 +15,7 @@ from app.registry.models import (
     ModelArtifact,
     ModelVersion,
     RegisteredModel,
+    TemporaryModelSet,
 )
 from app.requests.models import DeletionRequest, RequestModelVersion, RequestRecord, RequestTransition
 from app.webhooks.models import WebhookAttempt, WebhookCursor, WebhookDelivery, WebhookEndpoint
@@ -22,6 +23,6 @@ from app.webhooks.models import WebhookAttempt, WebhookCursor, WebhookDelivery, 
 __all__ = [
     "ApiClient", "AuditEvent", "Base", "Certificate", "DashboardSession", "DataRecord", "Dataset", "DatasetSnapshot", "DrpAgent", "DrpCallback",
     "DeletionRequest", "JobRequest", "ModelArtifact", "ModelVersion", "OutboxMessage", "PendingAuditEvent",
-    "RegisteredModel", "RequestModelVersion", "RequestRecord", "RequestTransition", "SigningKey", "TreeHead",
+    "RegisteredModel", "RequestModelVersion", "RequestRecord", "RequestTransition", "SigningKey", "TemporaryModelSet", "TreeHead",
     "UnlearningJob", "WebhookAttempt", "WebhookCursor", "WebhookDelivery", "WebhookEndpoint",
 ]

@@ -40,7 +40,7 @@ import os
 import statistics
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -269,8 +269,11 @@ def main() -> None:
     started = time.perf_counter()
     if args.jobs > 1:
         with ProcessPoolExecutor(args.jobs) as pool:
-            results = list(pool.map(run_case, *zip(*cases, strict=True), [runs] * len(cases),
-                                    [args.quick] * len(cases), [calibration_runs] * len(cases)))
+            futures = [pool.submit(run_case, name, fraction, runs, args.quick, calibration_runs)
+                       for name, fraction in cases]
+            for future in as_completed(futures):  # each case as it finishes, as below
+                print(render([future.result()], args, time.perf_counter() - started, load), file=sys.stderr, flush=True)
+            results = [future.result() for future in futures]
     else:
         results = []
         for name, fraction in cases:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import random
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
@@ -52,6 +53,7 @@ TEMPORARY_MODELS = (
     "temporary_models, with the snapshot they were trained on, and audited)"
 )
 STORAGE = "worker memory only (never written to the artifact store or any file)"
+PURPOSE = "qualification"  # the temporary model sets' purpose in the registry (lineage lists them)
 
 
 def start(session: Session, model_name: str, *, method: str, band_min: int, band_max: int, runs: int,
@@ -213,6 +215,9 @@ def run(qualification_id: str) -> None:
                      "trained_on_records": len(trained_keys), "created_at": utcnow().isoformat(),
                      "models": None, "destroyed_at": None}
         study.temporary_models = temporary
+        # Lineage lists them (as holding the snapshot's records) from now until destroyed.
+        registry.open_temporary_models(session, model_id=model.id, snapshot_id=snapshot.id, purpose=PURPOSE,
+                                       reference_id=study.id, storage=STORAGE)
     try:
         data = engine.load_dataset(*source)
         train = data.select(sorted(trained_keys))
@@ -242,6 +247,8 @@ def _finish(qualification_id: str, report: dict[str, Any] | None, *, temporary: 
             return
         study.finished_at = utcnow()
         study.temporary_models = temporary
+        registry.close_temporary_models(session, PURPOSE, study.id, models=temporary["models"],
+                                        destroyed_at=datetime.fromisoformat(temporary["destroyed_at"]))
         if report is None:
             study.status, study.error = QualificationStatus.FAILED, error
         else:

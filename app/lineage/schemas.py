@@ -42,6 +42,21 @@ class ArtifactRef(BaseModel):
     state: str
 
 
+class TemporaryModelsRef(BaseModel):
+    """Models trained on a snapshot outside the registry's versions (a qualification study's
+    originals, retrains and unlearned models), never stored, destroyed when their purpose ended."""
+
+    id: str
+    model: str
+    purpose: str
+    reference_id: str = Field(description="what they were for, e.g. the qualification study's id")
+    snapshot_id: str
+    storage: str
+    models: dict[str, int] | None = Field(description="how many of each kind; null if the study failed before counting")
+    created_at: datetime
+    destroyed_at: datetime | None = Field(description="null while they exist (they then hold the snapshot's records)")
+
+
 class RecordLineage(BaseModel):
     record_id: int
     dataset: str
@@ -50,7 +65,9 @@ class RecordLineage(BaseModel):
     snapshots: list[SnapshotRef]
     model_versions: list[VersionRef]
     artifacts: list[ArtifactRef]
-    # True while any non-purged version or artifact was trained on the record.
+    temporary_models: list[TemporaryModelsRef] = Field(default_factory=list)
+    # True while any non-purged version or artifact, or any not yet destroyed temporary
+    # model, was trained on the record.
     still_contained: bool
 
 
@@ -71,7 +88,9 @@ class SourceLineage(BaseModel):
     record_count: int = Field(description="records of the dataset from this source")
     forgotten_count: int
     model_versions: list[SourceVersion] = Field(description="every version trained on one of them, purged included")
-    # True while any non-purged version or artifact was trained on one of the source's records.
+    temporary_models: list[TemporaryModelsRef] = Field(default_factory=list)
+    # True while any non-purged version or artifact, or any not yet destroyed temporary model,
+    # was trained on one of the source's records.
     still_contained: bool
 
 

@@ -39,6 +39,7 @@ from app.lineage.schemas import (
     SourceLineage,
     SourceVersion,
     SubjectLineage,
+    TemporaryModelsRef,
     VersionLineage,
     VersionRef,
 )
@@ -53,6 +54,7 @@ from app.registry.models import (
     ModelArtifact,
     ModelVersion,
     RegisteredModel,
+    TemporaryModelSet,
     VersionState,
 )
 
@@ -197,25 +199,42 @@ def _trained_on(session: Session, snapshot_ids: list[str], scope_models: list[st
     return _Trained(versions, artifact_refs)
 
 
-def _lineage_of(row: _Row, snapshots: list[SnapshotRef], trained: _Trained) -> RecordLineage:
+def _temporary_on(session: Session, snapshot_ids: list[str]) -> list[TemporaryModelsRef]:
+    """Temporary model sets (a qualification study's models) trained on any of the snapshots."""
+    if not snapshot_ids:
+        return []
+    found = session.execute(
+        select(TemporaryModelSet, RegisteredModel.name).join(RegisteredModel, RegisteredModel.id == TemporaryModelSet.model_id)
+        .where(TemporaryModelSet.snapshot_id.in_(snapshot_ids))
+        .order_by(TemporaryModelSet.created_at, TemporaryModelSet.id)
+    ).tuples()
+    return [TemporaryModelsRef(id=t.id, model=name, purpose=t.purpose, reference_id=t.reference_id,
+                               snapshot_id=t.snapshot_id, storage=t.storage, models=t.models, created_at=t.created_at,
+                               destroyed_at=t.destroyed_at) for t, name in found]
+
+
+def _lineage_of(row: _Row, snapshots: list[SnapshotRef], trained: _Trained,
+                temporary: list[TemporaryModelsRef]) -> RecordLineage:
     versions = [ref for ref, _, _ in trained.versions]
     live = any(v.state != VersionState.PURGED for v in versions) or any(
         a.state != VersionState.PURGED for a in trained.artifacts
-    )
+    ) or any(t.destroyed_at is None for t in temporary)
     return RecordLineage(record_id=row.id, dataset=row.dataset, record_key=row.record_key, state=row.state,
                          snapshots=snapshots, model_versions=versions, artifacts=trained.artifacts,
-                         still_contained=live)
+                         temporary_models=temporary, still_contained=live)
 
 
 def _lineages(session: Session, rows: list[_Row]) -> list[RecordLineage]:
     contains, refs = _containing(session, rows)
     trained = _trained_on(session, list(contains))
+    temporary = _temporary_on(session, list(contains))
     result = []
     for row in rows:
         mine = {sid for sid in refs if row.id in contains[sid]}
         versions = [(ref, model_id, via & mine) for ref, model_id, via in trained.versions if via & mine]
         parts = [a for a in trained.artifacts if a.snapshot_id in mine]
-        result.append(_lineage_of(row, [refs[sid] for sid in refs if sid in mine], _Trained(versions, parts)))
+        result.append(_lineage_of(row, [refs[sid] for sid in refs if sid in mine], _Trained(versions, parts),
+                                  [t for t in temporary if t.snapshot_id in mine]))
     return result
 
 
@@ -280,11 +299,12 @@ def source_lineage(session: Session, dataset_name: str, source: str) -> SourceLi
     for ref, _, via in trained.versions:
         held = set().union(*(contains[sid] for sid in via))
         versions.append(SourceVersion(**ref.model_dump(), record_count=len(held)))
+    temporary = _temporary_on(session, list(contains))
     live = any(v.state != VersionState.PURGED for v in versions) or any(
-        a.state != VersionState.PURGED for a in trained.artifacts)
+        a.state != VersionState.PURGED for a in trained.artifacts) or any(t.destroyed_at is None for t in temporary)
     return SourceLineage(dataset=dataset.name, source=source, record_count=len(rows),
                          forgotten_count=sum(1 for r in rows if r.state != "active"),
-                         model_versions=versions, still_contained=live)
+                         model_versions=versions, temporary_models=temporary, still_contained=live)
 
 
 @dataclass(frozen=True)

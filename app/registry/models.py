@@ -218,3 +218,23 @@ class ModelArtifact(Base):
     state: Mapped[str] = mapped_column(String(16), default=VersionState.ACTIVE)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     purged_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class TemporaryModelSet(Base):
+    """Models trained outside the registry's versions and destroyed when their purpose ends
+    (a qualification study's originals, retrains and unlearned models). They never had
+    stored bytes, but while they exist they hold every record of their training snapshot,
+    so lineage lists them beside the versions, and ``destroyed_at`` says when they went."""
+
+    __tablename__ = "temporary_model_sets"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    model_id: Mapped[str] = mapped_column(ForeignKey("registered_models.id"), index=True)
+    snapshot_id: Mapped[str] = mapped_column(ForeignKey("dataset_snapshots.id"), index=True)
+    purpose: Mapped[str] = mapped_column(String(32))  # e.g. "qualification"
+    reference_id: Mapped[str] = mapped_column(String(36), index=True)  # e.g. the study's id
+    storage: Mapped[str] = mapped_column(String(200))
+    # How many models of each kind; null until known (a study that failed midway never says).
+    models: Mapped[dict[str, Any] | None] = mapped_column(default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    destroyed_at: Mapped[datetime | None] = mapped_column(default=None, index=True)

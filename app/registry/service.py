@@ -29,6 +29,7 @@ from app.registry.models import (
     ModelVersion,
     RecordState,
     RegisteredModel,
+    TemporaryModelSet,
     VersionState,
 )
 from app.registry.policy import Method, StoredPolicy, UnlearningPolicy, known_adapters, method_fits_adapter
@@ -472,3 +473,24 @@ def purge_version(session: Session, version: ModelVersion, actor: str) -> ModelV
                                                 "deleted": len(deleted), "kept_shared": len(uris & shared),
                                                 "outside_store": len(outside)})
     return version
+
+
+def open_temporary_models(session: Session, *, model_id: str, snapshot_id: str, purpose: str, reference_id: str,
+                          storage: str) -> TemporaryModelSet:
+    """Record that models trained on ``snapshot_id`` are about to exist outside the registry's
+    versions (a qualification study's): lineage lists them, as still holding the snapshot's
+    records, until ``close_temporary_models`` says they were destroyed."""
+    found = TemporaryModelSet(model_id=model_id, snapshot_id=snapshot_id, purpose=purpose,
+                              reference_id=reference_id, storage=storage)
+    session.add(found)
+    session.flush()
+    return found
+
+
+def close_temporary_models(session: Session, purpose: str, reference_id: str, *, models: dict[str, Any] | None,
+                           destroyed_at: datetime) -> None:
+    """The temporary models of ``(purpose, reference_id)`` are gone (counted, when known)."""
+    for found in session.scalars(select(TemporaryModelSet).where(
+            TemporaryModelSet.purpose == purpose, TemporaryModelSet.reference_id == reference_id,
+            TemporaryModelSet.destroyed_at.is_(None))):
+        found.models, found.destroyed_at = models, destroyed_at

@@ -71,7 +71,7 @@ def test_a_study_is_queued_run_signed_and_listed_under_the_model(env, api, make_
     # destroyed when; the destruction is audited, and the signed report says the same.
     from app.audit.models import AuditEvent
     from app.registry import service as registry
-    from app.registry.models import ModelVersion
+    from app.registry.models import Dataset, ModelVersion
 
     def moment(text: str) -> datetime:
         return datetime.fromisoformat(text.replace("Z", "+00:00"))
@@ -89,6 +89,15 @@ def test_a_study_is_queued_run_signed_and_listed_under_the_model(env, api, make_
         [destroyed] = session.query(AuditEvent).filter_by(action="qualification.temporary_models_destroyed",
                                                           entity_id=study["id"]).all()
         assert destroyed.payload == temporary
+        some_key = sorted(registry.snapshot_record_keys(session, snapshot))[0]
+        dataset_name = session.get(Dataset, snapshot.dataset_id).name
+    # Lineage lists them beside the versions: what they were for, how many, when destroyed.
+    lineage = api.get(f"/v1/lineage/records/{dataset_name}/{some_key}", headers=ml.headers).json()
+    [held] = [t for t in lineage["temporary_models"] if t["reference_id"] == study["id"]]
+    assert held["purpose"] == "qualification" and held["model"] == "digits-mlp"
+    assert held["snapshot_id"] == temporary["snapshot_id"] and held["models"] == temporary["models"]
+    assert moment(held["destroyed_at"]) == moment(temporary["destroyed_at"])
+    assert held["storage"] == temporary["storage"]
 
 
 @pytest.mark.slow

@@ -214,3 +214,49 @@ def test_import_version_over_http_checks_artifacts(api, make_client, backend):
         "snapshot_id": snap.id, "artifacts": [{"uri": uri, "sha256": digest}], "metrics": {"accuracy": 0.9}})
     assert ok.status_code == 201, ok.text
     assert ok.json()["origin"] == "imported" and ok.json()["number"] == 1 and ok.json()["artifact_sha256"] == digest
+
+
+def test_temporary_models_are_in_lineage_and_hold_the_records_until_destroyed(api, make_client, backend):
+    """A qualification study's in-memory models trained on a snapshot: record, subject and
+    source lineage list them, and while they are not destroyed the records are still
+    contained (even with no model version at all); once closed they are history."""
+    from app.core.database import session_scope, utcnow
+    from app.registry import service
+
+    ingested("ds", rows(12))
+    with session_scope() as session:
+        dataset = service.get_dataset(session, "ds")
+        model = service.register_model(session, name="m", adapter="mlp", hyperparameters={}, dataset_name="ds",
+                                       policy=None, actor="t")
+        snapshot = service.create_snapshot(session, dataset.id)
+        snapshot_id, model_id = snapshot.id, model.id
+        service.open_temporary_models(session, model_id=model_id, snapshot_id=snapshot_id, purpose="qualification",
+                                      reference_id="study-1", storage="worker memory only")
+    reader, admin = make_client("ml"), make_client("admin")
+    record = api.get("/v1/lineage/records/ds/r00004", headers=reader.headers).json()
+    assert record["model_versions"] == [] and record["still_contained"] is True
+    [held] = record["temporary_models"]
+    assert held["purpose"] == "qualification" and held["reference_id"] == "study-1" and held["model"] == "m"
+    assert held["snapshot_id"] == snapshot_id and held["destroyed_at"] is None and held["models"] is None
+    subject = api.post("/v1/lineage/subjects", json={"identifier_type": "email", "identifier": "person4@example.org"},
+                       headers=admin.headers).json()
+    assert subject["still_contained"] and subject["records"][0]["temporary_models"][0]["reference_id"] == "study-1"
+
+    counts = {"retrain_reference": 4, "retrain_ceiling": 4, "original": 4, "unlearned": 4}
+    with session_scope() as session:
+        service.close_temporary_models(session, "qualification", "study-1", models=counts, destroyed_at=utcnow())
+    record = api.get("/v1/lineage/records/ds/r00004", headers=reader.headers).json()
+    [held] = record["temporary_models"]
+    assert held["destroyed_at"] is not None and held["models"] == counts and record["still_contained"] is False
+    with session_scope() as session:
+        # A later snapshot without the record: a set trained on it says nothing about r00004.
+        ids = service.record_ids_for_keys(session, service.get_dataset(session, "ds"), ["r00004"])
+        service.mark_records_forgotten(session, ids.values(), actor="t")
+        later = service.create_snapshot(session, service.get_dataset(session, "ds").id)
+        service.open_temporary_models(session, model_id=model_id, snapshot_id=later.id, purpose="qualification",
+                                      reference_id="study-2", storage="worker memory only")
+    record = api.get("/v1/lineage/records/ds/r00004", headers=reader.headers).json()
+    assert [t["reference_id"] for t in record["temporary_models"]] == ["study-1"] and not record["still_contained"]
+    other = api.get("/v1/lineage/records/ds/r00005", headers=reader.headers).json()
+    assert [t["reference_id"] for t in other["temporary_models"]] == ["study-1", "study-2"]
+    assert other["still_contained"]
