@@ -30,12 +30,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, delete, event, exists, insert, or_, select, text
+from sqlalchemy import ColumnElement, delete, event, exists, or_, select, text
 from sqlalchemy.orm import Session
 
 from app.audit import nodes
 from app.audit.models import AuditEvent, PendingAuditEvent
-from app.core.database import get_sessionmaker, utcnow
+from app.core.database import get_sessionmaker, insert_rows, utcnow
 from app.core.hashing import canonical_json, sha256_hex
 
 GENESIS_HASH = "0" * 64
@@ -138,7 +138,7 @@ def record_many(session: Session, events: list[Event]) -> None:
     if not events:
         return
     now = utcnow()
-    session.execute(insert(PendingAuditEvent), [
+    insert_rows(session, PendingAuditEvent.__table__, [
         {"occurred_at": now, "actor": e.actor, "action": e.action, "entity_type": e.entity_type,
          "entity_id": str(e.entity_id), "payload": e.payload}
         for e in events

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Engine, MetaData, String, create_engine, event
+from sqlalchemy import JSON, DateTime, Engine, MetaData, String, Table, create_engine, event, insert, text
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
@@ -110,3 +111,47 @@ def session_scope() -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+def insert_rows(
+    session: Session, table: Table, rows: Sequence[dict[str, Any]], *, skip_conflicts: bool = False,
+    returning: str | None = None,
+) -> list[Any]:
+    """Insert many rows (all with the same keys) in one statement; with ``returning``, the named
+    column of each row written. ``skip_conflicts``: ON CONFLICT DO NOTHING (a row that conflicts
+    is not written and not returned).
+
+    On PostgreSQL the rows travel as one JSON parameter expanded by ``json_populate_recordset``:
+    a thousand rows are one round trip with one bind, where a multi-row VALUES statement has
+    tens of thousands of parameters to render and convert and an executemany sends a statement
+    per row. Datetimes must be timezone-aware (ISO 8601 with offset). SQLite: an executemany."""
+    if not rows:
+        return []
+    columns = list(rows[0])
+    if session.get_bind().dialect.name == "postgresql":
+        names = ", ".join(f'"{column}"' for column in columns)
+        sql = (f'INSERT INTO "{table.name}" ({names}) SELECT {names} '
+               f'FROM json_populate_recordset(NULL::"{table.name}", CAST(:rows AS json))')
+        if skip_conflicts:
+            sql += " ON CONFLICT DO NOTHING"
+        if returning is not None:
+            sql += f' RETURNING "{returning}"'
+        result = session.execute(text(sql), {"rows": json.dumps(rows, default=_json_value, separators=(",", ":"))})
+        return list(result.scalars()) if returning is not None else []
+    statement: Any = insert(table)
+    if skip_conflicts:
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        statement = sqlite_insert(table).on_conflict_do_nothing()
+    if returning is not None:
+        return list(session.scalars(statement.returning(table.c[returning]), list(rows)))
+    session.execute(statement, list(rows))
+    return []
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            raise ValueError("naive datetimes are not stored; use timezone-aware UTC")
+        return value.astimezone(UTC).isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")

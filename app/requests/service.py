@@ -17,13 +17,13 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import Select, insert, or_, select, tuple_
+from sqlalchemy import Select, or_, select, tuple_
 from sqlalchemy.orm import Session
 
 from app.audit import service as audit
 from app.core.auth import ApiClient
 from app.core.config import get_settings
-from app.core.database import new_id, utcnow
+from app.core.database import insert_rows, new_id, utcnow
 from app.core.errors import (
     Conflict,
     Forbidden,
@@ -311,9 +311,8 @@ def _write(session: Session, client: ApiClient, planned: list[_Planned]) -> list
     same key or external_ref writes nothing more and is answered with the winner's request."""
     if not planned:
         return []
-    table = DeletionRequest.__table__
-    inserted = set(session.scalars(
-        _insert_or_nothing(session, table).returning(table.c.id), [_columns(p.request) for p in planned]))
+    inserted = set(insert_rows(session, DeletionRequest.__table__, [_columns(p.request) for p in planned],
+                               skip_conflicts=True, returning="id"))
     outcomes: dict[int, Submission | UnlearndError] = {}
     winners = [p for p in planned if p.request.id in inserted]
     losers = [p for p in planned if p.request.id not in inserted]
@@ -332,16 +331,11 @@ def _write(session: Session, client: ApiClient, planned: list[_Planned]) -> list
             outcomes[id(p)] = _replay(earlier, request.request_hash, request.idempotency_key)
         except Conflict as conflict:
             outcomes[id(p)] = conflict
-    steps = [_columns(step, skip=("id",)) for p in winners for step in p.steps]
-    if steps:
-        session.execute(insert(RequestTransition), steps)
-    records = [{"request_id": p.request.id, "record_id": rid} for p in winners for rid in p.record_ids]
-    if records:
-        session.execute(insert(RequestRecord), records)
-    versions = [{"request_id": p.request.id, "version_id": v.id, "model_id": v.model_id}
-                for p in winners for v in p.versions]
-    if versions:
-        session.execute(insert(RequestModelVersion), versions)
+    insert_rows(session, RequestTransition.__table__, [_columns(step, skip=("id",)) for p in winners for step in p.steps])
+    insert_rows(session, RequestRecord.__table__,
+                [{"request_id": p.request.id, "record_id": rid} for p in winners for rid in p.record_ids])
+    insert_rows(session, RequestModelVersion.__table__, [{"request_id": p.request.id, "version_id": v.id,
+                                                          "model_id": v.model_id} for p in winners for v in p.versions])
     # Every completed request's certificate order goes in one outbox message: a batch of a
     # thousand is one hand-off to the broker after commit, not a thousand.
     completed = [p.request.id for p in winners if p.request.status == S.COMPLETED]
@@ -367,15 +361,6 @@ def _write(session: Session, client: ApiClient, planned: list[_Planned]) -> list
         for p in winners:
             log.info("deletion request received", extra={"deletion_request": p.request.id, "status": p.request.status})
     return [outcomes[id(p)] for p in planned]
-
-
-def _insert_or_nothing(session: Session, table: Any) -> Any:
-    """INSERT ... ON CONFLICT DO NOTHING in the session's dialect (PostgreSQL or SQLite)."""
-    if session.get_bind().dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as dialect_insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert as dialect_insert
-    return dialect_insert(table).on_conflict_do_nothing()
 
 
 def _columns(row: Any, skip: tuple[str, ...] = ()) -> dict[str, Any]:
