@@ -7,6 +7,13 @@ like every other problem the API sends, and still close the connection (the stre
 be trusted after a parse error). ``unlearnd serve`` and ``unlearnd run`` pass
 ``ProblemHTTPProtocol`` to uvicorn; with plain uvicorn, ``--http app.core.http_protocol:ProblemHTTPProtocol``.
 
+uvicorn also answers ``500`` itself, in ``text/plain``, when the application raises before
+starting a response (an exception that escapes every handler, or a ``BaseException``) or
+returns without starting one. Both protocols wrap the application they are given in
+``ProblemGuard``, the outermost layer, which sends that answer as a problem document first:
+``503`` with ``Retry-After`` when the database was unreachable, else ``500``, with
+``Connection: close`` either way. uvicorn's own path is then never taken.
+
 Only the API process imports this module (it imports uvicorn).
 """
 
@@ -14,11 +21,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+from typing import Any
 
 import h11
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from app.core.problems import PROBLEM_BASE, PROBLEM_MEDIA_TYPE
+from app.core.inputs import send_problem
+from app.core.problems import PROBLEM_BASE, PROBLEM_MEDIA_TYPE, RETRY_AFTER_SECONDS
+from app.core.transient import is_unavailable
+
+log = logging.getLogger("unlearnd.http")
 
 MALFORMED_DETAIL = "the request is not valid HTTP/1.1 (request line, header or body framing); it was not processed"
 
@@ -31,7 +45,68 @@ def malformed_request_body() -> bytes:
     }).encode()
 
 
+class ProblemGuard:
+    """The outermost ASGI layer: no request ends in uvicorn's text/plain 500.
+
+    An exception that escapes the application before a response started is answered with a
+    problem document (503 + ``Retry-After`` if the database was unavailable, else 500) and
+    logged; a ``BaseException`` (cancellation, interpreter exit) is answered the same way and
+    then re-raised. An application that returns without starting a response gets the 500
+    problem. Once a response has started, nothing can be sent in its place: uvicorn closes
+    the connection, as it would have."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracked(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except Exception as error:
+            if started:
+                raise
+            log.exception("an error escaped the application", extra={"path": scope.get("path")})
+            await _send_failure(scope, send, error)
+            return
+        except BaseException as error:
+            if not started:
+                await _send_failure(scope, send, error)
+            raise
+        if not started:
+            log.error("the application returned without a response", extra={"path": scope.get("path")})
+            await _send_failure(scope, send, None)
+
+
+async def _send_failure(scope: Scope, send: Send, error: BaseException | None) -> None:
+    close = (b"connection", b"close")
+    if error is not None and is_unavailable(error):
+        await send_problem(
+            scope, send, status=503, slug="service-unavailable", title="Service unavailable",
+            detail="the database is unavailable or busy; retry the request (with the same Idempotency-Key)",
+            headers=[(b"retry-after", str(RETRY_AFTER_SECONDS).encode()), close],
+        )
+        return
+    await send_problem(
+        scope, send, status=500, slug="internal-error", title="Internal error",
+        detail="An unexpected error occurred; it has been logged with the request id.", headers=[close],
+    )
+
+
 class ProblemH11Protocol(H11Protocol):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.app = ProblemGuard(self.app)
+
     def send_400_response(self, msg: str) -> None:
         body = malformed_request_body()
         headers = [
@@ -53,6 +128,10 @@ except ImportError:  # pragma: no cover - httptools comes with uvicorn[standard]
 else:
 
     class ProblemHttpToolsProtocol(HttpToolsProtocol):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.app = ProblemGuard(self.app)
+
         def send_400_response(self, msg: str) -> None:
             body = malformed_request_body()
             head = [b"HTTP/1.1 400 Bad Request\r\n"]
