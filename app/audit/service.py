@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -180,6 +180,14 @@ def append(
     payload: dict[str, Any] | None = None,
 ) -> AuditEvent:
     """Append to the chain now (holding the writer lock until commit) and return the event."""
+    return append_many(session, [
+        {"actor": actor, "action": action, "entity_type": entity_type, "entity_id": entity_id, "payload": payload}
+    ])[0]
+
+
+def append_many(session: Session, entries: Sequence[dict[str, Any]]) -> list[AuditEvent]:
+    """``append`` for several events at once (keys as ``append`` takes them), in order: one
+    lock, one read of the chain's end, one multi-row insert and one extension of the tree."""
     lock_chain(session)
     seal_pending(session)
     if not session.info.get(_NOTIFY_AFTER_COMMIT):
@@ -187,9 +195,17 @@ def append(
         event.listen(session, "after_commit", _notify_after_commit, once=True)
         event.listen(session, "after_rollback", _forget_notify, once=True)
     last = _last(session)
-    item = _append(session, last, utcnow(), actor, action, entity_type, str(entity_id), payload or {})
-    nodes.extend(session, item.seq - 1, [item.hash])
-    return item
+    size = last.seq if last else 0
+    items: list[AuditEvent] = []
+    for entry in entries:
+        last = _append(
+            session, last, utcnow(), entry["actor"], entry["action"], entry["entity_type"], str(entry["entity_id"]),
+            entry.get("payload") or {}, flush=False,
+        )
+        items.append(last)
+    nodes.extend(session, size, [item.hash for item in items])
+    session.flush()
+    return items
 
 
 def seal_pending(session: Session, *, limit: int = 5000) -> int:

@@ -5,6 +5,8 @@ the artifacts that were purged. Hashes and ids only; no record key or subject le
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -40,6 +42,52 @@ def _iso(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat()
 
 
+@dataclass
+class Gathered:
+    """What the certificates of several requests state about them, read in a few set-based
+    reads (``gather``) instead of a dozen reads per request. Holding the loaded rows here also
+    keeps them in the session's identity map, so ``session.get`` of them costs no read."""
+
+    records: dict[str, list[tuple[int, str, str]]]  # request: (record id, key, content hash)
+    version_ids: dict[str, list[str]]
+    jobs: dict[str, list[UnlearningJob]]  # request: its succeeded jobs
+    versions: dict[str, ModelVersion]
+    models: dict[str, RegisteredModel]
+    purged: dict[str, list[ModelArtifact]]  # version: its purged artifacts
+    erasures: dict[str, tuple[list[Any], list[str]]]  # request: erasures_of its records
+
+
+def gather(session: Session, request_ids: Sequence[str]) -> Gathered:
+    ids = list(request_ids)
+    records = requests.records_of_each(session, ids)
+    version_ids = requests.version_ids_of_each(session, ids)
+    jobs: dict[str, list[UnlearningJob]] = {request_id: [] for request_id in ids}
+    for request_id, job in session.execute(
+        select(JobRequest.request_id, UnlearningJob)
+        .join(UnlearningJob, UnlearningJob.id == JobRequest.job_id)
+        .where(JobRequest.request_id.in_(ids), UnlearningJob.status == JobStatus.SUCCEEDED)
+    ).tuples():
+        jobs[request_id].append(job)
+    wanted = {v for found in version_ids.values() for v in found}
+    for found in jobs.values():
+        wanted |= {v for job in found for v in (job.base_version_id, job.result_version_id) if v}
+    versions = {v.id: v for v in session.scalars(select(ModelVersion).where(ModelVersion.id.in_(sorted(wanted))))}
+    model_ids = {v.model_id for v in versions.values()} | {job.model_id for found in jobs.values() for job in found}
+    models_ = {m.id: m for m in session.scalars(select(RegisteredModel).where(RegisteredModel.id.in_(sorted(model_ids))))}
+    affected = sorted({v for found in version_ids.values() for v in found})
+    purged: dict[str, list[ModelArtifact]] = defaultdict(list)
+    for artifact in session.scalars(select(ModelArtifact).where(
+        ModelArtifact.version_id.in_(affected),
+        or_(ModelArtifact.state == VersionState.PURGED, ModelArtifact.purged_at.is_not(None)),
+    )):
+        purged[artifact.version_id].append(artifact)
+    erasures = registry.erasures_of_each(
+        session, {request_id: [record_id for record_id, _, _ in found] for request_id, found in records.items()}
+    )
+    return Gathered(records=records, version_ids=version_ids, jobs=jobs, versions=versions, models=models_,
+                    purged=purged, erasures=erasures)
+
+
 def request_facts(request: DeletionRequest) -> dict[str, Any]:
     return {
         "id": request.id,
@@ -59,8 +107,8 @@ def request_facts(request: DeletionRequest) -> dict[str, Any]:
     }
 
 
-def forgotten_records(session: Session, request_id: str) -> dict[str, Any]:
-    rows = requests.record_keys_and_hashes(session, request_id)
+def forgotten_records(gathered: Gathered, request_id: str) -> dict[str, Any]:
+    rows = sorted((key, content) for _, key, content in gathered.records[request_id])
     return {
         "count": len(rows),
         "merkle_root": merkle.root([leaf_hash(key, content) for key, content in rows]).hex(),
@@ -74,14 +122,10 @@ def _version_ref(version: ModelVersion | None) -> dict[str, Any] | None:
     return {"id": version.id, "number": version.number, "state": version.state, "artifact_sha256": version.artifact_sha256}
 
 
-def _purged_artifacts(session: Session, version: ModelVersion) -> list[dict[str, Any]]:
-    query = select(ModelArtifact).where(
-        ModelArtifact.version_id == version.id,
-        or_(ModelArtifact.state == VersionState.PURGED, ModelArtifact.purged_at.is_not(None)),
-    )
+def _purged_artifacts(gathered: Gathered, version: ModelVersion) -> list[dict[str, Any]]:
     purged = [
         {"kind": a.kind, "shard": a.shard, "slice": a.slice, "sha256": a.sha256}
-        for a in session.scalars(query)
+        for a in gathered.purged.get(version.id, [])
     ]
     whole = version.artifact_sha256
     if version.state == VersionState.PURGED and whole and all(a["sha256"] != whole for a in purged):
@@ -150,9 +194,9 @@ def lineage_proofs(session: Session, request_id: str, base: ModelVersion | None,
     return blocks
 
 
-def _unlearning(session: Session, job: UnlearningJob, request_id: str) -> dict[str, Any]:
-    base = session.get(ModelVersion, job.base_version_id) if job.base_version_id else None
-    result = session.get(ModelVersion, job.result_version_id) if job.result_version_id else None
+def _unlearning(session: Session, gathered: Gathered, job: UnlearningJob, request_id: str) -> dict[str, Any]:
+    base = gathered.versions.get(job.base_version_id) if job.base_version_id else None
+    result = gathered.versions.get(job.result_version_id) if job.result_version_id else None
     report = job.report or {}
     guarantee = report.get("guarantee") or "approximate"
     described = {
@@ -181,33 +225,29 @@ def _unlearning(session: Session, job: UnlearningJob, request_id: str) -> dict[s
     return described
 
 
-def models(session: Session, request_id: str) -> list[dict[str, Any]]:
+def models(session: Session, gathered: Gathered, request_id: str) -> list[dict[str, Any]]:
     """Per model: the versions the request resolved to (with what was purged of them) and
     the succeeded jobs that unlearned it."""
     affected: dict[str, list[ModelVersion]] = defaultdict(list)
-    version_ids = requests.version_ids_of(session, request_id)
-    for version in session.scalars(select(ModelVersion).where(ModelVersion.id.in_(version_ids))):
-        affected[version.model_id].append(version)
+    for version_id in dict.fromkeys(gathered.version_ids[request_id]):
+        version = gathered.versions.get(version_id)
+        if version is not None:
+            affected[version.model_id].append(version)
     jobs: dict[str, list[UnlearningJob]] = defaultdict(list)
-    query = (
-        select(UnlearningJob)
-        .join(JobRequest, JobRequest.job_id == UnlearningJob.id)
-        .where(JobRequest.request_id == request_id, UnlearningJob.status == JobStatus.SUCCEEDED)
-    )
-    for job in session.scalars(query):
+    for job in gathered.jobs[request_id]:
         jobs[job.model_id].append(job)
     described = []
     for model_id in sorted(set(affected) | set(jobs)):
-        model = session.get(RegisteredModel, model_id)
+        model = gathered.models.get(model_id)
         described.append(
             {
                 "model_id": model_id,
                 "model_name": model.name if model else "",
                 "affected_versions": [
-                    {"version": _version_ref(v), "purged_artifacts": _purged_artifacts(session, v)}
+                    {"version": _version_ref(v), "purged_artifacts": _purged_artifacts(gathered, v)}
                     for v in sorted(affected[model_id], key=lambda v: v.number)
                 ],
-                "unlearning": [_unlearning(session, j, request_id)
+                "unlearning": [_unlearning(session, gathered, j, request_id)
                                for j in sorted(jobs[model_id], key=lambda j: j.created_at)],
             }
         )
@@ -244,15 +284,20 @@ def non_inclusion(session: Session, request: DeletionRequest) -> dict[str, Any]:
     }
 
 
-def already_forgotten(session: Session, request: DeletionRequest) -> dict[str, Any] | None:
+def already_forgotten(session: Session, request: DeletionRequest,
+                      issuing: dict[str, str] | None = None) -> dict[str, Any] | None:
     """Records the request named that an earlier request had already forgotten, and where
-    that was proven (its certificate, once issued)."""
+    that was proven (its certificate, once issued; ``issuing``: request id to certificate id
+    of certificates being issued in the same transaction)."""
     earlier = (request.affected or {}).get("already_forgotten")
     if not earlier:
         return None
     certificates = dict(session.execute(
         select(Certificate.request_id, Certificate.id).where(Certificate.request_id.in_(earlier["earlier_request_ids"]))
     ).tuples().all())
+    for request_id in earlier["earlier_request_ids"]:
+        if request_id != request.id and request_id in (issuing or {}):
+            certificates.setdefault(request_id, issuing[request_id])
     return {
         "record_count": earlier["record_count"],
         "earlier": [{"request_id": rid, "certificate_id": certificates.get(rid)} for rid in earlier["earlier_request_ids"]],
@@ -282,14 +327,13 @@ def _selection(selector: dict[str, Any]) -> str:
     return ", ".join(words)
 
 
-def training_data(session: Session, request: DeletionRequest) -> list[dict[str, Any]] | None:
+def training_data(gathered: Gathered, request: DeletionRequest) -> list[dict[str, Any]] | None:
     """Per dataset, what became of the request's rows in the dataset file itself: rewritten out
     of a managed file (old and new file sha256), left to an external owner to redact, or still
     there while other open requests touch the dataset. None when the request forgot no record."""
-    record_ids = requests.record_ids_of(session, request.id)
-    if not record_ids or request.outcome not in (None, RequestOutcome.FORGOTTEN.value):
+    if not gathered.records[request.id] or request.outcome not in (None, RequestOutcome.FORGOTTEN.value):
         return None
-    erasures, waiting = registry.erasures_of(session, record_ids)
+    erasures, waiting = gathered.erasures[request.id]
     described: list[dict[str, Any]] = []
     for erasure in erasures:
         if erasure.status == "external":

@@ -8,16 +8,17 @@ verifier holding only the file and the public key can then check every link.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import exists, select
 from sqlalchemy.orm import Session
 
 from app import __version__
 from app.audit import service as audit
 from app.audit.events import published_event
 from app.audit.keys import ensure_current_key
-from app.audit.tree import inclusion_proof, published_head, sign_tree_head
+from app.audit.tree import inclusion_proofs, published_head, sign_tree_head
 from app.certificates import evidence
 from app.certificates.document import CERTIFICATE_TYPE, SCHEMA_VERSION, content_digest, envelope_bytes
 from app.certificates.models import Certificate
@@ -26,6 +27,7 @@ from app.core.database import new_id, utcnow
 from app.core.errors import Conflict, Forbidden, NotFound
 from app.core.hashing import canonical_json
 from app.core.signing import jws_sign
+from app.jobs.models import JobRequest, JobStatus, UnlearningJob
 from app.registry import service as registry
 from app.requests import service as requests
 from app.requests.models import DeletionRequest, RequestStatus
@@ -44,11 +46,12 @@ def certificate_jws(session: Session, certificate: Certificate) -> str:
     return jws_sign(ensure_current_key(session), certificate_file(certificate))
 
 
-def _content(session: Session, request: DeletionRequest, certificate_id: str, key_id: str) -> dict[str, Any]:
-    records = evidence.forgotten_records(session, request.id)
-    described = evidence.models(session, request.id)
+def _content(session: Session, gathered: evidence.Gathered, request: DeletionRequest, certificate_id: str,
+             key_id: str, *, batch: dict[str, str] | None = None) -> dict[str, Any]:
+    records = evidence.forgotten_records(gathered, request.id)
+    described = evidence.models(session, gathered, request.id)
     facts = evidence.request_facts(request)
-    training_data = evidence.training_data(session, request)
+    training_data = evidence.training_data(gathered, request)
     return {
         "type": CERTIFICATE_TYPE,
         "schema_version": SCHEMA_VERSION,
@@ -60,7 +63,7 @@ def _content(session: Session, request: DeletionRequest, certificate_id: str, ke
         "forgotten_records": records,
         "models": described,
         "non_inclusion": evidence.non_inclusion(session, request) if facts["outcome"] == "no_data_found" else None,
-        "already_forgotten": evidence.already_forgotten(session, request),
+        "already_forgotten": evidence.already_forgotten(session, request, issuing=batch),
         "lineage_check": evidence.lineage_check(request),
         "claim": evidence.claim(request, records, described, training_data),
         **({"training_data": training_data} if training_data else {}),
@@ -70,38 +73,68 @@ def _content(session: Session, request: DeletionRequest, certificate_id: str, ke
 def issue_certificate(session: Session, request_id: str, *, actor: str = "system") -> Certificate:
     """The request's certificate, issued now if it has none. Idempotent, also across processes:
     the existence check runs under the audit chain's writer lock."""
+    return issue_certificates(session, [request_id], actor=actor)[0]
+
+
+def issue_certificates(session: Session, request_ids: Sequence[str], *, actor: str = "system") -> list[Certificate]:
+    """The certificates of several requests (one per request, in the order first named),
+    issuing those they lack in one go: each gets its own ``certificate.issued`` event and
+    inclusion proof, and one tree head, signed after the last of these events, anchors them all. Every certificate
+    states exactly what ``issue_certificate`` would have it state alone (an earlier request
+    of the same batch is named with its certificate id, as it would be once issued).
+    Idempotent like ``issue_certificate``; a request that cannot be certified (unknown, not
+    completed) refuses the whole batch."""
+    wanted = list(dict.fromkeys(request_ids))
     audit.lock_chain(session)
-    existing = session.scalar(select(Certificate).where(Certificate.request_id == request_id))
-    if existing is not None:
-        return existing
-    request = session.get(DeletionRequest, request_id)
-    if request is None:
-        raise NotFound(f"no deletion request {request_id}")
-    if request.status != RequestStatus.COMPLETED:
-        raise Conflict(
-            f"a certificate is issued when the request completes; it is '{request.status}'", field="status"
-        )
+    existing = {c.request_id: c for c in session.scalars(select(Certificate).where(Certificate.request_id.in_(wanted)))}
+    missing = [rid for rid in wanted if rid not in existing]
+    if missing:
+        found = {r.id: r for r in session.scalars(select(DeletionRequest).where(DeletionRequest.id.in_(missing)))}
+        for request_id in missing:
+            request = found.get(request_id)
+            if request is None:
+                raise NotFound(f"no deletion request {request_id}")
+            if request.status != RequestStatus.COMPLETED:
+                raise Conflict(
+                    f"a certificate is issued when the request completes; it is '{request.status}'", field="status"
+                )
+        existing.update(_issue(session, [found[rid] for rid in missing], actor))
+    return [existing[rid] for rid in wanted]
+
+
+def _issue(session: Session, requests_: list[DeletionRequest], actor: str) -> dict[str, Certificate]:
     signer = ensure_current_key(session, actor=actor)
-    certificate_id = new_id()
-    document = _content(session, request, certificate_id, signer.key_id)
-    event = audit.append(
-        session, actor=actor, action="certificate.issued", entity_type="certificate", entity_id=certificate_id,
-        payload={"certificate_id": certificate_id, "request_id": request.id, "content_sha256": content_digest(document)},
-    )
+    certificate_ids = {request.id: new_id() for request in requests_}
+    gathered = evidence.gather(session, list(certificate_ids))
+    documents = [
+        _content(session, gathered, request, certificate_ids[request.id], signer.key_id, batch=certificate_ids)
+        for request in requests_
+    ]
+    events = audit.append_many(session, [
+        {"actor": actor, "action": "certificate.issued", "entity_type": "certificate",
+         "entity_id": certificate_ids[request.id],
+         "payload": {"certificate_id": certificate_ids[request.id], "request_id": request.id,
+                     "content_sha256": content_digest(document)}}
+        for request, document in zip(requests_, documents, strict=True)
+    ])
     head = sign_tree_head(session)
-    proof = inclusion_proof(session, event.seq, head.tree_size)
-    document["anchor"] = {
-        "event": published_event(event),
-        "inclusion_proof": {"leaf_index": proof.leaf_index, "tree_size": proof.tree_size, "audit_path": proof.audit_path},
-        "tree_head": published_head(head),
-    }
-    certificate = Certificate(
-        id=certificate_id, request_id=request.id, document=document,
-        signature=signer.sign(canonical_json(document)), key_id=signer.key_id, issued_at=utcnow(),
-    )
-    session.add(certificate)
+    published = published_head(head)
+    proofs = inclusion_proofs(session, [event.seq for event in events], head.tree_size)
+    issued = {}
+    for request, document, event, proof in zip(requests_, documents, events, proofs, strict=True):
+        document["anchor"] = {
+            "event": published_event(event),
+            "inclusion_proof": {"leaf_index": proof.leaf_index, "tree_size": proof.tree_size,
+                                "audit_path": proof.audit_path},
+            "tree_head": dict(published),
+        }
+        issued[request.id] = Certificate(
+            id=certificate_ids[request.id], request_id=request.id, document=document,
+            signature=signer.sign(canonical_json(document)), key_id=signer.key_id, issued_at=utcnow(),
+        )
+    session.add_all(issued.values())
     session.flush()
-    return certificate
+    return issued
 
 
 def certificate_for(session: Session, request_id: str, viewer: ApiClient) -> Certificate | None:
@@ -126,3 +159,45 @@ def waits_for_erasure(session: Session, request_id: str) -> bool:
 
 def requests_missing_certificates(session: Session, *, limit: int = 100) -> list[str]:
     return requests.completed_excluding(session, select(Certificate.request_id), limit=limit)
+
+
+# Certificates issued in one transaction at most: the chain lock is held while their evidence
+# is gathered, so this bounds how long an ``audit.append`` elsewhere can wait for it.
+ISSUE_BATCH = 50
+
+
+def certificate_ids_of(session: Session, request_ids: Sequence[str]) -> dict[str, str]:
+    """Request id to certificate id, for those of the requests already certified (no lock: a
+    certificate is never withdrawn)."""
+    return dict(session.execute(
+        select(Certificate.request_id, Certificate.id).where(Certificate.request_id.in_(list(request_ids)))
+    ).tuples().all())
+
+
+def ready_to_issue(session: Session, request_ids: Sequence[str]) -> list[str]:
+    """Those of the requests whose certificate is not waiting for an erasure."""
+    awaiting = registry.requests_awaiting_erasure(session)
+    return [request_id for request_id in request_ids if request_id not in awaiting]
+
+
+def issue_batch_for(session: Session, request_id: str, *, limit: int = ISSUE_BATCH) -> list[str]:
+    """The request and the other completed requests that a succeeded job unlearned with it and
+    that still lack a certificate: completed together, so certified together (their own
+    certificate orders then find their certificates issued). Those waiting for an erasure
+    are left out, the given request included."""
+    siblings = session.scalars(
+        select(DeletionRequest.id)
+        .join(JobRequest, JobRequest.request_id == DeletionRequest.id)
+        .where(
+            JobRequest.job_id.in_(
+                select(JobRequest.job_id).join(UnlearningJob, UnlearningJob.id == JobRequest.job_id)
+                .where(JobRequest.request_id == request_id, UnlearningJob.status == JobStatus.SUCCEEDED)
+            ),
+            DeletionRequest.id != request_id,
+            DeletionRequest.status == RequestStatus.COMPLETED,
+            ~exists().where(Certificate.request_id == DeletionRequest.id),
+        )
+        .order_by(DeletionRequest.completed_at, DeletionRequest.id)
+        .limit(limit - 1)
+    )
+    return ready_to_issue(session, [request_id, *dict.fromkeys(siblings)])

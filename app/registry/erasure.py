@@ -314,23 +314,36 @@ def destroy_expired(session: Session, now: datetime) -> int:
     return len(due)
 
 
+def awaited(session: Session) -> set[str]:
+    """Every request whose certificate waits for an erasure still queued or running."""
+    return {request_id for ids in session.scalars(
+        select(DatasetErasure.request_ids).where(DatasetErasure.status.in_(OPEN))) for request_id in ids or []}
+
+
 def pending_for(session: Session, request_id: str) -> bool:
     """An erasure this request's certificate waits for is still queued or running."""
     return any(request_id in (ids or []) for ids in session.scalars(
         select(DatasetErasure.request_ids).where(DatasetErasure.status.in_(OPEN))))
 
 
-def erasures_of(session: Session, record_ids: list[int]) -> tuple[list[DatasetErasure], list[str]]:
-    """(erasures that took any of these records out of their files, datasets still holding some)."""
-    erasure_ids: set[str] = set()
-    waiting: set[str] = set()
-    for start in range(0, len(record_ids), 1000):
-        for dataset_id, erasure_id in session.execute(select(DataRecord.dataset_id, DataRecord.erasure_id).where(
-                DataRecord.id.in_(record_ids[start : start + 1000]))).tuples():
-            if erasure_id is None:
-                waiting.add(dataset_id)
-            else:
-                erasure_ids.add(erasure_id)
-    erasures = list(session.scalars(select(DatasetErasure).where(DatasetErasure.id.in_(sorted(erasure_ids)))
-                                    .order_by(DatasetErasure.created_at)))
-    return erasures, sorted(waiting)
+def erasures_of_each(
+    session: Session, record_ids: dict[str, list[int]]
+) -> dict[str, tuple[list[DatasetErasure], list[str]]]:
+    """Per set of records (keyed by anything): the erasures that took any of them out of their
+    files, and the datasets whose files still hold some. Two reads for all the sets."""
+    every = sorted({record_id for ids in record_ids.values() for record_id in ids})
+    placed: dict[int, tuple[str, str | None]] = {}
+    for start in range(0, len(every), 1000):
+        for record_id, dataset_id, erasure_id in session.execute(
+                select(DataRecord.id, DataRecord.dataset_id, DataRecord.erasure_id).where(
+                    DataRecord.id.in_(every[start : start + 1000]))).tuples():
+            placed[record_id] = (dataset_id, erasure_id)
+    wanted = sorted({erasure_id for _, erasure_id in placed.values() if erasure_id is not None})
+    erasures = list(session.scalars(select(DatasetErasure).where(DatasetErasure.id.in_(wanted))
+                                    .order_by(DatasetErasure.created_at))) if wanted else []
+    found: dict[str, tuple[list[DatasetErasure], list[str]]] = {}
+    for key, ids in record_ids.items():
+        taken = {placed[i][1] for i in ids if i in placed and placed[i][1] is not None}
+        waiting = {placed[i][0] for i in ids if i in placed and placed[i][1] is None}
+        found[key] = ([e for e in erasures if e.id in taken], sorted(waiting))
+    return found

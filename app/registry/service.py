@@ -143,9 +143,15 @@ def erasure_pending(session: Session, request_id: str) -> bool:
     return erasure.pending_for(session, request_id)
 
 
-def erasures_of(session: Session, record_ids: list[int]) -> tuple[list[Any], list[str]]:
-    """(erasures that took these records out of their files, datasets whose files still hold some)."""
-    return erasure.erasures_of(session, record_ids)
+def requests_awaiting_erasure(session: Session) -> set[str]:
+    """Requests whose certificate waits for an erasure still queued or running."""
+    return erasure.awaited(session)
+
+
+def erasures_of_each(session: Session, record_ids: dict[str, list[int]]) -> dict[str, tuple[list[Any], list[str]]]:
+    """Per record set (keyed by, say, request id): (erasures that took any of them out of their
+    files, datasets whose files still hold some), in two reads for all the sets."""
+    return erasure.erasures_of_each(session, record_ids)
 
 
 def destroy_expired_files(session: Session, now: datetime) -> int:

@@ -1066,19 +1066,28 @@ def dataset_has_open_requests(session: Session, dataset_id: str) -> bool:
     ) is not None
 
 
-def record_keys_and_hashes(session: Session, request_id: str) -> list[tuple[str, str]]:
-    """(record key, content hash) of every record the request resolved to, sorted."""
-    return sorted(session.execute(
-        select(DataRecord.record_key, DataRecord.content_hash)
-        .join(RequestRecord, RequestRecord.record_id == DataRecord.id)
-        .where(RequestRecord.request_id == request_id)
-    ).tuples().all())
+def records_of_each(session: Session, request_ids: Sequence[str]) -> dict[str, list[tuple[int, str, str]]]:
+    """(record id, record key, content hash) of every record each request resolved to."""
+    found: dict[str, list[tuple[int, str, str]]] = {request_id: [] for request_id in request_ids}
+    for start in range(0, len(request_ids), 1000):
+        for request_id, record_id, key, content in session.execute(
+            select(RequestRecord.request_id, DataRecord.id, DataRecord.record_key, DataRecord.content_hash)
+            .join(DataRecord, DataRecord.id == RequestRecord.record_id)
+            .where(RequestRecord.request_id.in_(list(request_ids[start : start + 1000])))
+        ).tuples():
+            found[request_id].append((record_id, key, content))
+    return found
 
 
-def version_ids_of(session: Session, request_id: str) -> list[str]:
-    """The model versions the request is attached to (resolved at intake or found later)."""
-    return list(session.scalars(
-        select(RequestModelVersion.version_id).where(RequestModelVersion.request_id == request_id)))
+def version_ids_of_each(session: Session, request_ids: Sequence[str]) -> dict[str, list[str]]:
+    """The model versions each request is attached to (resolved at intake or found later)."""
+    found: dict[str, list[str]] = {request_id: [] for request_id in request_ids}
+    for request_id, version_id in session.execute(
+        select(RequestModelVersion.request_id, RequestModelVersion.version_id)
+        .where(RequestModelVersion.request_id.in_(list(request_ids)))
+    ).tuples():
+        found[request_id].append(version_id)
+    return found
 
 
 def completed_excluding(session: Session, excluding: Select[Any], *, limit: int) -> list[str]:

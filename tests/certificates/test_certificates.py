@@ -349,3 +349,73 @@ def test_jws_download_verifies_with_a_jose_library_and_never_writes(api, make_cl
     assert jws.deserialize_compact(rewrapped, key_set, algorithms=["EdDSA"]).headers()["kid"] == new_key
     # The first download, by the now retired key, still verifies.
     assert jws.deserialize_compact(first.text, key_set, algorithms=["EdDSA"]).payload == raw
+
+
+def _verified(api, request_id: str) -> dict:
+    from sqlalchemy import select
+
+    from app.certificates.models import Certificate
+    from app.certificates.service import certificate_file
+
+    with session_scope() as session:
+        certificate = session.scalar(select(Certificate).where(Certificate.request_id == request_id))
+        raw = certificate_file(certificate)
+    return verify_certificate(raw, _keys(api)).document
+
+
+def test_a_batch_states_for_each_request_what_it_would_state_alone(api, completed_request):
+    """Certificates issued together each verify offline, each carry their own event and
+    inclusion proof under one shared tree head, and state for their request exactly the
+    evidence that request's own reads give (no request's evidence leaks into another's)."""
+    from app.certificates import evidence
+    from app.certificates.service import _content, issue_certificates
+    from app.requests.models import DeletionRequest
+
+    ids = [completed_request(), completed_request(found=False), completed_request()]
+    with session_scope() as session:
+        issued = issue_certificates(session, [*ids, ids[0]])
+        assert [c.request_id for c in issued] == ids  # one per request, a repeat named once
+        alone = {}
+        for certificate in issued[:3]:
+            request = session.get(DeletionRequest, certificate.request_id)
+            alone[request.id] = _content(session, evidence.gather(session, [request.id]), request,
+                                         certificate.id, certificate.key_id)
+    documents = [_verified(api, request_id) for request_id in ids]
+    heads = {json.dumps(d["anchor"]["tree_head"], sort_keys=True) for d in documents}
+    assert len(heads) == 1, "one tree head anchors the batch"
+    assert len({d["anchor"]["event"]["seq"] for d in documents}) == 3
+    for document in documents:
+        own = alone[document["request"]["id"]]
+        for field in ("request", "forgotten_records", "models", "non_inclusion", "already_forgotten",
+                      "lineage_check", "claim"):
+            assert json.loads(json.dumps(document[field])) == json.loads(json.dumps(own[field])), field
+    assert documents[1]["non_inclusion"] is not None and documents[0]["forgotten_records"]["count"] == 2
+
+
+def test_the_certificate_order_certifies_the_requests_its_job_completed_together(api, completed_request):
+    """The worker's order for one request issues, in the same batch, the other requests the
+    same job completed that still lack one; one waiting for its dataset's erasure waits."""
+    from sqlalchemy import func, select
+
+    from app.audit.models import AuditEvent
+    from app.jobs.models import JobRequest
+    from app.registry.models import DataRecord, DatasetErasure
+    from workers.tasks.certificates import issue
+
+    first, second, waiting = completed_request(), completed_request(), completed_request()
+    with session_scope() as session:
+        (job_id,) = session.scalars(select(JobRequest.job_id).where(JobRequest.request_id == first))
+        session.add_all([JobRequest(job_id=job_id, request_id=second), JobRequest(job_id=job_id, request_id=waiting)])
+        dataset_id = session.scalar(select(DataRecord.dataset_id).limit(1))
+        session.add(DatasetErasure(dataset_id=dataset_id, status="queued", request_ids=[waiting], old_uri="/data/x.csv"))
+    (issued,) = issue(first)
+    documents = [_verified(api, request_id) for request_id in (first, second)]
+    assert documents[0]["certificate_id"] == issued
+    assert documents[0]["anchor"]["tree_head"] == documents[1]["anchor"]["tree_head"]
+    with session_scope() as session:
+        events = select(func.count()).select_from(AuditEvent).where(AuditEvent.action == "certificate.issued")
+        assert session.scalar(events) == 2, "the waiting request was left for its erasure"
+    assert issue(second) == [documents[1]["certificate_id"]]
+    assert issue(request_ids=[waiting, second]) == [documents[1]["certificate_id"]]
+    with session_scope() as session:
+        assert session.scalar(events) == 2

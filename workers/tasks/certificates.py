@@ -1,9 +1,17 @@
 """Certificate tasks: issue on completion (enqueued through the outbox) and a sweep that
-catches any completed request still without one."""
+catches any completed request still without one. Both issue in batches
+(``issue_certificates``): one tree head and one chain append for many certificates."""
 
 from __future__ import annotations
 
-from app.certificates.service import issue_certificate, requests_missing_certificates, waits_for_erasure
+from app.certificates.service import (
+    ISSUE_BATCH,
+    certificate_ids_of,
+    issue_batch_for,
+    issue_certificates,
+    ready_to_issue,
+    requests_missing_certificates,
+)
 from app.core.database import session_scope
 from app.core.queue import TaskName, get_celery
 
@@ -13,24 +21,30 @@ celery = get_celery()
 @celery.task(name=TaskName.ISSUE_CERTIFICATE, ignore_result=True)
 def issue(request_id: str | None = None, request_ids: list[str] | None = None) -> list[str]:
     """Idempotent: a second delivery returns the certificate the first one issued. One message
-    may carry many requests (a bulk intake's, or the outbox relay's merge of several); each is
-    issued in a transaction of its own. A request whose dataset file is being rewritten waits:
-    the erasure sends this task again when done."""
-    issued = []
-    for one in [*([request_id] if request_id else []), *(request_ids or [])]:
+    may carry many requests (a bulk intake's, or the outbox relay's merge of several); they are
+    issued in batches of ``ISSUE_BATCH``. A lone request brings along the requests the same job
+    completed that still lack a certificate (their own orders then find it issued). A request
+    whose dataset file is being rewritten waits: the erasure sends this task again when done.
+    Returns the named requests' certificate ids (those waiting left out)."""
+    named = list(dict.fromkeys([*([request_id] if request_id else []), *(request_ids or [])]))
+    issued: list[str] = []
+    for start in range(0, len(named), ISSUE_BATCH):
+        chunk = named[start : start + ISSUE_BATCH]
         with session_scope() as session:
-            if waits_for_erasure(session, one):
-                continue
-            issued.append(issue_certificate(session, one).id)
+            known = certificate_ids_of(session, chunk)  # usually: issued with a sibling's batch
+            todo = [one for one in chunk if one not in known]
+            batch = issue_batch_for(session, todo[0]) if len(todo) == 1 else ready_to_issue(session, todo)
+            if batch:
+                known.update({c.request_id: c.id for c in issue_certificates(session, batch)})
+        issued += [known[one] for one in chunk if one in known]
     return issued
 
 
 @celery.task(name=TaskName.ISSUE_MISSING_CERTIFICATES, ignore_result=True)
 def issue_missing(limit: int = 100) -> int:
     with session_scope() as session:
-        pending = requests_missing_certificates(session, limit=limit)
-    for request_id in pending:
+        pending = ready_to_issue(session, requests_missing_certificates(session, limit=limit))
+    for start in range(0, len(pending), ISSUE_BATCH):
         with session_scope() as session:
-            if not waits_for_erasure(session, request_id):
-                issue_certificate(session, request_id)
+            issue_certificates(session, pending[start : start + ISSUE_BATCH])
     return len(pending)
