@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import func, insert, select, tuple_
+from sqlalchemy import func, select, tuple_
 from sqlalchemy.orm import Session
 
 from app.audit.models import AuditEvent, AuditTreeNode
 from app.audit.proofs import event_leaf
 from app.core import merkle
+from app.core.database import insert_rows
 from app.core.errors import Conflict
 
 _CATCH_UP_BATCH = 10_000
@@ -97,7 +98,5 @@ def _write(session: Session, size: int, frontier: dict[int, bytes], event_hashes
     if not event_hashes:
         return
     completed = merkle.append_nodes(size, frontier, [event_leaf(h) for h in event_hashes])
-    session.execute(
-        insert(AuditTreeNode),
-        [{"level": level, "position": position, "hash": value} for level, position, value in completed],
-    )
+    insert_rows(session, AuditTreeNode.__table__,
+                [{"level": level, "position": position, "hash": value} for level, position, value in completed])

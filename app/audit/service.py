@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, delete, event, exists, or_, select, text
+from sqlalchemy import ColumnElement, Table, delete, event, exists, or_, select, text
 from sqlalchemy.orm import Session
 
 from app.audit import nodes
@@ -135,15 +135,22 @@ class Event:
 def record_many(session: Session, events: list[Event]) -> None:
     """``record`` for many events in one multi-row statement (a bulk intake's), with no ORM
     object per event."""
-    if not events:
-        return
+    table, rows = pending_rows(session, events)
+    insert_rows(session, table, rows)
+
+
+def pending_rows(session: Session, events: list[Event]) -> tuple[Table, list[dict[str, Any]]]:
+    """The pending-event rows for ``events``, for a caller that writes them in a statement of
+    its own (``database.insert_linked``, keyed by ``entity_id``) in this transaction; they are
+    sealed after its commit like ``record``'s."""
+    if events:
+        _seal_when_committed(session)
     now = utcnow()
-    insert_rows(session, PendingAuditEvent.__table__, [
+    return PendingAuditEvent.__table__, [
         {"occurred_at": now, "actor": e.actor, "action": e.action, "entity_type": e.entity_type,
          "entity_id": str(e.entity_id), "payload": e.payload}
         for e in events
-    ])
-    _seal_when_committed(session)
+    ]
 
 
 def _seal_when_committed(session: Session) -> None:
@@ -232,14 +239,13 @@ def _seal(session: Session, limit: int) -> int:
         return 0
     last = _last(session)
     size = last.seq if last else 0
-    appended: list[str] = []
+    rows: list[dict[str, Any]] = []
     for item in pending:
-        last = _append(
-            session, last, item.occurred_at, item.actor, item.action, item.entity_type, item.entity_id, item.payload,
-            flush=False,
-        )
-        appended.append(last.hash)
-    nodes.extend(session, size, appended)
+        last = _chained(last, item.occurred_at, item.actor, item.action, item.entity_type, item.entity_id, item.payload)
+        rows.append({column.key: getattr(last, column.key) for column in AuditEvent.__table__.columns})
+    # The chained events (not added to the session) and their tree nodes are one statement each.
+    insert_rows(session, AuditEvent.__table__, rows)
+    nodes.extend(session, size, [row["hash"] for row in rows])
     session.execute(delete(PendingAuditEvent).where(PendingAuditEvent.id.in_([p.id for p in pending])))
     session.flush()
     return len(pending)
@@ -258,18 +264,24 @@ def _append(
     entity_type: str,
     entity_id: str,
     payload: dict[str, Any],
-    *,
-    flush: bool = True,
 ) -> AuditEvent:
+    item = _chained(last, occurred_at, actor, action, entity_type, entity_id, payload)
+    session.add(item)
+    session.flush()
+    return item
+
+
+def _chained(
+    last: AuditEvent | None, occurred_at: datetime, actor: str, action: str, entity_type: str, entity_id: str,
+    payload: dict[str, Any],
+) -> AuditEvent:
+    """The next event of the chain after ``last``, with its hash; not added to any session."""
     seq, prev_hash = (last.seq + 1, last.hash) if last else (1, GENESIS_HASH)
     item = AuditEvent(
         seq=seq, occurred_at=occurred_at, actor=actor, action=action, entity_type=entity_type,
         entity_id=entity_id, payload=payload, prev_hash=prev_hash,
     )
     item.hash = chain_hash(prev_hash, event_body(item))
-    session.add(item)
-    if flush:  # sealing many events flushes them once, in one multi-row insert
-        session.flush()
     return item
 
 

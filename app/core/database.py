@@ -136,7 +136,7 @@ def insert_rows(
             sql += " ON CONFLICT DO NOTHING"
         if returning is not None:
             sql += f' RETURNING "{returning}"'
-        result = session.execute(text(sql), {"rows": json.dumps(rows, default=_json_value, separators=(",", ":"))})
+        result = session.execute(text(sql), {"rows": _json_rows(rows)})
         return list(result.scalars()) if returning is not None else []
     statement: Any = insert(table)
     if skip_conflicts:
@@ -149,9 +149,47 @@ def insert_rows(
     return []
 
 
+def insert_linked(
+    session: Session, parent: Table, rows: Sequence[dict[str, Any]], *, key: str,
+    children: Sequence[tuple[Table, Sequence[dict[str, Any]], str]],
+) -> list[Any]:
+    """Insert parent rows (ON CONFLICT DO NOTHING) and each child table's rows whose link column
+    names a parent row written here; return the written parents' ``key``. On PostgreSQL it is
+    one statement (data-modifying CTEs, each table's rows as one JSON parameter), so a request
+    and everything written with it cost one round trip; elsewhere one statement per table."""
+    children = [(table, child_rows, link) for table, child_rows, link in children if child_rows]
+    if session.get_bind().dialect.name != "postgresql":
+        written = insert_rows(session, parent, rows, skip_conflicts=True, returning=key)
+        kept = set(written)
+        for table, child_rows, link in children:
+            insert_rows(session, table, [row for row in child_rows if row[link] in kept])
+        return written
+    if not rows:
+        return []
+    params: dict[str, str] = {"p": _json_rows(rows)}
+    names = ", ".join(f'"{column}"' for column in rows[0])
+    parts = [f'p AS (INSERT INTO "{parent.name}" ({names}) SELECT {names} FROM '
+             f'json_populate_recordset(NULL::"{parent.name}", CAST(:p AS json)) ON CONFLICT DO NOTHING '
+             f'RETURNING "{key}")']
+    for index, (table, child_rows, link) in enumerate(children):
+        params[f"c{index}"] = _json_rows(child_rows)
+        columns = ", ".join(f'"{column}"' for column in child_rows[0])
+        selected = ", ".join(f'r."{column}"' for column in child_rows[0])
+        parts.append(f'c{index} AS (INSERT INTO "{table.name}" ({columns}) SELECT {selected} FROM '
+                     f'json_populate_recordset(NULL::"{table.name}", CAST(:c{index} AS json)) AS r '
+                     f'WHERE r."{link}" IN (SELECT "{key}" FROM p))')
+    return list(session.scalars(text(f'WITH {", ".join(parts)} SELECT "{key}" FROM p'), params))
+
+
+def _json_rows(rows: Sequence[dict[str, Any]]) -> str:
+    return json.dumps(rows, default=_json_value, separators=(",", ":"))
+
+
 def _json_value(value: Any) -> Any:
     if isinstance(value, datetime):
         if value.tzinfo is None:
             raise ValueError("naive datetimes are not stored; use timezone-aware UTC")
         return value.astimezone(UTC).isoformat()
+    if isinstance(value, bytes):
+        return "\\x" + value.hex()  # bytea's hex input form
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")

@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 from app.audit import service as audit
 from app.core.auth import ApiClient
 from app.core.config import get_settings
-from app.core.database import insert_rows, new_id, utcnow
+from app.core.database import insert_linked, new_id, utcnow
 from app.core.errors import (
     Conflict,
     Forbidden,
@@ -306,13 +306,39 @@ def _settle(session: Session, client: ApiClient, planned: _Planned, p: _Prepared
 
 
 def _write(session: Session, client: ApiClient, planned: list[_Planned]) -> list[Submission | UnlearndError]:
-    """Write planned submissions with one multi-row statement per table. The request rows go
-    in with ON CONFLICT DO NOTHING: one that lost a race to a concurrent submission with the
-    same key or external_ref writes nothing more and is answered with the winner's request."""
+    """Write planned submissions (on PostgreSQL one statement for every table, elsewhere one per
+    table). The request rows go in with ON CONFLICT DO NOTHING: one that lost a race to a
+    concurrent submission with the same key or external_ref writes nothing more and is answered
+    with the winner's request."""
     if not planned:
         return []
-    inserted = set(insert_rows(session, DeletionRequest.__table__, [_columns(p.request) for p in planned],
-                               skip_conflicts=True, returning="id"))
+    # One statement writes every request row that wins its key (ON CONFLICT DO NOTHING) with its
+    # history, resolved records and versions, and its audit event (one per request, naming
+    # every status it passed through); a row that lost a race writes nothing more.
+    events = audit.pending_rows(session, [
+        audit.Event(
+            actor=client.id, action="request.received", entity_type="deletion_request", entity_id=p.request.id,
+            payload={
+                "client_id": client.id, "legal_basis": p.request.legal_basis, "request_hash": p.request.request_hash,
+                "due_at": p.request.due_at.isoformat(), "subject_hashes": p.request.subject_hashes,
+                **({"selector": p.request.selector} if p.request.selector else {}),
+                "record_count": p.request.affected["record_count"], "model_versions": [v.id for v in p.versions],
+                "transitions": [[step.from_status, step.to_status] for step in p.steps],
+                "status": p.request.status, "outcome": p.request.outcome,
+            },
+        )
+        for p in planned
+    ])
+    inserted = set(insert_linked(
+        session, DeletionRequest.__table__, [_columns(p.request) for p in planned], key="id", children=[
+            (RequestTransition.__table__, [_columns(step, skip=("id",)) for p in planned for step in p.steps],
+             "request_id"),
+            (RequestRecord.__table__, [{"request_id": p.request.id, "record_id": rid}
+                                       for p in planned for rid in p.record_ids], "request_id"),
+            (RequestModelVersion.__table__, [{"request_id": p.request.id, "version_id": v.id, "model_id": v.model_id}
+                                             for p in planned for v in p.versions], "request_id"),
+            (*events, "entity_id"),
+        ]))
     outcomes: dict[int, Submission | UnlearndError] = {}
     winners = [p for p in planned if p.request.id in inserted]
     losers = [p for p in planned if p.request.id not in inserted]
@@ -331,32 +357,11 @@ def _write(session: Session, client: ApiClient, planned: list[_Planned]) -> list
             outcomes[id(p)] = _replay(earlier, request.request_hash, request.idempotency_key)
         except Conflict as conflict:
             outcomes[id(p)] = conflict
-    insert_rows(session, RequestTransition.__table__, [_columns(step, skip=("id",)) for p in winners for step in p.steps])
-    insert_rows(session, RequestRecord.__table__,
-                [{"request_id": p.request.id, "record_id": rid} for p in winners for rid in p.record_ids])
-    insert_rows(session, RequestModelVersion.__table__, [{"request_id": p.request.id, "version_id": v.id,
-                                                          "model_id": v.model_id} for p in winners for v in p.versions])
     # Every completed request's certificate order goes in one outbox message: a batch of a
     # thousand is one hand-off to the broker after commit, not a thousand.
     completed = [p.request.id for p in winners if p.request.status == S.COMPLETED]
     if completed:
         enqueue(session, TaskName.ISSUE_CERTIFICATE, request_ids=completed, background=True)
-    # One event per request for the whole intake transaction, naming every status it passed
-    # through, all in one multi-row statement.
-    audit.record_many(session, [
-        audit.Event(
-            actor=client.id, action="request.received", entity_type="deletion_request", entity_id=p.request.id,
-            payload={
-                "client_id": client.id, "legal_basis": p.request.legal_basis, "request_hash": p.request.request_hash,
-                "due_at": p.request.due_at.isoformat(), "subject_hashes": p.request.subject_hashes,
-                **({"selector": p.request.selector} if p.request.selector else {}),
-                "record_count": p.request.affected["record_count"], "model_versions": [v.id for v in p.versions],
-                "transitions": [[step.from_status, step.to_status] for step in p.steps],
-                "status": p.request.status, "outcome": p.request.outcome,
-            },
-        )
-        for p in winners
-    ])
     if winners and log.isEnabledFor(logging.INFO):
         for p in winners:
             log.info("deletion request received", extra={"deletion_request": p.request.id, "status": p.request.status})
