@@ -353,11 +353,28 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.slow)
 
 
+def run_queued_erasures() -> None:
+    """What the worker does with the erasure tasks the outbox queued (dataset files rewritten
+    without forgotten rows); for tests that run jobs inline, with no worker to take them."""
+    from sqlalchemy import select
+
+    from app.core.database import session_scope
+    from app.registry import erasure
+    from app.registry.models import DatasetErasure, ErasureStatus
+
+    with session_scope() as session:
+        queued = list(session.scalars(select(DatasetErasure.id).where(DatasetErasure.status == ErasureStatus.QUEUED)
+                                      .order_by(DatasetErasure.created_at)))
+    for erasure_id in queued:
+        erasure.run(erasure_id)
+
+
 def issue_certificate_now(request_id: str) -> None:
-    """What the outbox task ``unlearnd.certificates.issue`` does when a request completes; for
-    tests that run jobs inline, with no worker to take the message."""
+    """What the outbox tasks do when a request completes (its dataset rows erased, then the
+    certificate issued); for tests that run jobs inline, with no worker to take the messages."""
     from app.certificates.service import issue_certificate
     from app.core.database import session_scope
 
+    run_queued_erasures()
     with session_scope() as session:
         issue_certificate(session, request_id)

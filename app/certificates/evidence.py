@@ -329,31 +329,39 @@ def _selection(selector: dict[str, Any]) -> str:
 
 def training_data(gathered: Gathered, request: DeletionRequest) -> list[dict[str, Any]] | None:
     """Per dataset, what became of the request's rows in the dataset file itself: rewritten out
-    of a managed file (old and new file sha256), left to an external owner to redact, or still
-    there while other open requests touch the dataset. None when the request forgot no record."""
+    of a managed file (old and new file sha256), left to an external owner to redact, or a
+    rewrite that failed on every attempt. A certificate is never issued while a row still
+    waits (``waits_for_erasure``), so nothing here is pending. None when no record was forgotten."""
     if not gathered.records[request.id] or request.outcome not in (None, RequestOutcome.FORGOTTEN.value):
         return None
     erasures, waiting = gathered.erasures[request.id]
+    if waiting:
+        raise Conflict("the request's training rows still wait for their dataset erasure", field="status")
     described: list[dict[str, Any]] = []
     for erasure in erasures:
         if erasure.status == "external":
             described.append({"dataset_id": erasure.dataset_id, "managed": False, "status": "redaction_required",
                               "statement": ERASURE_NOT_MANAGED})
+        elif erasure.status == "failed":
+            described.append({"dataset_id": erasure.dataset_id, "managed": True, "status": "erasure_failed",
+                              "erasure_id": erasure.id, "attempts": erasure.attempts,
+                              "statement": ERASURE_FAILED.format(attempts=erasure.attempts)})
         else:
             described.append({
                 "dataset_id": erasure.dataset_id, "managed": True, "status": "erased",
                 "erasure_id": erasure.id, "old_file_sha256": erasure.old_sha256,
                 "new_file_sha256": erasure.new_sha256, "rows_erased": erasure.rows_erased,
                 "erased_at": _iso(erasure.finished_at), "old_bytes_destroyed": erasure.old_destroyed_at is not None,
+                "old_bytes_destroy_after": None if erasure.old_destroyed_at else _iso(erasure.destroy_after),
             })
-    for dataset_id in waiting:
-        described.append({"dataset_id": dataset_id, "managed": True, "status": "pending",
-                          "statement": "the rows are still in the dataset file: it is rewritten without them once no "
-                                       "open request touches the dataset (or the rewrite failed and will be retried "
-                                       "with the next completion)"})
     return sorted(described, key=lambda d: (d["dataset_id"], d["status"]))
 
 
+ERASURE_FAILED = (
+    "Unlearnd could not rewrite the dataset file without the rows ({attempts} attempts); the rows are "
+    "still in the file, marked forgotten and kept out of every training snapshot; admins were told "
+    "(audit event dataset.erasure_failed, final)"
+)
 ERASURE_NOT_MANAGED = (
     "the dataset file lies at an external location that Unlearnd does not manage; Unlearnd did not "
     "rewrite it and asked its owner to redact the forgotten rows (event dataset.redaction_required)"
@@ -370,8 +378,14 @@ def _erased(data: list[dict[str, Any]] | None) -> str:
         words.append(" The training rows were erased from the managed dataset store: " + "; ".join(
             f"{d['rows_erased']} rows left dataset {d['dataset_id']}'s file (sha256 {d['old_file_sha256']} "
             f"rewritten as {d['new_file_sha256']}"
-            + (", the old bytes destroyed)" if d["old_bytes_destroyed"] else ", the old bytes kept for the retention period)")
+            + (", the old bytes destroyed)" if d["old_bytes_destroyed"] else
+               f", the old bytes kept until {d['old_bytes_destroy_after']} and destroyed then by the scheduler, "
+               "or once no running job still reads them)")
             for d in erased) + ".")
+    failed = [d for d in data if d["status"] == "erasure_failed"]
+    if failed:
+        words.append(" The training rows could NOT be erased from the file of dataset(s) "
+                     + ", ".join(d["dataset_id"] for d in failed) + ": the rewrite failed on every attempt.")
     if external:
         words.append(" Source data of dataset(s) " + ", ".join(d["dataset_id"] for d in external)
                      + " is not managed by Unlearnd; its owner was asked to redact it.")

@@ -28,7 +28,6 @@ from app.core.errors import Conflict, Forbidden, NotFound
 from app.core.hashing import canonical_json
 from app.core.signing import jws_sign
 from app.jobs.models import JobRequest, JobStatus, UnlearningJob
-from app.registry import service as registry
 from app.requests import service as requests
 from app.requests.models import DeletionRequest, RequestStatus
 
@@ -98,6 +97,9 @@ def issue_certificates(session: Session, request_ids: Sequence[str], *, actor: s
                 raise Conflict(
                     f"a certificate is issued when the request completes; it is '{request.status}'", field="status"
                 )
+        if requests.awaiting_erasure(session, missing):
+            raise Conflict("a request's training rows are still being erased from their dataset file; its "
+                           "certificate, which states that erasure, is issued once it is done", field="status")
         existing.update(_issue(session, [found[rid] for rid in missing], actor))
     return [existing[rid] for rid in wanted]
 
@@ -152,9 +154,11 @@ def certificate_for(session: Session, request_id: str, viewer: ApiClient) -> Cer
 
 
 def waits_for_erasure(session: Session, request_id: str) -> bool:
-    """The request's dataset file is being rewritten without its rows: its certificate, which
-    states that erasure, is issued once it is done (the erasure task sends the order)."""
-    return registry.erasure_pending(session, request_id)
+    """Some of the request's forgotten rows are still in a dataset file with no final word on
+    them: the certificate states what became of them, so it is issued once the erasure is
+    done (or has failed for good, or the file's external owner was asked). The erasure sends
+    the order; the sweep catches any lost one."""
+    return bool(requests.awaiting_erasure(session, [request_id]))
 
 
 def requests_missing_certificates(session: Session, *, limit: int = 100) -> list[str]:
@@ -176,7 +180,7 @@ def certificate_ids_of(session: Session, request_ids: Sequence[str]) -> dict[str
 
 def ready_to_issue(session: Session, request_ids: Sequence[str]) -> list[str]:
     """Those of the requests whose certificate is not waiting for an erasure."""
-    awaiting = registry.requests_awaiting_erasure(session)
+    awaiting = requests.awaiting_erasure(session, request_ids)
     return [request_id for request_id in request_ids if request_id not in awaiting]
 
 

@@ -76,6 +76,15 @@ class Settings(BaseSettings):
     # Training-data erasure: how long a managed dataset file's previous bytes are kept after
     # a rewrite without its forgotten rows (0: destroyed at once; otherwise by the scheduler).
     erased_file_retention_hours: float = 0.0
+    # A failed rewrite is retried by the scheduler's tick after 30 s, 60 s, 120 s, ... (at most an
+    # hour) up to this many runs; then the certificates state the failure and admins are told.
+    erasure_max_attempts: int = 5
+    erasure_retry_base_seconds: float = 30.0
+    # A run that started this long ago without finishing is taken to be lost and run again.
+    erasure_stale_seconds: float = 3600.0
+    # Forgotten rows wait for the dataset's other open requests (one rewrite for a batch), but
+    # no longer than this; the certificates of the completed requests wait for their erasure.
+    erasure_max_wait_hours: float = 24.0
     torch_threads: int = 1
     # Redis redelivers an unacknowledged task after this long; jobs also keep a heartbeat lease.
     task_visibility_timeout_seconds: int = 3600

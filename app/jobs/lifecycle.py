@@ -275,14 +275,40 @@ def complete_request(session: Session, request: Any, *, actor: str) -> bool:
 
 def _erase_training_rows(session: Session, record_ids: list[int], request_id: str, *, actor: str) -> None:
     """Once no open request touches a dataset any more, its forgotten rows leave the dataset
-    file too (or its external owner is asked to redact them): registry ``schedule_erasure``."""
+    file too (or its external owner is asked to redact them): registry ``schedule_erasure``.
+    The erasure certifies every completed request whose rows it takes out, not only this one:
+    a batch's requests complete one by one and only the last finds the dataset free."""
     datasets = set()
     for start in range(0, len(record_ids), 1000):
         datasets |= set(session.scalars(select(DataRecord.dataset_id).where(
             DataRecord.id.in_(record_ids[start : start + 1000]))))
     for dataset_id in sorted(datasets):
         if not requests.dataset_has_open_requests(session, dataset_id):
-            registry.schedule_erasure(session, dataset_id, [request_id], actor=actor)
+            waiting = requests.completed_with_unerased_records(session, dataset_id)
+            registry.schedule_erasure(session, dataset_id, [request_id, *waiting], actor=actor)
+
+
+def erase_waiting_rows(session: Session, now: datetime, *, actor: str) -> int:
+    """The scheduler's tick: a dataset whose file still holds forgotten rows, with no erasure
+    under way, is rewritten once no open request touches it (a request that was rejected,
+    cancelled or failed completes nothing) or once its oldest waiting row has waited
+    ``UNLEARND_ERASURE_MAX_WAIT_HOURS``, so no certificate waits for ever."""
+    limit = now - timedelta(hours=get_settings().erasure_max_wait_hours)
+    scheduled = 0
+    for dataset_id, oldest in registry.datasets_awaiting_erasure(session):
+        overdue = oldest is None or oldest <= limit
+        if overdue or not requests.dataset_has_open_requests(session, dataset_id):
+            registry.schedule_erasure(session, dataset_id, requests.completed_with_unerased_records(session, dataset_id),
+                                      actor=actor)
+            scheduled += 1
+    return scheduled
+
+
+def dataset_files_in_use(session: Session) -> set[str]:
+    """The dataset files that running jobs loaded (noted under the dataset's share lock when
+    the job read its inputs): an erasure keeps their old bytes until those jobs are done."""
+    reports = session.scalars(select(UnlearningJob.report).where(UnlearningJob.status == JobStatus.RUNNING))
+    return {report["dataset_file"] for report in reports if report and report.get("dataset_file")}
 
 
 def release(session: Session, job: UnlearningJob) -> None:

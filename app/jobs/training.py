@@ -74,7 +74,7 @@ class _Setup:
 
 def _setup(session: Session, job: UnlearningJob) -> _Setup:
     model = session.get(RegisteredModel, job.model_id)
-    dataset = session.get(Dataset, model.dataset_id)
+    dataset = registry.dataset_for_reading(session, model.dataset_id)
     policy = registry.model_policy(model).policy
     hyperparameters = engine.recipe_under_policy(model.adapter, dict(model.hyperparameters),
                                                  epsilon=policy.epsilon, delta=policy.delta)
@@ -84,6 +84,12 @@ def _setup(session: Session, job: UnlearningJob) -> _Setup:
                   (dataset.uri, dataset.format, dict(dataset.schema)), records,
                   storage.trainable(session, dataset.id, records), TrainingConfig(**job.report.get("config", {})), job.report.get("fanout"), sizing,
                   policy.max_accuracy_loss)
+
+
+def _note_file(job: UnlearningJob, setup: _Setup) -> None:
+    """The running job notes the dataset file it loads (in the transaction holding the
+    dataset's share lock): an erasure swapping that file keeps its old bytes until the job ends."""
+    job.report = {**job.report, "dataset_file": setup.source[0]}
 
 
 def _size(job_id: str, worker: str, setup: _Setup, train: Any, heldout: Any) -> _Setup:
@@ -102,7 +108,9 @@ def run(job_id: str, worker: str, lease: lifecycle.Lease) -> None:
     """Fit the model: whole, or for SISA one shard job per shard (any worker may take each),
     then assemble the shards once all are trained."""
     with session_scope() as session:
-        setup = _setup(session, lifecycle.owned_job(session, job_id, worker))
+        job = lifecycle.owned_job(session, job_id, worker)
+        setup = _setup(session, job)
+        _note_file(job, setup)
     if setup.fanout is not None:
         _assemble(job_id, worker, setup)
         return
@@ -149,6 +157,7 @@ def run_shard(job_id: str, worker: str, lease: lifecycle.Lease) -> None:
         plan = dict(job.report)
         parent = session.get(UnlearningJob, plan["parent"])
         setup = _setup(session, parent)
+        _note_file(job, setup)
         keys = registry.snapshot_record_keys(session, registry.get_snapshot(session, plan["snapshot_id"]))
     data = engine.load_dataset(*setup.source).select(keys)
     lifecycle.set_stage(job_id, worker, JobStage.TRAINING)

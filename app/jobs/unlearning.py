@@ -26,7 +26,6 @@ from app.registry import artifacts
 from app.registry import service as registry
 from app.registry.models import (
     DataRecord,
-    Dataset,
     DatasetSnapshot,
     ModelArtifact,
     ModelVersion,
@@ -76,7 +75,8 @@ def _inputs(session: Session, job: UnlearningJob) -> Inputs:
     base = active_version(session, model.id)
     if base is None or base.artifact_uri is None or base.snapshot_id is None:
         raise Conflict(f"model '{model.name}' has no active version with a stored model to unlearn from")
-    dataset = session.get(Dataset, model.dataset_id)
+    dataset = registry.dataset_for_reading(session, model.dataset_id)
+    job.report = {**job.report, "dataset_file": dataset.uri}  # its old bytes outlive a swap while this job runs
     request_keys: dict[str, set[str]] = {}
     batch = session.scalars(select(JobRequest.request_id).where(JobRequest.job_id == job.id))
     for request_id, _, key in requests.records_in_dataset(session, batch, dataset.id):

@@ -78,6 +78,10 @@ class DataRecord(Base):
         # The lineage check reads every forgotten record; they are few, the table is large.
         Index("ix_data_records_forgotten", "dataset_id", "row_index",
               postgresql_where=text("state = 'forgotten'"), sqlite_where=text("state = 'forgotten'")),
+        # Rows still waiting to leave their dataset file (the scheduler's erasure sweep).
+        Index("ix_data_records_unerased", "dataset_id",
+              postgresql_where=text("state <> 'active' AND erasure_id IS NULL"),
+              sqlite_where=text("state <> 'active' AND erasure_id IS NULL")),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
@@ -105,6 +109,8 @@ class ErasureStatus(StrEnum):
     FAILED = "failed"
     # The file lies at an external location: its owner was told to redact it.
     EXTERNAL = "external"
+    # A failed erasure whose rows a later erasure of the same dataset took out of the file.
+    SUPERSEDED = "superseded"
 
 
 class DatasetErasure(Base):
@@ -125,6 +131,11 @@ class DatasetErasure(Base):
     rows_before: Mapped[int | None] = mapped_column(BigInteger, default=None)
     rows_erased: Mapped[int | None] = mapped_column(BigInteger, default=None)
     error: Mapped[str | None] = mapped_column(default=None)
+    # Runs so far; a failed run is retried by the scheduler's tick at ``retry_at`` (back-off)
+    # until ``UNLEARND_ERASURE_MAX_ATTEMPTS``; a run started before the stale limit is resumed.
+    attempts: Mapped[int] = mapped_column(default=0, server_default="0")
+    retry_at: Mapped[datetime | None] = mapped_column(default=None)
+    started_at: Mapped[datetime | None] = mapped_column(default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
     destroy_after: Mapped[datetime | None] = mapped_column(default=None)

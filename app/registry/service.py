@@ -133,19 +133,10 @@ def schedule_erasure(session: Session, dataset_id: str, request_ids: Iterable[st
     erasure.schedule(session, dataset_id, request_ids, actor=actor)
 
 
-def erase_dataset_rows(erasure_id: str) -> None:
-    """The erasure task's work; see ``app.registry.erasure``."""
-    erasure.run(erasure_id)
-
-
-def erasure_pending(session: Session, request_id: str) -> bool:
-    """An erasure the request's certificate should state is still queued or running."""
-    return erasure.pending_for(session, request_id)
-
-
-def requests_awaiting_erasure(session: Session) -> set[str]:
-    """Requests whose certificate waits for an erasure still queued or running."""
-    return erasure.awaited(session)
+def erase_dataset_rows(erasure_id: str, files_in_use: erasure.FilesInUse) -> None:
+    """The erasure task's work; see ``app.registry.erasure``. ``files_in_use``: the dataset
+    files running jobs loaded (the jobs room's answer); their old bytes are kept until then."""
+    erasure.run(erasure_id, files_in_use)
 
 
 def erasures_of_each(session: Session, record_ids: dict[str, list[int]]) -> dict[str, tuple[list[Any], list[str]]]:
@@ -154,8 +145,29 @@ def erasures_of_each(session: Session, record_ids: dict[str, list[int]]) -> dict
     return erasure.erasures_of_each(session, record_ids)
 
 
-def destroy_expired_files(session: Session, now: datetime) -> int:
-    return erasure.destroy_expired(session, now)
+def destroy_expired_files(session: Session, now: datetime, in_use: set[str]) -> int:
+    return erasure.destroy_expired(session, now, in_use)
+
+
+def retry_erasures(session: Session, now: datetime) -> int:
+    """The scheduler's tick: failed erasures whose back-off ran out and lost runs go again."""
+    return erasure.retry_due(session, now)
+
+
+def datasets_awaiting_erasure(session: Session) -> list[tuple[str, datetime | None]]:
+    """(dataset id, when its oldest waiting row was forgotten) for each dataset whose file
+    still holds rows no longer active and has no erasure under way or due for a retry."""
+    return erasure.waiting_datasets(session)
+
+
+def dataset_for_reading(session: Session, dataset_id: str) -> Dataset:
+    """The dataset, its row locked in share mode until the caller's transaction ends: a job
+    notes the file it loads in that transaction, and an erasure swapping the file waits for
+    it (so the erasure sees the note and keeps the old bytes while that job runs)."""
+    dataset = session.scalar(select(Dataset).where(Dataset.id == dataset_id).with_for_update(read=True))
+    if dataset is None:
+        raise NotFound(f"no dataset {dataset_id}")
+    return dataset
 
 
 def get_dataset(session: Session, name: str) -> Dataset:

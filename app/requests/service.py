@@ -1084,6 +1084,35 @@ def records_of_each(session: Session, request_ids: Sequence[str]) -> dict[str, l
     return found
 
 
+def awaiting_erasure(session: Session, request_ids: Sequence[str]) -> set[str]:
+    """Those of the completed requests that forgot records still in their dataset file with no
+    final word on them (erased, left to an external owner, or an erasure failed for good):
+    their certificates, which state what became of those rows, wait."""
+    ids = list(dict.fromkeys(request_ids))
+    waiting: set[str] = set()
+    for start in range(0, len(ids), 1000):
+        waiting |= set(session.scalars(
+            select(RequestRecord.request_id).distinct()
+            .join(DeletionRequest, DeletionRequest.id == RequestRecord.request_id)
+            .join(DataRecord, DataRecord.id == RequestRecord.record_id)
+            .where(RequestRecord.request_id.in_(ids[start : start + 1000]), DeletionRequest.status == S.COMPLETED,
+                   or_(DeletionRequest.outcome.is_(None), DeletionRequest.outcome == RequestOutcome.FORGOTTEN),
+                   DataRecord.state != RecordState.ACTIVE, DataRecord.erasure_id.is_(None))))
+    return waiting
+
+
+def completed_with_unerased_records(session: Session, dataset_id: str) -> list[str]:
+    """Completed requests with a forgotten record of the dataset still in its file: the
+    certificates an erasure of that file must release."""
+    return list(session.scalars(
+        select(RequestRecord.request_id).distinct()
+        .join(DeletionRequest, DeletionRequest.id == RequestRecord.request_id)
+        .join(DataRecord, DataRecord.id == RequestRecord.record_id)
+        .where(DataRecord.dataset_id == dataset_id, DataRecord.state != RecordState.ACTIVE,
+               DataRecord.erasure_id.is_(None), DeletionRequest.status == S.COMPLETED)
+        .order_by(RequestRecord.request_id)))
+
+
 def version_ids_of_each(session: Session, request_ids: Sequence[str]) -> dict[str, list[str]]:
     """The model versions each request is attached to (resolved at intake or found later)."""
     found: dict[str, list[str]] = {request_id: [] for request_id in request_ids}

@@ -110,10 +110,9 @@ def test_an_imported_version_holding_an_open_requests_records_is_attached_and_un
     assert _live_holders(request["id"]) == []
     states = {vid: state for _, state, vid, _ in _versions("digits-mlp")}
     assert states[v1] == "purged" and states[v2] == "purged"
-    from app.certificates.service import issue_certificate
+    from tests.conftest import issue_certificate_now
 
-    with session_scope() as session:  # as the outbox task does (idempotent), so the GET finds it
-        issue_certificate(session, request['id'])
+    issue_certificate_now(request['id'])  # as the outbox tasks do (idempotent), so the GET finds it
     certificate = api.get(f"/v1/deletion-requests/{request['id']}/certificate", headers=portal.headers)
     assert certificate.status_code == 200, certificate.text
     document = certificate.json()["certificate"]

@@ -105,10 +105,9 @@ def _assert_forgotten_everywhere(api, portal, request_id: str, version_id: str) 
     with session_scope() as session:
         record_ids = list(session.scalars(select(RequestRecord.record_id).where(RequestRecord.request_id == request_id)))
         assert record_ids and lineage.live_versions_holding(session, record_ids) == []
-    from app.certificates.service import issue_certificate
+    from tests.conftest import issue_certificate_now
 
-    with session_scope() as session:  # as the outbox task does (idempotent), so the GET finds it
-        issue_certificate(session, request_id)
+    issue_certificate_now(request_id)  # as the outbox tasks do (idempotent), so the GET finds it
     certificate = api.get(f"/v1/deletion-requests/{request_id}/certificate", headers=portal.headers)
     assert certificate.status_code == 200, certificate.text
     document = certificate.json()["certificate"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from app.core.queue import TaskName, get_celery
+from app.jobs.lifecycle import dataset_files_in_use
 from app.registry import service
 from app.registry.erasure import ErasureBusy
 
@@ -19,6 +20,6 @@ def ingest_dataset(dataset_id: str) -> None:
 def erase_dataset_rows(self, erasure_id: str) -> None:  # noqa: ANN001 - the bound task
     """Idempotent: the new file is content-addressed and the swap checks what it replaces."""
     try:
-        service.erase_dataset_rows(erasure_id)
+        service.erase_dataset_rows(erasure_id, dataset_files_in_use)
     except ErasureBusy as exc:
         raise self.retry(countdown=5) from exc
