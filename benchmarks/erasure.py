@@ -3,12 +3,17 @@ file is rewritten without its forgotten rows (issue 16).
 
     nice .venv/bin/python benchmarks/erasure.py                 # 1,000,000 rows, 10% forgotten, 3 runs
     nice .venv/bin/python benchmarks/erasure.py --rows 200000   # quicker
+    nice .venv/bin/python benchmarks/erasure.py --format npz    # the NPZ rewrite (row blocks)
 
 Measured: ``app.registry.erasure.rewrite`` (the erasure task's streaming rewrite: 50k-row
 batches in, filtered, written and hashed in one pass) on a Parquet file of record key,
 subject id, source, label and 16 float features. Baseline, in the same run: the obvious
 non-streaming rewrite (read the whole table, filter, write it, hash the file). Each run is
 its own process so peak RSS is its own; figures are medians over the runs.
+
+``--format npz``: an NPZ of record keys, labels and a (rows, 16) float64 feature array; the
+streaming rewrite copies member by member in ~8 MiB row blocks; the baseline is the earlier
+in-memory rewrite (``np.load`` every array, filter, ``np.savez``, hash the file).
 """
 
 from __future__ import annotations
@@ -49,7 +54,16 @@ def _write(path: Path, rows: int) -> None:
     writer.close()
 
 
-def _child(mode: str, path: str, rows: int, out_dir: str) -> None:
+def _write_npz(path: Path, rows: int) -> None:
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    index = np.arange(rows)
+    np.savez(path, record_key=np.array([f"r{i:08d}" for i in index]), label=index % 10,
+             features=rng.random((rows, FEATURES)))
+
+
+def _child(mode: str, path: str, rows: int, out_dir: str, fmt: str = "parquet") -> None:
     """One measured rewrite in this process; prints JSON (seconds, peak RSS MiB)."""
     import hashlib
     import resource
@@ -66,10 +80,23 @@ def _child(mode: str, path: str, rows: int, out_dir: str) -> None:
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     started = time.perf_counter()
     if mode == "streaming":
-        columns = DatasetColumns(record_key="record_key", label="label", features=["f00"])
+        if fmt == "npz":
+            columns = DatasetColumns(record_key="record_key", label="label", image="features")
+        else:
+            columns = DatasetColumns(record_key="record_key", label="label", features=["f00"])
         with open(path, "rb") as handle:
-            result = rewrite(handle, DatasetFormat.PARQUET, columns, drop, Path(out_dir))
+            result = rewrite(handle, DatasetFormat(fmt), columns, drop, Path(out_dir))
         kept = result.rows_kept
+    elif fmt == "npz":
+        import numpy as np
+
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {name: archive[name] for name in archive.files}
+        mask = np.asarray(pc.invert(pc.is_in(pa.array(arrays["record_key"].astype(str)), value_set=pa.array(drop))))
+        target = Path(out_dir) / "baseline.npz"
+        np.savez(target, **{name: array[mask] for name, array in arrays.items()})
+        hashlib.sha256(target.read_bytes()).hexdigest()
+        kept = int(mask.sum())
     else:
         table = pq.read_table(path)
         kept_table = table.filter(pc.invert(pc.is_in(table.column("record_key"), value_set=pa.array(drop))))
@@ -87,24 +114,25 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--format", choices=["parquet", "npz"], default="parquet")
     parser.add_argument("--child", nargs=3, metavar=("MODE", "PATH", "OUT"))
     args = parser.parse_args()
     if args.child:
-        _child(args.child[0], args.child[1], args.rows, args.child[2])
+        _child(args.child[0], args.child[1], args.rows, args.child[2], args.format)
         return
     with tempfile.TemporaryDirectory() as tmp:
-        source = Path(tmp) / "data.parquet"
-        _write(source, args.rows)
+        source = Path(tmp) / f"data.{args.format}"
+        (_write_npz if args.format == "npz" else _write)(source, args.rows)
         results: dict[str, list[dict[str, float]]] = {"streaming": [], "baseline": []}
         for _ in range(args.runs):
             for mode in results:
                 out = Path(tmp) / f"out-{mode}"
                 out.mkdir(exist_ok=True)
-                done = subprocess.run([sys.executable, __file__, "--rows", str(args.rows), "--child", mode,
+                done = subprocess.run([sys.executable, __file__, "--rows", str(args.rows), "--format", args.format, "--child", mode,
                                        str(source), str(out)], check=True, capture_output=True, text=True, cwd=ROOT)
                 results[mode].append(json.loads(done.stdout.strip().splitlines()[-1]))
         size_mib = source.stat().st_size / 2**20
-    print(f"file: {args.rows:,} rows, {size_mib:.1f} MiB Parquet, 10% of rows forgotten; medians of {args.runs} runs")
+    print(f"file: {args.rows:,} rows, {size_mib:.1f} MiB {args.format}, 10% of rows forgotten; medians of {args.runs} runs")
     figures = {}
     for mode, runs in results.items():
         seconds = statistics.median(r["seconds"] for r in runs)

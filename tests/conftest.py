@@ -8,6 +8,7 @@ All databases this run created are dropped at the end.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -369,12 +370,21 @@ def run_queued_erasures() -> None:
         erasure.run(erasure_id)
 
 
-def issue_certificate_now(request_id: str) -> None:
+def issue_certificate_now(request_id: str, timeout: float = 180.0) -> None:
     """What the outbox tasks do when a request completes (its dataset rows erased, then the
-    certificate issued); for tests that run jobs inline, with no worker to take the messages."""
-    from app.certificates.service import issue_certificate
+    certificate issued); for tests that run jobs inline, with no worker to take the messages.
+    Where a worker runs too, it may be running the erasure: wait for it."""
+    from app.certificates.service import issue_certificate, waits_for_erasure
     from app.core.database import session_scope
+    from app.registry.erasure import ErasureBusy
 
-    run_queued_erasures()
-    with session_scope() as session:
-        issue_certificate(session, request_id)
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(ErasureBusy):  # a worker is running it: wait for it
+            run_queued_erasures()
+        with session_scope() as session:
+            if not waits_for_erasure(session, request_id):
+                issue_certificate(session, request_id)
+                return
+        assert time.monotonic() < deadline, f"request {request_id}: its dataset erasure never finished"
+        time.sleep(0.2)

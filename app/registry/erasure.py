@@ -5,7 +5,10 @@ managed file (a local file under the dataset root) that queues an erasure: the t
 the file, writes a new content-addressed file (``<dataset root>/managed/<sha256>.<format>``)
 without any row whose record is no longer active (forgotten or suppressed), rebuilds the
 leaf index, points the dataset at the new file and destroys the old bytes (at once, or after
-``UNLEARND_ERASED_FILE_RETENTION_HOURS`` through the scheduler's tick). A file at an external
+``UNLEARND_ERASED_FILE_RETENTION_HOURS`` through the scheduler's tick; never while a running job
+that loaded the old file may still read it). The certificates of the completed requests whose
+rows it takes out wait for it; a failed or lost run is retried by the scheduler's tick with
+back-off, and after the last attempt the failure is final and stated. A file at an external
 location is not Unlearnd's to rewrite: its erasure row says so, and the audit event
 ``dataset.redaction_required`` (a webhook to its owner) asks for the redaction.
 
@@ -49,7 +52,7 @@ from app.core.outbox import enqueue
 from app.core.queue import TaskName
 from app.registry import locations
 from app.registry.leaves import build_leaf_index
-from app.registry.models import DataRecord, Dataset, DatasetErasure, ErasureStatus, RecordState
+from app.registry.models import DataRecord, Dataset, DatasetErasure, DatasetStatus, ErasureStatus, RecordState
 from app.registry.readers import BATCH_ROWS, DatasetFileError
 from app.registry.schemas import DatasetColumns, DatasetFormat
 
@@ -452,8 +455,10 @@ def waiting_datasets(session: Session) -> list[tuple[str, datetime | None]]:
     busy = select(DatasetErasure.dataset_id).where(
         DatasetErasure.status.in_(OPEN) | ((DatasetErasure.status == ErasureStatus.FAILED)
                                            & DatasetErasure.retry_at.is_not(None)))
+    # A dataset still being ingested is left alone: its ingestion queues the erasure when done.
+    ready = select(Dataset.id).where(Dataset.status == DatasetStatus.READY)
     rows = session.execute(select(DataRecord.dataset_id, func.min(DataRecord.forgotten_at)).where(
-        DataRecord.state != RecordState.ACTIVE, DataRecord.erasure_id.is_(None),
+        DataRecord.state != RecordState.ACTIVE, DataRecord.erasure_id.is_(None), DataRecord.dataset_id.in_(ready),
         DataRecord.dataset_id.not_in(busy)).group_by(DataRecord.dataset_id).order_by(DataRecord.dataset_id))
     return [(dataset_id, oldest) for dataset_id, oldest in rows.tuples()]
 

@@ -271,6 +271,29 @@ def test_certificates_wait_for_the_erasure_that_a_later_completion_or_the_tick_s
     assert not _file_keys(_dataset_uri(api, admin)) & (SUBJECT_3 | SUBJECT_5)
 
 
+def test_rows_left_waiting_with_no_open_request_are_erased_by_the_next_tick(env, api, make_client, install_demo):
+    """A completion that found the dataset busy schedules nothing; if the request that kept it
+    busy then ends without completing (rejected here; two completions racing leave the same
+    state), the next tick erases the rows and releases the waiting certificate."""
+    admin, portal = make_client("admin"), make_client("portal")
+    held = make_client("portal", requires_approval=True)
+    install_demo()
+    blocker = submit(api, held, "demo-subject-5")
+    first = _completed(api, portal, "demo-subject-3")
+    assert _erasures() == [] and _waits(first["id"])
+    rejected = api.post(f"/v1/deletion-requests/{blocker['id']}/reject", headers=admin.headers,
+                        json={"reason": "not a verified subject"})
+    assert rejected.status_code == 200, rejected.text
+    assert _erasures() == []
+    _tick()
+    [(_, status, request_ids, _, _)] = _erasures()
+    assert status == "queued" and request_ids == [first["id"]]
+    run_queued_erasures()
+    issue_certificate_now(first["id"])
+    assert _certificate(api, admin, first["id"])["training_data"][0]["rows_erased"] == len(SUBJECT_3)
+    assert _file_keys(_dataset_uri(api, admin)) >= SUBJECT_5  # the rejected request's rows stay
+
+
 def test_a_batch_completing_together_certifies_every_request_after_one_rewrite(env, api, make_client, install_demo):
     admin = make_client("admin")
     held = make_client("portal", requires_approval=True)
@@ -495,6 +518,8 @@ def test_an_external_dataset_gets_the_not_managed_statement_and_a_webhook(webhoo
         start_worker()
         body = {"selector": {"dataset": "vendor"}, "legal_basis": "contract", "reason": "licence ended"}
         request = api.post("/v1/deletion-requests", json=body, headers=ml.headers).json()
+        _tick()  # no model trained on it: the scheduler's tick completes it
+        request = api.get(f"/v1/deletion-requests/{request['id']}", headers=ml.headers).json()
         assert request["status"] == "completed", request
         [received] = owner_rx.wait_for(lambda got: len(got) >= 1, timeout=90)
         assert received.verified_by == [0]
