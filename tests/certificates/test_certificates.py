@@ -395,7 +395,7 @@ def test_a_batch_states_for_each_request_what_it_would_state_alone(api, complete
 def test_the_certificate_order_certifies_the_requests_its_job_completed_together(api, completed_request):
     """The worker's order for one request issues, in the same batch, the other requests the
     same job completed that still lack one; one waiting for its dataset's erasure waits."""
-    from sqlalchemy import func, select
+    from sqlalchemy import func, select, update
 
     from app.audit.models import AuditEvent
     from app.jobs.models import JobRequest
@@ -406,7 +406,12 @@ def test_the_certificate_order_certifies_the_requests_its_job_completed_together
     with session_scope() as session:
         (job_id,) = session.scalars(select(JobRequest.job_id).where(JobRequest.request_id == first))
         session.add_all([JobRequest(job_id=job_id, request_id=second), JobRequest(job_id=job_id, request_id=waiting)])
-        dataset_id = session.scalar(select(DataRecord.dataset_id).limit(1))
+        # Its records are forgotten and still in their dataset file, an erasure queued for them.
+        from app.requests.models import RequestRecord
+
+        waiting_records = select(RequestRecord.record_id).where(RequestRecord.request_id == waiting)
+        session.execute(update(DataRecord).where(DataRecord.id.in_(waiting_records)).values(state="forgotten"))
+        dataset_id = session.scalar(select(DataRecord.dataset_id).where(DataRecord.id.in_(waiting_records)).limit(1))
         session.add(DatasetErasure(dataset_id=dataset_id, status="queued", request_ids=[waiting], old_uri="/data/x.csv"))
     (issued,) = issue(first)
     documents = [_verified(api, request_id) for request_id in (first, second)]
