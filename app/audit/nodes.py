@@ -8,9 +8,10 @@ simply chain lock, then events, then nodes. Readers need no lock: a node never c
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
-from sqlalchemy import func, select, tuple_
+from sqlalchemy import ColumnElement, func, select, tuple_
 from sqlalchemy.orm import Session
 
 from app.audit.models import AuditEvent, AuditTreeNode
@@ -42,15 +43,39 @@ def _fetch(session: Session, keys: Sequence[merkle.NodeKey]) -> dict[merkle.Node
 
 def range_hashes(session: Session, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
     """Hashes of the leaf ranges (RFC 6962 subtrees), from O(log n) nodes in one read."""
+    return range_hashes_with(session, ranges)[0]
+
+
+def range_hashes_with(
+    session: Session, ranges: Sequence[tuple[int, int]], *scalars: ColumnElement[Any],
+    check: Callable[[tuple[Any, ...]], None] | None = None,
+) -> tuple[list[bytes], tuple[Any, ...]]:
+    """``range_hashes``, and the values of ``scalars`` (scalar subqueries such as the log's
+    size) read in the same statement: a proof is then one round trip to the database.
+    ``check`` sees those values before any node is found missing (it refuses bad input)."""
     plans = [merkle.range_nodes(start, end) for start, end in ranges]
-    found = _fetch(session, [key for plan in plans for key in plan])
+    wanted = sorted({key for plan in plans for key in plan})
+    found: dict[merkle.NodeKey, bytes] = {}
+    values: tuple[Any, ...] | None = None
+    if wanted:
+        rows = session.execute(
+            select(AuditTreeNode.level, AuditTreeNode.position, AuditTreeNode.hash, *scalars).where(
+                tuple_(AuditTreeNode.level, AuditTreeNode.position).in_(wanted)
+            )
+        ).all()
+        found = {(row[0], row[1]): bytes(row[2]) for row in rows}
+        values = tuple(rows[0][3:]) if rows else None
+    if values is None:  # no node at all: read the scalars alone
+        values = tuple(session.execute(select(*scalars)).one()) if scalars else ()
+    if check is not None:
+        check(values)
     missing = [key for plan in plans for key in plan if key not in found]
     if missing:
         level, position = missing[0]
         raise Conflict(
             f"the stored audit tree lacks node (level {level}, position {position}); run `unlearnd audit verify`"
         )
-    return [merkle.fold_nodes([found[key] for key in plan]) for plan in plans]
+    return [merkle.fold_nodes([found[key] for key in plan]) for plan in plans], values
 
 
 def root(session: Session, tree_size: int) -> bytes:

@@ -128,17 +128,42 @@ def _tree_size_for(session: Session, tree_size: int | None, *, covering: int) ->
     return tree_size
 
 
+def _event_hash(seq: int) -> Any:
+    return select(AuditEvent.hash).where(AuditEvent.seq == seq).scalar_subquery()
+
+
+def _log_size() -> Any:
+    return select(func.coalesce(func.max(AuditEvent.seq), 0)).scalar_subquery()
+
+
+def _explicit_size(tree_size: int, size: int) -> None:
+    if not 1 <= tree_size <= size:
+        raise InvalidInput(f"tree_size must be between 1 and the log size {size}", field="tree_size")
+
+
 def inclusion_proof(session: Session, seq: int, tree_size: int | None = None) -> InclusionProof:
-    """Audit path of event ``seq`` in the tree of ``tree_size`` events (default: latest signed head)."""
-    event = session.get(AuditEvent, seq)
-    if event is None:
-        raise NotFound(f"no audit event {seq}")
-    tree_size = _tree_size_for(session, tree_size, covering=seq)
-    if seq > tree_size:
-        raise InvalidInput(f"event {seq} is not in a tree of {tree_size} events", field="tree_size")
-    *path, root_hash = nodes.range_hashes(session, [*merkle.inclusion_ranges(seq - 1, tree_size), (0, tree_size)])
+    """Audit path of event ``seq`` in the tree of ``tree_size`` events (default: latest signed head).
+    One statement reads the event's hash, the log's size and every node of the path and root."""
+    head_size = None
+    if tree_size is None:
+        if session.scalar(select(AuditEvent.seq).where(AuditEvent.seq == seq)) is None:
+            raise NotFound(f"no audit event {seq}")
+        head_size = tree_size = _tree_size_for(session, None, covering=seq)
+    ranges = [*merkle.inclusion_ranges(seq - 1, tree_size), (0, tree_size)] if 1 <= seq <= tree_size else []
+
+    def check(values: tuple[Any, ...]) -> None:
+        event_hash, size = values
+        if event_hash is None:
+            raise NotFound(f"no audit event {seq}")
+        if head_size is None:
+            _explicit_size(tree_size, size)
+        if seq > tree_size:
+            raise InvalidInput(f"event {seq} is not in a tree of {tree_size} events", field="tree_size")
+
+    hashes, (event_hash, _) = nodes.range_hashes_with(session, ranges, _event_hash(seq), _log_size(), check=check)
+    *path, root_hash = hashes
     return InclusionProof(
-        seq=seq, leaf_index=seq - 1, tree_size=tree_size, event_hash=event.hash,
+        seq=seq, leaf_index=seq - 1, tree_size=tree_size, event_hash=event_hash,
         audit_path=[node.hex() for node in path], root_hash=root_hash.hex(),
     )
 
@@ -169,13 +194,21 @@ def inclusion_proofs(session: Session, seqs: Sequence[int], tree_size: int) -> l
 
 
 def consistency_proof(session: Session, first_size: int, second_size: int | None = None) -> ConsistencyProof:
-    """Proof that the tree of ``first_size`` events is a prefix of the tree of ``second_size``."""
-    second_size = _tree_size_for(session, second_size, covering=first_size)
-    if not 1 <= first_size <= second_size:
-        raise InvalidInput(f"first must be between 1 and second ({second_size})", field="first")
-    first_root, second_root, *proof = nodes.range_hashes(
-        session, [(0, first_size), (0, second_size), *merkle.consistency_ranges(first_size, second_size)]
-    )
+    """Proof that the tree of ``first_size`` events is a prefix of the tree of ``second_size``.
+    With both sizes given, one statement reads the log's size and every node needed."""
+    explicit = second_size is not None
+    if second_size is None:
+        second_size = _tree_size_for(session, None, covering=first_size)
+    valid = 1 <= first_size <= second_size
+    ranges = [(0, first_size), (0, second_size), *merkle.consistency_ranges(first_size, second_size)] if valid else []
+
+    def check(values: tuple[Any, ...]) -> None:
+        if explicit:
+            _explicit_size(second_size, values[0])
+        if not valid:
+            raise InvalidInput(f"first must be between 1 and second ({second_size})", field="first")
+
+    (first_root, second_root, *proof), _ = nodes.range_hashes_with(session, ranges, _log_size(), check=check)
     return ConsistencyProof(
         first_size=first_size, second_size=second_size, first_root=first_root.hex(), second_root=second_root.hex(),
         proof=[node.hex() for node in proof],
