@@ -205,10 +205,11 @@ def append_many(session: Session, entries: Sequence[dict[str, Any]]) -> list[Aud
     size = last.seq if last else 0
     items: list[AuditEvent] = []
     for entry in entries:
-        last = _append(
-            session, last, utcnow(), entry["actor"], entry["action"], entry["entity_type"], str(entry["entity_id"]),
-            entry.get("payload") or {}, flush=False,
+        last = _chained(
+            last, utcnow(), entry["actor"], entry["action"], entry["entity_type"], str(entry["entity_id"]),
+            entry.get("payload") or {},
         )
+        session.add(last)
         items.append(last)
     nodes.extend(session, size, [item.hash for item in items])
     session.flush()
@@ -253,22 +254,6 @@ def _seal(session: Session, limit: int) -> int:
 
 def _last(session: Session) -> AuditEvent | None:
     return session.scalar(select(AuditEvent).order_by(AuditEvent.seq.desc()).limit(1))
-
-
-def _append(
-    session: Session,
-    last: AuditEvent | None,
-    occurred_at: datetime,
-    actor: str,
-    action: str,
-    entity_type: str,
-    entity_id: str,
-    payload: dict[str, Any],
-) -> AuditEvent:
-    item = _chained(last, occurred_at, actor, action, entity_type, entity_id, payload)
-    session.add(item)
-    session.flush()
-    return item
 
 
 def _chained(
