@@ -11,12 +11,12 @@ consumed by a real worker process, with no server to install.
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Final
-
-from celery import Celery
-from kombu.transport import sqlalchemy as kombu_sqlalchemy
+from typing import TYPE_CHECKING, Final
 
 from app.core.config import Settings, get_settings
+
+if TYPE_CHECKING:  # Celery loads on the first send (or in a worker), not with the task names
+    from celery import Celery
 
 EMBEDDED_POLL_SECONDS = 0.1
 BROKER_CONNECT_TIMEOUT_SECONDS = 0.5
@@ -66,6 +66,9 @@ def _result_backend(settings: Settings) -> str:
 
 
 def make_celery(settings: Settings) -> Celery:
+    from celery import Celery
+    from kombu.transport import sqlalchemy as kombu_sqlalchemy
+
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     app = Celery("unlearnd", broker=settings.broker_url, backend=_result_backend(settings), include=TASK_MODULES)
     app.conf.update(

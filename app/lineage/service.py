@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-import numpy as np
 from pyroaring import BitMap, FrozenBitMap
 from sqlalchemy import Integer, String, cast, null, select, text, union_all
 from sqlalchemy.orm import Session
@@ -497,6 +496,8 @@ def membership_proofs(session: Session, snapshot_id: str, record_keys: Iterable[
         raise InvalidInput("record key is empty", field="record_key")
     snapshot = registry.get_snapshot(session, snapshot_id)
     leaves = registry.snapshot_leaves(session, snapshot)
+    import numpy as np  # only proofs need it; the API's other paths stay without it
+
     keys = np.asarray(leaves.record_key.to_numpy(zero_copy_only=False), dtype=object)
     positions = {key: int(np.searchsorted(keys, key)) if len(keys) else 0 for key in keys_wanted}
     tree = merkle.levels(leaves.hashes()) if len(leaves) else [[]]

@@ -12,9 +12,8 @@ index filtered by the snapshot's membership bitmap: no rows re-read, no re-hashi
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import numpy as np
-import pyarrow as pa
 from pyroaring import BitMap
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -24,6 +23,10 @@ from app.core.hashing import canonical_json
 from app.registry import artifacts
 from app.registry.cache import ImmutableCache
 from app.registry.models import DataRecord, Dataset
+
+if TYPE_CHECKING:  # numpy and pyarrow load where an index is built or read, not with leaf_hash
+    import numpy as np
+    import pyarrow as pa
 
 LEAF_BYTES = 32
 
@@ -43,6 +46,9 @@ class LeafIndex:
     leaves: np.ndarray  # (n, 32) uint8
 
     def select(self, members: BitMap) -> SnapshotLeaves:
+        import numpy as np
+        import pyarrow as pa
+
         present = np.zeros(int(self.row_index.max(initial=0)) + 1, dtype=bool)
         rows = np.frombuffer(members.to_array(), dtype=np.uint32) if members else np.empty(0, np.uint32)
         present[rows[rows < present.size]] = True
@@ -73,6 +79,8 @@ class SnapshotLeaves:
 
 def build_leaf_index(session: Session, dataset: Dataset) -> str:
     """Write the dataset's leaf index to the artifact store; return its URI."""
+    import pyarrow as pa
+
     rows = session.execute(
         select(DataRecord.row_index, DataRecord.record_key, DataRecord.content_hash).where(
             DataRecord.dataset_id == dataset.id
@@ -97,6 +105,9 @@ def build_leaf_index(session: Session, dataset: Dataset) -> str:
 
 
 def _load(uri: str) -> LeafIndex:
+    import numpy as np
+    import pyarrow as pa
+
     table = pa.ipc.open_file(pa.BufferReader(artifacts.get_bytes(uri))).read_all().combine_chunks()
     leaf_column = table.column("leaf").chunk(0) if table.num_rows else pa.array([], pa.binary(LEAF_BYTES))
     if table.num_rows:

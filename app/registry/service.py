@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterable
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 from pyroaring import BitMap
@@ -18,7 +18,7 @@ from app.core.database import utcnow
 from app.core.errors import Conflict, IllegalTransition, InvalidInput, NotFound
 from app.core.outbox import enqueue
 from app.core.queue import TaskName
-from app.registry import artifacts, erasure, ingestion, locations, suppression
+from app.registry import artifacts, locations, suppression
 from app.registry.leaves import SnapshotLeaves, leaf_index
 from app.registry.models import (
     DataRecord,
@@ -40,6 +40,9 @@ from app.registry.schemas import (
     DatasetFormat,
     VersionOrigin,
 )
+
+if TYPE_CHECKING:
+    from app.registry.erasure import FilesInUse
 
 # A version may move forward only; purged is final.
 _VERSION_MOVES = {
@@ -88,6 +91,20 @@ def register_dataset(
     return dataset
 
 
+def _ingestion() -> Any:
+    """``app.registry.ingestion``, imported on first use: it (and ``erasure``) load pyarrow and
+    numpy, which the API's request paths and the CLI's list commands never need."""
+    from app.registry import ingestion
+
+    return ingestion
+
+
+def _erasure() -> Any:
+    from app.registry import erasure
+
+    return erasure
+
+
 def resend_stalled_ingestions(session: Session, now: datetime, *, patience: timedelta) -> list[str]:
     """Send the ingestion task again for datasets still pending ``patience`` after their last
     message (lost in a broker restart), and for ingestions whose delivery stopped beating.
@@ -96,7 +113,7 @@ def resend_stalled_ingestions(session: Session, now: datetime, *, patience: time
     stalled = list(session.scalars(select(Dataset).where(or_(
         (Dataset.status == DatasetStatus.PENDING) & (sent_or_beat < now - patience),
         (Dataset.status == DatasetStatus.INGESTING)
-        & (sent_or_beat < now - timedelta(seconds=ingestion.lease_seconds())),
+        & (sent_or_beat < now - timedelta(seconds=_ingestion().lease_seconds())),
     )).order_by(Dataset.created_at).with_for_update()))
     for dataset in stalled:
         # Release a dead delivery's lease and restart the clock, so the next tick waits again.
@@ -109,7 +126,7 @@ def resend_stalled_ingestions(session: Session, now: datetime, *, patience: time
 
 def ingest_dataset(dataset_id: str) -> Dataset:
     """The ingestion task's work; see ``app.registry.ingestion``."""
-    return ingestion.ingest(dataset_id)
+    return _ingestion().ingest(dataset_id)
 
 
 def suppress_forgotten(session: Session, record_ids: list[int], *, subject_hashes: Iterable[str], request_id: str,
@@ -130,34 +147,34 @@ def lift_suppression(session: Session, suppression_id: str, *, reason: str, acto
 def schedule_erasure(session: Session, dataset_id: str, request_ids: Iterable[str], *, actor: str) -> None:
     """Erase the dataset's forgotten rows from its file (or ask its external owner to):
     ``app.registry.erasure``. The jobs room calls it once no open request touches the dataset."""
-    erasure.schedule(session, dataset_id, request_ids, actor=actor)
+    _erasure().schedule(session, dataset_id, request_ids, actor=actor)
 
 
-def erase_dataset_rows(erasure_id: str, files_in_use: erasure.FilesInUse) -> None:
+def erase_dataset_rows(erasure_id: str, files_in_use: FilesInUse) -> None:
     """The erasure task's work; see ``app.registry.erasure``. ``files_in_use``: the dataset
     files running jobs loaded (the jobs room's answer); their old bytes are kept until then."""
-    erasure.run(erasure_id, files_in_use)
+    _erasure().run(erasure_id, files_in_use)
 
 
 def erasures_of_each(session: Session, record_ids: dict[str, list[int]]) -> dict[str, tuple[list[Any], list[str]]]:
     """Per record set (keyed by, say, request id): (erasures that took any of them out of their
     files, datasets whose files still hold some), in two reads for all the sets."""
-    return erasure.erasures_of_each(session, record_ids)
+    return _erasure().erasures_of_each(session, record_ids)
 
 
 def destroy_expired_files(session: Session, now: datetime, in_use: set[str]) -> int:
-    return erasure.destroy_expired(session, now, in_use)
+    return _erasure().destroy_expired(session, now, in_use)
 
 
 def retry_erasures(session: Session, now: datetime) -> int:
     """The scheduler's tick: failed erasures whose back-off ran out and lost runs go again."""
-    return erasure.retry_due(session, now)
+    return _erasure().retry_due(session, now)
 
 
 def datasets_awaiting_erasure(session: Session) -> list[tuple[str, datetime | None]]:
     """(dataset id, when its oldest waiting row was forgotten) for each dataset whose file
     still holds rows no longer active and has no erasure under way or due for a retry."""
-    return erasure.waiting_datasets(session)
+    return _erasure().waiting_datasets(session)
 
 
 def dataset_for_reading(session: Session, dataset_id: str) -> Dataset:
