@@ -1,8 +1,10 @@
 """Test fixtures on real services: PostgreSQL and Redis on 127.0.0.1, SQLite for the embedded path.
 
-Every test gets a database of its own, cloned from a template migrated once per run
-(PostgreSQL: CREATE DATABASE ... TEMPLATE; SQLite: a file copy), so tests never see
-each other's rows and the audit log's append-only triggers never need bypassing.
+Every test gets a database in the state of a template migrated once per test process, so
+tests never see each other's rows. SQLite: a copy of the template file. PostgreSQL: a clone
+made with CREATE DATABASE ... TEMPLATE, which a finished test gives back to be emptied and
+checked against the template for the next test (``PgDatabasePool``: dropping a database costs
+PostgreSQL a checkpoint, which on a shared machine took 0.1-2.5 s per test).
 All databases this run created are dropped at the end.
 """
 
@@ -18,6 +20,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -143,17 +146,12 @@ def pg_template() -> Iterator[str]:
     name = f"{RUN_TAG}_template"
     _pg_exec(f'CREATE DATABASE "{name}"')
     migrate.upgrade(_pg_url(name))
-    created: list[str] = []
     yield name
     with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
         rows = conn.execute("SELECT datname FROM pg_database WHERE datname LIKE %s", (f"{RUN_TAG}%",)).fetchall()
-        for (dbname,) in rows:
-            conn.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
-                (dbname,),
-            )
-            conn.execute(f'DROP DATABASE IF EXISTS "{dbname}"')
-    del created
+    # At once: each DROP DATABASE waits for a checkpoint, and concurrent ones share it.
+    with ThreadPoolExecutor(max(1, len(rows))) as drops:
+        list(drops.map(lambda row: _pg_exec(f'DROP DATABASE IF EXISTS "{row[0]}" WITH (FORCE)'), rows))
 
 
 @pytest.fixture(scope="session")
@@ -165,12 +163,172 @@ def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def _fresh_database(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if backend == "postgresql":
-        template = request.getfixturevalue("pg_template")
+# What a test could change in a database besides its rows. A database whose catalog no longer
+# matches the template's (a test ran a downgrade, dropped a trigger, added a table...) is
+# dropped rather than emptied.
+_CATALOG_FINGERPRINT = """
+SELECT md5(string_agg(item, E'\\n' ORDER BY item)) FROM (
+    SELECT 'namespace ' || nspname FROM pg_namespace WHERE nspname NOT LIKE 'pg_temp%' AND nspname NOT LIKE 'pg_toast_temp%'
+    UNION ALL
+    SELECT 'relation ' || c.oid::regclass::text || ' ' || c.relkind::text || c.relpersistence::text
+           || c.relrowsecurity::text || coalesce(c.relacl::text, '')
+      FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+     WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%'
+    UNION ALL
+    SELECT 'column ' || a.attrelid::regclass::text || '.' || a.attname || ' '
+           || format_type(a.atttypid, a.atttypmod) || ' ' || a.attnotnull::text || ' '
+           || coalesce(pg_get_expr(d.adbin, d.adrelid), '') || a.attidentity::text || a.attgenerated::text
+      FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+      LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+     WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%'
+       AND a.attnum > 0 AND NOT a.attisdropped
+    UNION ALL
+    SELECT 'constraint ' || conrelid::regclass::text || ' ' || conname || ' ' || pg_get_constraintdef(oid)
+           || condeferrable::text || condeferred::text || convalidated::text
+      FROM pg_constraint WHERE connamespace NOT IN ('pg_catalog'::regnamespace, 'information_schema'::regnamespace)
+    UNION ALL
+    SELECT 'index ' || pg_get_indexdef(i.indexrelid) || i.indisvalid::text
+      FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+     WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%'
+    UNION ALL
+    SELECT 'trigger ' || pg_get_triggerdef(oid) || ' ' || tgenabled::text FROM pg_trigger WHERE NOT tgisinternal
+    UNION ALL
+    SELECT 'function ' || p.oid::regprocedure::text || ' ' || md5(p.prosrc) || coalesce(p.proconfig::text, '')
+      FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+     WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')
+    UNION ALL
+    SELECT 'rule ' || schemaname || '.' || tablename || ' ' || definition FROM pg_rules
+    UNION ALL
+    SELECT 'view ' || schemaname || '.' || viewname || ' ' || definition FROM pg_views
+     WHERE schemaname NOT IN ('pg_catalog', 'information_schema')
+    UNION ALL
+    SELECT 'policy ' || schemaname || '.' || tablename || ' ' || policyname || ' ' || coalesce(qual, '')
+           || coalesce(with_check, '') FROM pg_policies
+    UNION ALL
+    SELECT 'extension ' || extname || ' ' || extversion FROM pg_extension
+    UNION ALL
+    SELECT 'type ' || t.oid::regtype::text FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
+     WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%'
+    UNION ALL
+    SELECT 'sequence ' || seqrelid::regclass::text || ' ' || seqtypid::regtype::text || ' ' || seqstart || ' '
+           || seqincrement || ' ' || seqmax || ' ' || seqmin || ' ' || seqcache || ' ' || seqcycle::text
+      FROM pg_sequence
+    UNION ALL
+    SELECT 'setting ' || coalesce(setrole::regrole::text, '') || ' ' || setconfig::text FROM pg_db_role_setting
+     WHERE setdatabase = (SELECT oid FROM pg_database WHERE datname = current_database())
+    UNION ALL
+    SELECT 'large objects ' || count(*) FROM pg_largeobject_metadata
+    UNION ALL
+    SELECT 'prepared transactions ' || count(*) FROM pg_prepared_xacts WHERE database = current_database()
+) AS catalog(item)
+"""
+
+
+class PgDatabasePool:
+    """PostgreSQL databases for tests, each in the state of a fresh clone of the template.
+
+    A database is made with CREATE DATABASE ... TEMPLATE the first time one is needed. When a
+    test is done with it, it is given back and made equal to the template again instead of
+    dropped (a DROP DATABASE makes PostgreSQL run a checkpoint; on this shared machine that
+    cost 0.1-2.5 s per test, most of the fast suite's time): its other connections are ended,
+    its catalog must still match the template's fingerprint (``_CATALOG_FINGERPRINT``), then
+    in one transaction every table is emptied with triggers off (``session_replication_role
+    = replica``: the audit log's append-only triggers stay exactly as migrated), the rows the
+    migrations seeded are copied back, every sequence is set back to the template's value,
+    and each table's rows are compared with the template's (a count of none, or the seeded
+    rows byte for byte). A database that
+    fails any step is dropped, and the next test gets a new clone.
+    """
+
+    def __init__(self, template: str) -> None:
+        self.template = template
+        self.free: list[str] = []
+        with self._connect(template) as conn:
+            self.fingerprint = conn.execute(_CATALOG_FINGERPRINT).fetchone()[0]
+            self.tables = [row[0] for row in conn.execute(
+                "SELECT c.oid::regclass::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+                " WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema')"
+                " AND n.nspname NOT LIKE 'pg_toast%' ORDER BY 1"
+            )]
+            self.rows = {table: self._dump(conn, table) for table in self.tables}
+            self.sequences = conn.execute(
+                "SELECT format('%I.%I', schemaname, sequencename), coalesce(last_value, start_value),"
+                " last_value IS NOT NULL FROM pg_sequences"
+            ).fetchall()
+
+    @staticmethod
+    def _connect(name: str, autocommit: bool = True) -> psycopg.Connection:
+        return psycopg.connect(f"{PG_ADMIN_DSN.rsplit('/', 1)[0]}/{name}", autocommit=autocommit)
+
+    @staticmethod
+    def _dump(conn: psycopg.Connection, table: str) -> bytes:
+        with conn.cursor().copy(f"COPY {table} TO STDOUT") as copy:
+            return b"".join(bytes(chunk) for chunk in copy)
+
+    def take(self) -> str:
+        if self.free:
+            return self.free.pop()
         name = f"{RUN_TAG}_{uuid.uuid4().hex[:10]}"
-        _pg_exec(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
-        return _pg_url(name)
+        _pg_exec(f'CREATE DATABASE "{name}" TEMPLATE "{self.template}"')
+        return name
+
+    def give_back(self, name: str) -> None:
+        try:
+            reset = self._reset(name)
+        except psycopg.Error:
+            reset = False
+        if reset:
+            self.free.append(name)
+        else:
+            _pg_exec(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    def _reset(self, name: str) -> bool:
+        with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as admin:
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+                (name,),
+            )
+            deadline = time.monotonic() + 30
+            while admin.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s", (name,)).fetchone()[0]:
+                if time.monotonic() > deadline:
+                    return False
+                time.sleep(0.01)
+        with self._connect(name, autocommit=False) as conn:
+            if conn.execute(_CATALOG_FINGERPRINT).fetchone()[0] != self.fingerprint:
+                return False
+            conn.execute("SET LOCAL lock_timeout = '30s'")
+            conn.execute("SET LOCAL session_replication_role = replica")
+            for table in self.tables:
+                conn.execute(f"DELETE FROM {table}")
+            for table, rows in self.rows.items():
+                if rows:
+                    with conn.cursor().copy(f"COPY {table} FROM STDIN") as copy:
+                        copy.write(rows)
+            for sequence, value, is_called in self.sequences:
+                conn.execute("SELECT setval(%s, %s, %s)", (sequence, value, is_called))
+            # One query for the emptied tables' counts, byte for byte for the seeded ones.
+            counts = conn.execute(
+                "SELECT ARRAY[" + ", ".join(f"(SELECT count(*) FROM {table})" for table in self.tables) + "]"
+            ).fetchone()[0]
+            if any(count != 0 for table, count in zip(self.tables, counts, strict=True) if not self.rows[table]) or any(
+                self._dump(conn, table) != rows for table, rows in self.rows.items() if rows
+            ):
+                conn.rollback()
+                return False
+            conn.commit()
+        return True
+
+
+@pytest.fixture(scope="session")
+def pg_pool(pg_template: str) -> PgDatabasePool:
+    return PgDatabasePool(pg_template)
+
+
+def _fresh_database(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A database URL for ``backend``; a PostgreSQL one stays this caller's until the session ends
+    unless given back to ``pg_pool`` (the ``env`` fixture gives its back)."""
+    if backend == "postgresql":
+        return _pg_url(request.getfixturevalue("pg_pool").take())
     template_path = request.getfixturevalue("sqlite_template")
     target = tmp_path / "unlearnd.sqlite3"
     shutil.copy(template_path, target)
@@ -190,6 +348,7 @@ def env(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.Monk
     Uses the ``backend`` parameter when the test asks for it, PostgreSQL otherwise.
     """
     backend = request.getfixturevalue("backend") if "backend" in request.fixturenames else "postgresql"
+    pool = request.getfixturevalue("pg_pool") if backend == "postgresql" else None
     database_url = _fresh_database(backend, request, tmp_path)
     values = {
         "UNLEARND_MODE": "embedded",
@@ -204,10 +363,10 @@ def env(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.Monk
     reset_caches()
     yield values
     reset_caches()
-    # Dropped now rather than all at the end of the session, where hundreds of drops ran
-    # inside the last test's timeout and, on a loaded machine, overran it.
-    if database_url.startswith("postgresql"):
-        _pg_exec(f'DROP DATABASE IF EXISTS "{database_url.rsplit("/", 1)[1]}" WITH (FORCE)')
+    # Given back now: emptied for the next test, or dropped if it cannot be made equal to the
+    # template again (the session's end drops whatever is left, which is then a database or two).
+    if pool is not None:
+        pool.give_back(database_url.rsplit("/", 1)[1])
 
 
 @pytest.fixture
