@@ -504,7 +504,7 @@ def server(env: dict[str, str]) -> Iterator[str]:
 
 # Fixtures that start real worker or server processes: a test that asks for one is slow
 # and left out of `make test-fast`.
-SLOW_FIXTURES = {"start_worker", "processes"}
+SLOW_FIXTURES = {"start_worker", "processes", "server"}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -37,6 +37,7 @@ def _write(writer: int, count: int, start) -> None:  # noqa: ANN001 - a multipro
                 sign(session)
 
 
+@pytest.mark.slow  # concurrent writer processes (spawned)
 @pytest.mark.timeout(240)
 def test_concurrent_writers_keep_one_verifiable_chain(env, backend):
     context = multiprocessing.get_context("spawn")

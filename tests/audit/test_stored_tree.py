@@ -160,6 +160,7 @@ def test_a_lagging_tree_is_caught_up_by_the_next_append(env):
         _assert_matches_reference(session, 15)
 
 
+@pytest.mark.slow  # every migration, on a database of its own
 def test_migration_backfills_the_tree_of_an_existing_log(env, monkeypatch):
     """A log written before migration 0031 gets its whole tree, and then grows it."""
     from tests.conftest import reset_caches

@@ -106,6 +106,7 @@ def test_untouched_copy_verifies(log, tmp_path):
     assert (result.events_checked, result.tree_heads_checked) == (EVENTS, 1)
 
 
+@pytest.mark.slow  # verifies a copy per edited cell
 def test_every_single_row_edit_is_detected(log, tmp_path):
     path, _ = log
     for seq in range(1, EVENTS + 1):

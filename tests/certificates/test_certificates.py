@@ -174,6 +174,7 @@ def test_no_data_found_certificate_carries_non_inclusion_evidence(api, completed
     assert "no training record" in document["claim"]
 
 
+@pytest.mark.slow  # verifies every one-byte mutation of a certificate
 def test_every_one_byte_change_fails_verification(api, completed_request):
     raw = _issue(completed_request())
     keys = _keys(api)
@@ -298,6 +299,7 @@ def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "app.cli", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=120)
 
 
+@pytest.mark.slow  # three CLI processes
 def test_cli_verifies_a_fetched_certificate_and_rejects_a_hand_edited_copy(api, make_client, completed_request, tmp_path):
     owner = make_client("portal")
     request_id = completed_request(client_id=owner.id)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from click.testing import CliRunner
 from sqlalchemy import inspect
 
@@ -47,6 +48,7 @@ def test_keys_list_shows_the_signing_key_and_keeps_rotated_ones(env):
     assert after == {new_kid: "active", kid: "retired"}
 
 
+@pytest.mark.slow  # every migration up, down and up
 def test_db_upgrade_check_downgrade_on_sqlite(tmp_path, monkeypatch):
     from app.cli import main
     from app.core.database import make_engine

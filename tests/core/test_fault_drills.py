@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 
+import pytest
 import redis
 
 
@@ -22,6 +23,7 @@ def _submit(api, headers, n: int) -> list[int]:
     return seen
 
 
+@pytest.mark.slow  # stops and restarts a redis-server
 def test_redis_stopped_and_restarted_under_intake(own_redis, make_client):
     from fastapi.testclient import TestClient
     from sqlalchemy import func, select

@@ -39,6 +39,7 @@ def test_cli_commands_do_not_load_torch(env, args):
         assert "Usage:" in finished.stdout
 
 
+@pytest.mark.slow  # a process that imports torch
 def test_the_engine_still_loads_torch_where_it_fits(env):
     """The check above can fail: the worker path still reaches torch through the same doorway."""
     _run("import sys\nfrom app.jobs import engine\nengine.adapter_of('logreg', {})\n"

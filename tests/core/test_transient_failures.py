@@ -291,6 +291,7 @@ def test_a_real_deadlock_in_intake_is_retried_once_and_the_request_lands_once(en
         assert verify_log(session).ok
 
 
+@pytest.mark.slow  # real deadlocks, then a client retry after Retry-After
 def test_a_deadlock_that_persists_is_503_with_retry_after_and_the_client_retry_lands_once(env, make_client):
     from fastapi.testclient import TestClient
     from sqlalchemy import func, select

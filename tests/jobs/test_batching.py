@@ -10,6 +10,9 @@ from sqlalchemy import select
 from app.demo import DemoModel
 from tests.jobs.conftest import TINY_SISA, run_inline, submit
 
+# Slow: each test trains a SISA model and runs one or more unlearning batches.
+pytestmark = pytest.mark.slow
+
 HOURLY = {"default_method": "sisa", "batching_window_hours": 1.0}
 
 

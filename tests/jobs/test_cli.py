@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from click.testing import CliRunner
 
 from app.demo import DemoModel
 from tests.jobs.conftest import TINY_MLP, run_inline, submit
 
 
+@pytest.mark.slow  # trains a model, then drives the batch scheduler through the CLI
 def test_jobs_commands(env, api, make_client, install_demo):
     from app.cli import main
 

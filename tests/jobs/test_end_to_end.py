@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from sqlalchemy import select
 
 from app.demo import DemoModel
@@ -127,6 +128,7 @@ def test_request_is_unlearned_verified_purged_and_completed(backend, env, api, m
     assert unlearning["purgedVersions"] == [base_id] and unlearning["forgottenCount"] == job["forget_count"]
 
 
+@pytest.mark.slow  # trains every shard and a whole fit
 def test_sisa_training_fans_out_one_job_per_shard_and_matches_a_whole_fit(env, api, make_client, install_demo):
     import hashlib
 

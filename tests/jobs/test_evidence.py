@@ -14,6 +14,9 @@ from app.demo import DemoModel
 from tests.conftest import issue_certificate_now
 from tests.jobs.conftest import TINY_SISA, run_inline, submit
 
+# Slow: each test trains, forgets and verifies a certificate.
+pytestmark = pytest.mark.slow
+
 SUBJECT_KEYS = {f"digit-{i:04d}" for i in range(7, 1797, 100)}  # demo-subject-7's 18 records
 
 

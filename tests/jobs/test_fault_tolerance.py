@@ -67,6 +67,7 @@ def test_sigkilled_worker_during_unlearning_is_resumed_once(env, api, make_clien
     assert api.get(f"/v1/deletion-requests/{request['id']}", headers=portal.headers).json()["status"] == "completed"
 
 
+@pytest.mark.slow  # a failing job run, then resumed
 def test_a_job_that_fails_while_purging_resumes_at_purging(env, api, make_client, install_demo):
     """The result version is registered once; a retry after a failed purge only purges."""
     import shutil

@@ -4,6 +4,7 @@ the completion check and `unlearnd lineage check`, in this process (no worker)."
 
 from __future__ import annotations
 
+import pytest
 from click.testing import CliRunner
 from sqlalchemy import select
 
@@ -77,6 +78,7 @@ def test_importing_a_version_that_remembers_a_forgotten_record_is_refused(
     assert _check()[0] == 0
 
 
+@pytest.mark.slow  # imports, then runs an unlearning job
 def test_an_imported_version_holding_an_open_requests_records_is_attached_and_unlearned(
         backend, env, api, make_client, install_demo):
     from app.core.database import session_scope
@@ -121,6 +123,7 @@ def test_an_imported_version_holding_an_open_requests_records_is_attached_and_un
     assert document["lineage_check"]["passed"] is True and document["lineage_check"]["live_versions_holding"] == 0
 
 
+@pytest.mark.slow  # a training run and two unlearning jobs around a sweep
 def test_the_sweep_finds_a_planted_violation_and_schedules_it(backend, env, api, make_client, install_demo):
     from app.audit.models import AuditEvent
     from app.core.database import session_scope
@@ -165,6 +168,7 @@ def test_the_sweep_finds_a_planted_violation_and_schedules_it(backend, env, api,
     assert code == 0 and "0 violation(s), 0 live version(s)" in output, output
 
 
+@pytest.mark.slow  # several training and unlearning runs
 def test_training_leaves_out_open_requests_and_completion_waits_for_a_training_run(
         backend, env, api, make_client, install_demo):
     """Records an open request names stay out of a new snapshot; a request resolved while a

@@ -34,6 +34,7 @@ def queued_job(api, make_client, install_demo) -> QueuedJob:
     return QueuedJob(admin, portal, training, request, job_id)
 
 
+@pytest.mark.slow  # every attempt of a job, then a retry
 def test_a_job_failing_every_attempt_fails_its_requests_and_can_be_retried(api, queued_job):
     from app import demo
     from app.audit.models import AuditEvent
@@ -66,6 +67,7 @@ def test_a_job_failing_every_attempt_fails_its_requests_and_can_be_retried(api, 
     assert again.status_code == 409 and again.json()["field"] == "status"
 
 
+@pytest.mark.slow  # a training run, a cancelled job and a second unlearning job
 def test_a_queued_job_can_be_cancelled_and_its_requests_batched_again(api, make_client, queued_job):
     admin, portal = queued_job.admin, queued_job.portal
     request, job_id = queued_job.request, queued_job.job_id

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import pytest
+
 from app.demo import DemoModel
 from tests.jobs.conftest import TINY_MLP, TINY_SISA, run_inline, submit
 
 
+@pytest.mark.slow  # trains and unlearns several models
 def test_request_waits_for_every_model(env, api, make_client, install_demo):
     from app.core.database import session_scope, utcnow
     from app.jobs import service

@@ -85,6 +85,7 @@ def test_a_policy_stored_before_the_checks_still_reads():
     assert read.policy.max_batch_size == 100 and read.policy.method_configs.options_for("retrain") is None
 
 
+@pytest.mark.slow  # trains a model and retrains it through the engine
 def test_method_options_reach_the_engine(blobs_for_policy):
     from app.jobs import engine
     from app.registry.policy import MethodConfigs

@@ -51,6 +51,7 @@ def test_a_source_value_too_long_fails_the_ingestion(env):
     assert dataset.status == "failed" and "source column 'feed'" in dataset.error
 
 
+@pytest.mark.slow  # trains a model version first
 def test_lineage_names_the_versions_holding_a_source(env, api, make_client, install_demo):
     from app.core.database import session_scope
     from app.demo import DemoModel

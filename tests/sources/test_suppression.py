@@ -3,6 +3,7 @@ every snapshot, reports and audits it; an admin may lift a suppression, with a r
 
 from __future__ import annotations
 
+import pytest
 from sqlalchemy import select
 
 from app.demo import DIGITS_SCHEMA, DemoModel
@@ -23,6 +24,7 @@ def _reingest(name: str, data: bytes):
     return registry.ingest_dataset(dataset_id)
 
 
+@pytest.mark.slow  # trains, unlearns, re-ingests and trains again
 def test_a_forgotten_subject_stays_out_of_a_reingested_file(env, api, make_client, install_demo):
     import pyarrow.parquet as pq
 

@@ -96,6 +96,7 @@ def test_the_accuracy_limit_can_allow_for_the_paired_noise_of_the_heldout_rows(m
     assert not ruined.passed and ruined.value > ruined.limit
 
 
+@pytest.mark.slow  # trains a model and retrains it
 def test_removed_class_must_be_forgotten(blobs_split):
     train, _, _, heldout = blobs_split
     model = get_adapter("mlp", hidden=[32], epochs=20, batch_size=32).fit(train, seed=0)

@@ -187,6 +187,7 @@ def test_consecutive_failed_deliveries_disable(webhook_env, monkeypatch, api, ma
     assert len(failing.received) == 4  # two deliveries, each a first try and one retry
 
 
+@pytest.mark.slow  # waits out a real Retry-After
 def test_retry_after_is_honoured(webhook_env, backend, api, make_client, make_receiver):
     from tests.webhooks.conftest import wait_until
 
