@@ -152,11 +152,12 @@ def _http(args: argparse.Namespace, rng: random.Random, keys: list[str], subject
     from app.core.database import session_scope
 
     with session_scope() as session:
-        api_key = create_client(session, name="bench", role="ml").api_key
+        # Raw-identifier subject lookups are admin only, and rate limited per key: lifted here.
+        api_key = create_client(session, name="bench", role="admin").api_key
     port = _free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory", "--port", str(port), "--log-level",
-         "warning"], cwd=ROOT, env=os.environ.copy(),
+         "warning"], cwd=ROOT, env={**os.environ, "UNLEARND_SUBJECT_LOOKUPS_PER_MINUTE": "1000000"},
     )
     try:
         client = httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {api_key}"})

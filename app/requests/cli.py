@@ -10,7 +10,7 @@ import click
 
 from app.core.cli_errors import as_click_errors
 from app.core.database import session_scope
-from app.requests import service
+from app.requests import reads
 from app.requests.models import LegalBasis, RequestStatus
 from app.requests.schemas import DeletionRequestCreate, DeletionRequestDetail, DeletionRequestOut
 
@@ -97,6 +97,8 @@ def submit(client_ref: str, requested_at: datetime | None, idempotency_key: str 
     body = submission_body(**options) | ({"requested_at": requested_at} if requested_at else {})
     with as_click_errors(), session_scope() as session:
         submission = DeletionRequestCreate.model_validate(body)
+        from app.requests import service  # intake loads lineage and the registry; list and show do not
+
         client = service.get_submitting_client(session, client_ref)
         outcome = service.submit(
             session, client=client, submission=submission, idempotency_key=idempotency_key,
@@ -115,13 +117,13 @@ def list_command(
     status: str | None, legal_basis: str | None, external_ref: str | None, limit: int, cursor: str | None
 ) -> None:
     """One line per request, newest first."""
-    filters = service.RequestFilters(
+    filters = reads.RequestFilters(
         status=RequestStatus(status) if status else None,
         legal_basis=LegalBasis(legal_basis) if legal_basis else None,
         external_ref=external_ref,
     )
     with as_click_errors(), session_scope() as session:
-        echo_page(service.list_requests(session, filters=filters, cursor=cursor, limit=limit))
+        echo_page(reads.list_requests(session, filters=filters, cursor=cursor, limit=limit))
 
 
 @cli.command("show")
@@ -129,5 +131,5 @@ def list_command(
 def show(request_id: str) -> None:
     """One request with its status history."""
     with as_click_errors(), session_scope() as session:
-        request = service.get_request(session, request_id)
-        _echo(DeletionRequestDetail.of(request, service.history(session, request.id)))
+        request = reads.get_request(session, request_id)
+        _echo(DeletionRequestDetail.of(request, reads.history(session, request.id)))

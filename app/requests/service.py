@@ -7,9 +7,6 @@ written together or not at all. ``transition`` is the one place a status changes
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -17,7 +14,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import Select, or_, select, tuple_
+from sqlalchemy import Select, or_, select
 from sqlalchemy.orm import Session
 
 from app.audit import service as audit
@@ -37,7 +34,7 @@ from app.core.errors import (
 from app.core.hashing import canonical_json, sha256_hex
 from app.core.outbox import enqueue
 from app.core.queue import TaskName
-from app.core.roles import Role, sees_every_client
+from app.core.roles import Role
 from app.lineage import service as lineage
 from app.registry import subjects
 from app.registry.models import DataRecord, Dataset, RecordState, RegisteredModel
@@ -52,8 +49,10 @@ from app.requests.models import (
     RequestTransition,
     weakest,
 )
+from app.requests.reads import RequestFilters, RequestPage, get_request, history, list_requests, visible
 from app.requests.schemas import DeletionRequestBatchItem, DeletionRequestCreate
 
+__all__ = ["RequestFilters", "RequestPage", "get_request", "history", "list_requests"]  # reads, re-exported
 log = logging.getLogger("unlearnd.requests")
 
 S = RequestStatus
@@ -90,20 +89,6 @@ class Provenance:
 class Submission:
     request: DeletionRequest
     replayed: bool  # True when an earlier identical submission was returned
-
-
-@dataclass(frozen=True)
-class RequestFilters:
-    status: RequestStatus | None = None
-    legal_basis: LegalBasis | None = None
-    due_before: datetime | None = None
-    external_ref: str | None = None
-
-
-@dataclass(frozen=True)
-class RequestPage:
-    items: list[DeletionRequest]
-    next_cursor: str | None
 
 
 @dataclass(frozen=True)
@@ -773,7 +758,7 @@ def _audit_transition(session: Session, request: DeletionRequest, step: RequestT
 
 def get_for_update(session: Session, request_id: str, viewer: ApiClient | None = None) -> DeletionRequest:
     """Load a request and lock its row until commit (PostgreSQL; SQLite writers are serialised)."""
-    query = _visible(select(DeletionRequest).where(DeletionRequest.id == request_id), viewer).with_for_update()
+    query = visible(select(DeletionRequest).where(DeletionRequest.id == request_id), viewer).with_for_update()
     request = session.scalar(query)
     if request is None:
         raise NotFound(f"no deletion request {request_id}")
@@ -845,20 +830,6 @@ def extend(
 # --- reads ------------------------------------------------------------------------------------
 
 
-def _visible(query: Select[Any], viewer: ApiClient | None) -> Select[Any]:
-    """A portal (or an ml key) sees only its own requests; admins and auditors see all."""
-    if viewer is None or sees_every_client(viewer.role):
-        return query
-    return query.where(DeletionRequest.client_id == viewer.id)
-
-
-def get_request(session: Session, request_id: str, viewer: ApiClient | None = None) -> DeletionRequest:
-    request = session.scalar(_visible(select(DeletionRequest).where(DeletionRequest.id == request_id), viewer))
-    if request is None:
-        raise NotFound(f"no deletion request {request_id}")
-    return request
-
-
 def owners_and_outcomes(session: Session, request_ids: Iterable[str]) -> dict[str, tuple[str, str | None]]:
     """Request id -> (submitting client, outcome), for many requests in one query."""
     ids = sorted(set(request_ids))
@@ -868,52 +839,6 @@ def owners_and_outcomes(session: Session, request_ids: Iterable[str]) -> dict[st
         DeletionRequest.id.in_(ids)
     )
     return {rid: (client_id, outcome) for rid, client_id, outcome in session.execute(query)}
-
-
-def history(session: Session, request_id: str) -> list[RequestTransition]:
-    query = select(RequestTransition).where(RequestTransition.request_id == request_id).order_by(RequestTransition.id)
-    return list(session.scalars(query))
-
-
-def list_requests(
-    session: Session,
-    *,
-    viewer: ApiClient | None = None,
-    filters: RequestFilters = RequestFilters(),
-    cursor: str | None = None,
-    limit: int = 50,
-) -> RequestPage:
-    """Newest first, ordered by (received_at, id) so pages never skip or repeat a row."""
-    query = _visible(select(DeletionRequest), viewer)
-    if filters.status is not None:
-        query = query.where(DeletionRequest.status == filters.status.value)
-    if filters.legal_basis is not None:
-        query = query.where(DeletionRequest.legal_basis == filters.legal_basis.value)
-    if filters.due_before is not None:
-        query = query.where(DeletionRequest.due_at < filters.due_before)
-    if filters.external_ref is not None:
-        query = query.where(DeletionRequest.external_ref == filters.external_ref)
-    if cursor:
-        after_received, after_id = _decode_cursor(cursor)
-        query = query.where(tuple_(DeletionRequest.received_at, DeletionRequest.id) < tuple_(after_received, after_id))
-    query = query.order_by(DeletionRequest.received_at.desc(), DeletionRequest.id.desc()).limit(limit + 1)
-    rows = list(session.scalars(query))
-    items = rows[:limit]
-    next_cursor = _encode_cursor(items[-1]) if len(rows) > limit else None
-    return RequestPage(items=items, next_cursor=next_cursor)
-
-
-def _encode_cursor(last: DeletionRequest) -> str:
-    raw = json.dumps([last.received_at.isoformat(), last.id]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> tuple[datetime, str]:
-    try:
-        received, request_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        return datetime.fromisoformat(received), str(request_id)
-    except (ValueError, TypeError, binascii.Error):
-        raise InvalidInput("cursor is not one this API issued", field="cursor") from None
 
 
 # --- for the jobs room ------------------------------------------------------------------------
