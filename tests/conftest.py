@@ -20,7 +20,6 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -139,6 +138,21 @@ def own_redis(env, monkeypatch, tmp_path):
             process.wait(timeout=30)
 
 
+# Drops every database whose name is LIKE argv[2], all at once (concurrent drops share checkpoints).
+_DROP_DATABASES = """
+import sys
+import psycopg
+dsn, pattern = sys.argv[1:3]
+with psycopg.connect(dsn, autocommit=True) as conn:
+    names = [row[0] for row in conn.execute("SELECT datname FROM pg_database WHERE datname LIKE %s", (pattern,))]
+def drop(name):
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+with ThreadPoolExecutor(max(1, len(names))) as pool:
+    list(pool.map(drop, names))
+"""
+
+
 @pytest.fixture(scope="session")
 def pg_template() -> Iterator[str]:
     from app.core import migrate
@@ -147,11 +161,12 @@ def pg_template() -> Iterator[str]:
     _pg_exec(f'CREATE DATABASE "{name}"')
     migrate.upgrade(_pg_url(name))
     yield name
-    with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
-        rows = conn.execute("SELECT datname FROM pg_database WHERE datname LIKE %s", (f"{RUN_TAG}%",)).fetchall()
-    # At once: each DROP DATABASE waits for a checkpoint, and concurrent ones share it.
-    with ThreadPoolExecutor(max(1, len(rows))) as drops:
-        list(drops.map(lambda row: _pg_exec(f'DROP DATABASE IF EXISTS "{row[0]}" WITH (FORCE)'), rows))
+    # Dropped by a process of its own, which the run does not wait for: each DROP DATABASE
+    # waits for a checkpoint, and at the end of a run on the busy machine that took 5-30 s.
+    subprocess.Popen(
+        [sys.executable, "-c", _DROP_DATABASES, PG_ADMIN_DSN, f"{RUN_TAG}%"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
 
 
 @pytest.fixture(scope="session")

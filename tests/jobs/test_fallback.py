@@ -3,6 +3,7 @@ removal, is replaced by the exact method, and the report says so."""
 
 from __future__ import annotations
 
+import pytest
 from sqlalchemy import select
 
 from app.core.database import session_scope
@@ -38,6 +39,7 @@ def _qualify_by_fiat(model_name: str, method: str) -> dict:
         return {"id": study.id, "report_sha256": study.report_sha256}
 
 
+@pytest.mark.slow  # trains a model and runs an unlearning job
 def test_an_unqualified_approximate_method_is_not_even_tried(env, api, make_client, install_demo):
     admin, portal = make_client("admin"), make_client("portal")
     [training] = install_demo(DemoModel("digits-mlp", "mlp", TINY_MLP, {"default_method": "finetune"}))
@@ -52,6 +54,7 @@ def test_an_unqualified_approximate_method_is_not_even_tried(env, api, make_clie
     assert ("verifying", "unlearning") not in [(h["from_status"], h["to_status"]) for h in history]
 
 
+@pytest.mark.slow  # trains a model and runs an unlearning job
 def test_impossible_thresholds_fall_back_to_retrain(env, api, make_client, install_demo):
     admin, portal = make_client("admin"), make_client("portal")
     impossible = {"default_method": "finetune", "thresholds": {"max_mia_auc": 0.0, "min_mia_auc": 1.0,
@@ -79,6 +82,7 @@ def test_impossible_thresholds_fall_back_to_retrain(env, api, make_client, insta
     assert ("verifying", "unlearning") in steps and steps[-1] == ("verifying", "completed")
 
 
+@pytest.mark.slow  # trains a model and runs an unlearning job
 def test_refused_certified_removal_falls_back_to_retrain(env, api, make_client, install_demo):
     admin, portal = make_client("admin"), make_client("portal")
     # A residual budget no Newton step can meet: the certified method must refuse.
@@ -93,6 +97,7 @@ def test_refused_certified_removal_falls_back_to_retrain(env, api, make_client, 
     assert job["method_used"] == "retrain"
 
 
+@pytest.mark.slow  # trains a model and runs an unlearning job
 def test_demo_logreg_removes_a_subject_with_a_certificate(env, api, make_client, install_demo):
     admin, portal = make_client("admin"), make_client("portal")
     [demo_logreg] = [model for model in DEMO_MODELS if model.name == "digits-logreg"]
