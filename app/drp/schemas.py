@@ -42,7 +42,7 @@ class ExerciseStatus(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     request_id: str
-    status: str = Field(description="open, in_progress, fulfilled, revoked, denied or expired (§3.02)")
+    status: str = Field(description="open, in_progress, fulfilled, revoked or denied (§3.02); never expired, see the README")
     reason: str | None = None
     received_at: str | None = None
     expected_by: str | None = None
