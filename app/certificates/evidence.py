@@ -62,12 +62,15 @@ def gather(session: Session, request_ids: Sequence[str]) -> Gathered:
     records = requests.records_of_each(session, ids)
     version_ids = requests.version_ids_of_each(session, ids)
     jobs: dict[str, list[UnlearningJob]] = {request_id: [] for request_id in ids}
-    for request_id, job in session.execute(
-        select(JobRequest.request_id, UnlearningJob)
-        .join(UnlearningJob, UnlearningJob.id == JobRequest.job_id)
-        .where(JobRequest.request_id.in_(ids), UnlearningJob.status == JobStatus.SUCCEEDED)
-    ).tuples():
-        jobs[request_id].append(job)
+    links = session.execute(select(JobRequest.request_id, JobRequest.job_id).where(JobRequest.request_id.in_(ids)))
+    linked: dict[str, list[str]] = defaultdict(list)
+    for request_id, job_id in links.tuples():
+        linked[job_id].append(request_id)
+    # By key, apart from the links: a join would let a stale row estimate start from the status.
+    for job in session.scalars(select(UnlearningJob).where(UnlearningJob.id.in_(sorted(linked)),
+                                                           UnlearningJob.status == JobStatus.SUCCEEDED)):
+        for request_id in linked[job.id]:
+            jobs[request_id].append(job)
     wanted = {v for found in version_ids.values() for v in found}
     for found in jobs.values():
         wanted |= {v for job in found for v in (job.base_version_id, job.result_version_id) if v}

@@ -1,0 +1,292 @@
+"""Completion to certificate under sustained load: the largest delay and the worker's memory.
+
+    nice .venv/bin/python benchmarks/certificate_delay.py                  # 10-minute run at 80% of capacity
+    nice .venv/bin/python benchmarks/certificate_delay.py --seconds 120    # shorter (say so when quoting it)
+
+On a fresh PostgreSQL database (created and dropped here), with Redis as the broker and a
+real ``celery worker`` process (``--concurrency 2``) consuming the certificate orders:
+
+1. Capacity: a burst of completed requests (``--burst``, 25 per unlearning job) is completed
+   at once, each completion through ``requests.service.transition`` in the job's transaction
+   (which enqueues the certificate order through the outbox, as a finished job does); the
+   capacity is the burst divided by the time until every one has its certificate.
+2. Load: for ``--seconds`` (default 600), requests are completed at ``--load`` (default 0.8) of
+   that capacity, one job of 25 at a time on a steady clock. Every 10 s it samples how many
+   certificates are outstanding, the largest completion-to-certificate delay so far among the
+   requests completed under load
+   (``certificate.issued_at - request.completed_at``) and the worker's resident memory (its
+   main process and pool children, from /proc). After the load stops it waits for the last
+   certificate.
+
+The requests are written straight through the ORM in state ``verifying`` with their job, then
+completed; no HTTP intake or unlearning runs here, so what is measured is the path from
+completion to certificate. Statistics are refreshed with ANALYZE every minute, as autovacuum
+would (it is off on this machine's server). Targets (issue 21): largest delay <= 60 s, memory flat.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import psycopg
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+PER_JOB = 25
+
+
+def _rss_kib(pid: int) -> int:
+    """Resident memory of ``pid`` and its children (the worker's pool), KiB."""
+    total, family = 0, {pid}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                family.add(int(entry.name))
+    for member in family:
+        try:
+            for line in Path(f"/proc/{member}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except OSError:
+            continue
+    return total
+
+
+class Fixture:
+    """One dataset, model and purged version; ``complete`` adds a job and its requests."""
+
+    def __init__(self) -> None:
+        from pyroaring import BitMap
+
+        from app.clients.service import create_client
+        from app.core.database import session_scope, utcnow
+        from app.core.hashing import sha256_hex
+        from app.registry.models import DataRecord, Dataset, DatasetSnapshot, ModelVersion, RegisteredModel
+
+        suffix = uuid.uuid4().hex[:8]
+        with session_scope() as session:
+            self.client_id = create_client(session, name=f"bench-portal-{suffix}", role="portal").client.id
+            dataset = Dataset(name=f"bench-ds-{suffix}", uri="/data/x.csv", format="csv", schema={}, status="ready")
+            session.add(dataset)
+            session.flush()
+            records = [DataRecord(dataset_id=dataset.id, row_index=i, record_key=f"r{i}",
+                                  subject_hash=sha256_hex(f"s{i}".encode()), content_hash=sha256_hex(f"c{i}".encode()))
+                       for i in range(4)]
+            session.add_all(records)
+            session.add(DatasetSnapshot(dataset_id=dataset.id, record_count=4, members=BitMap(range(4)).serialize(),
+                                        merkle_root=sha256_hex(b"root")))
+            model = RegisteredModel(name=f"bench-m-{suffix}", adapter="logreg", hyperparameters={},
+                                    dataset_id=dataset.id, policy={})
+            session.add(model)
+            session.flush()
+            base = ModelVersion(model_id=model.id, number=1, artifact_sha256=sha256_hex(b"v1"), state="purged",
+                                purged_at=utcnow())
+            session.add(base)
+            session.flush()
+            result = ModelVersion(model_id=model.id, number=2, parent_id=base.id, artifact_sha256=sha256_hex(b"v2"),
+                                  state="active", origin="unlearned")
+            session.add(result)
+            session.flush()
+            self.record_ids = [r.id for r in records]
+            self.model_id, self.base_id, self.result_id = model.id, base.id, result.id
+        self.made = 0
+
+    def complete(self, count: int) -> None:
+        """One succeeded job completing ``count`` requests in one transaction."""
+        from app.core.database import session_scope, utcnow
+        from app.core.hashing import sha256_hex
+        from app.jobs.models import JobRequest, UnlearningJob
+        from app.requests import service as requests
+        from app.requests.models import DeletionRequest, RequestModelVersion, RequestRecord
+
+        now = utcnow()
+        with session_scope() as session:
+            job = UnlearningJob(model_id=self.model_id, base_version_id=self.base_id, result_version_id=self.result_id,
+                                method="scrub", method_used="retrain", status="succeeded", forget_count=count,
+                                report={"verification": {"verdict": "pass"}})
+            session.add(job)
+            made = []
+            for _ in range(count):
+                self.made += 1
+                n = self.made
+                request = DeletionRequest(
+                    client_id=self.client_id, external_ref=f"ext-{uuid.uuid4().hex}",
+                    request_hash=sha256_hex(f"rq{uuid.uuid4().hex}".encode()),
+                    subject_hashes=[sha256_hex(f"s{n % 4}".encode())], legal_basis="gdpr_art17", jurisdiction="EU",
+                    requested_at=now - timedelta(days=2), received_at=now - timedelta(days=2),
+                    due_at=now + timedelta(days=28), status="verifying",
+                )
+                session.add(request)
+                made.append((request, self.record_ids[n % 4]))
+            session.flush()
+            for request, record_id in made:
+                session.add(RequestRecord(request_id=request.id, record_id=record_id))
+                session.add(RequestModelVersion(request_id=request.id, version_id=self.base_id, model_id=self.model_id))
+                session.add(JobRequest(job_id=job.id, request_id=request.id))
+            session.flush()
+            for request, _ in made:
+                requests.transition(session, request, "completed", actor="bench", outcome="forgotten")
+
+
+def _state(since: datetime | None = None) -> tuple[int, int, float | None, list[float]]:
+    """(completed, certified, largest delay so far in s, every delay in s); the delays of
+    requests completed at or after ``since`` only, when given."""
+    from sqlalchemy import func, select
+
+    from app.certificates.models import Certificate
+    from app.core.database import session_scope
+    from app.requests.models import DeletionRequest
+
+    with session_scope() as session:
+        completed = session.scalar(select(func.count()).select_from(DeletionRequest)
+                                   .where(DeletionRequest.status == "completed"))
+        certified = session.scalar(select(func.count()).select_from(Certificate))
+        query = (select(Certificate.issued_at, DeletionRequest.completed_at)
+                 .join(DeletionRequest, DeletionRequest.id == Certificate.request_id))
+        if since is not None:
+            query = query.where(DeletionRequest.completed_at >= since)
+        delays = [(issued - done).total_seconds() for issued, done in session.execute(query)]
+    return completed, certified, (max(delays) if delays else None), delays
+
+
+def _analyze() -> None:
+    """Refresh the planner's statistics as autovacuum would (this machine's server runs with
+    autovacuum off, so tables grown here would otherwise keep the row counts of an empty one)."""
+    from sqlalchemy import text
+
+    from app.core.database import get_engine
+
+    with get_engine().connect() as connection:
+        connection.execute(text("ANALYZE deletion_requests, deletion_request_records, deletion_request_model_versions, "
+                                "unlearning_jobs, unlearning_job_requests, certificates, audit_events"))
+        connection.commit()
+
+
+def _wait_certified(target: int, timeout: float) -> float:
+    started = time.perf_counter()
+    while time.perf_counter() - started < timeout:
+        if _state()[1] >= target:
+            return time.perf_counter() - started
+        time.sleep(0.5)
+    raise SystemExit(f"certificates did not catch up within {timeout:.0f} s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=600.0, help="length of the load (default 600)")
+    parser.add_argument("--load", type=float, default=0.8, help="fraction of the measured capacity (default 0.8)")
+    parser.add_argument("--burst", type=int, default=2000, help="requests in the capacity burst (default 2000)")
+    parser.add_argument("--broker", default="redis://127.0.0.1:6379/13")
+    args = parser.parse_args()
+
+    name = f"bench_delay_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as connection:
+        connection.execute(f'CREATE DATABASE "{name}"')
+    os.environ.update(
+        UNLEARND_DATABASE_URL=f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}",
+        UNLEARND_DATA_DIR=tempfile.mkdtemp(prefix="bench-delay-"),
+        UNLEARND_SUBJECT_PEPPER="bench",
+        UNLEARND_MODE="embedded",
+        UNLEARND_BROKER_URL=args.broker,
+    )
+    log_path = Path(os.environ["UNLEARND_DATA_DIR"]) / "worker.log"
+    worker = None
+    try:
+        from app.core import migrate
+        from app.core.database import get_engine
+
+        migrate.upgrade()
+        with log_path.open("ab") as log:
+            worker = subprocess.Popen(
+                [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker", "--loglevel", "WARNING",
+                 "--concurrency", "2", "--without-gossip", "--without-mingle"],
+                env=os.environ.copy(), stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+            )
+        fixture = Fixture()
+        print(f"load average at start: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; worker log {log_path}")
+        # warm the worker up (imports, connections) before anything is timed
+        fixture.complete(PER_JOB)
+        _wait_certified(PER_JOB, 300)
+        _analyze()
+
+        burst = max(PER_JOB, args.burst // PER_JOB * PER_JOB)
+        started = time.perf_counter()
+        for _ in range(burst // PER_JOB):
+            fixture.complete(PER_JOB)
+        completing = time.perf_counter() - started
+        took = completing + _wait_certified(PER_JOB + burst, 1800)
+        _analyze()
+        capacity = burst / took
+        print(f"capacity: {burst} completions (jobs of {PER_JOB}) certified in {took:.1f} s "
+              f"(completing them took {completing:.1f} s of it): {capacity:.1f} certificates/s")
+
+        rate = args.load * capacity
+        interval = PER_JOB / rate
+        print(f"load: one job of {PER_JOB} every {interval:.2f} s = {rate:.1f} completions/s "
+              f"({args.load:.0%} of capacity) for {args.seconds:.0f} s")
+        from app.core.database import utcnow
+
+        rss: list[tuple[float, int]] = []
+        load_began = utcnow()
+        began = time.perf_counter()
+        next_job = began
+        next_sample = began
+        while time.perf_counter() - began < args.seconds:
+            now = time.perf_counter()
+            if now >= next_job:
+                fixture.complete(PER_JOB)
+                next_job += interval
+            if now >= next_sample:
+                completed, certified, largest, _ = _state(load_began)
+                rss.append((now - began, _rss_kib(worker.pid)))
+                print(f"  t={now - began:5.0f} s  completed {completed:6d}  certified {certified:6d}  "
+                      f"outstanding {completed - certified:5d}  largest delay {largest or 0:6.1f} s  "
+                      f"worker RSS {rss[-1][1] / 1024:6.1f} MiB  load {os.getloadavg()[0]:.1f}", flush=True)
+                if len(rss) % 6 == 0:
+                    _analyze()
+                next_sample += 10
+            time.sleep(max(0.0, min(next_job, next_sample) - time.perf_counter()))
+        behind = next_job - time.perf_counter()
+        completed = _state()[0]
+        drain = _wait_certified(completed, 1800)
+        _, _, largest, load_delays = _state(load_began)
+        third = max(1, len(rss) // 3)
+        first_mib = statistics.median(r for _, r in rss[:third]) / 1024
+        last_mib = statistics.median(r for _, r in rss[-third:]) / 1024
+        print(f"\nafter the load: the last certificate {drain:.1f} s later; the generator ran "
+              f"{max(0.0, -behind):.1f} s behind its clock at the end")
+        print(f"completion to certificate, the {len(load_delays)} requests completed under load: median "
+              f"{statistics.median(load_delays):.1f} s, p99 {sorted(load_delays)[int(0.99 * len(load_delays)) - 1]:.1f} s, "
+              f"largest {largest:.1f} s (target <= 60 s: {'met' if largest <= 60 else 'MISSED'})")
+        print(f"worker RSS: median {first_mib:.1f} MiB in the first third of the load, {last_mib:.1f} MiB in the "
+              f"last ({last_mib / first_mib:.2f}x), max {max(r for _, r in rss) / 1024:.1f} MiB")
+        print(f"load average at end: {os.getloadavg()[0]:.1f}")
+        get_engine().dispose()
+    finally:
+        if worker is not None:
+            worker.terminate()
+            try:
+                worker.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+        with psycopg.connect(PG_ADMIN, autocommit=True) as connection:
+            connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+if __name__ == "__main__":
+    main()
