@@ -24,7 +24,15 @@ from app.core.database import session_scope, utcnow
 from app.core.errors import NotFound
 from app.core.outbox import enqueue
 from app.core.queue import TaskName
-from app.jobs.models import JobKind, JobRequest, JobStage, JobStatus, UnlearningJob
+from app.jobs.models import (
+    JobKind,
+    JobRequest,
+    JobStage,
+    JobStatus,
+    MethodQualification,
+    QualificationStatus,
+    UnlearningJob,
+)
 from app.lineage import service as lineage
 from app.registry import service as registry
 from app.registry.models import DataRecord, RegisteredModel
@@ -308,7 +316,16 @@ def dataset_files_in_use(session: Session) -> set[str]:
     """The dataset files that running jobs loaded (noted under the dataset's share lock when
     the job read its inputs): an erasure keeps their old bytes until those jobs are done."""
     reports = session.scalars(select(UnlearningJob.report).where(UnlearningJob.status == JobStatus.RUNNING))
-    return {report["dataset_file"] for report in reports if report and report.get("dataset_file")}
+    files = {report["dataset_file"] for report in reports if report and report.get("dataset_file")}
+    # A qualification study notes nothing: every file its dataset had since the study began
+    # may be the one it loaded.
+    studies = session.execute(
+        select(RegisteredModel.dataset_id, MethodQualification.created_at)
+        .join(RegisteredModel, RegisteredModel.id == MethodQualification.model_id)
+        .where(MethodQualification.status == QualificationStatus.RUNNING)).tuples().all()
+    for dataset_id, since in studies:
+        files |= registry.files_replaced_since(session, dataset_id, since)
+    return files
 
 
 def release(session: Session, job: UnlearningJob) -> None:

@@ -426,6 +426,12 @@ def destroy_expired(session: Session, now: datetime, in_use: set[str]) -> int:
     return destroyed
 
 
+def replaced_since(session: Session, dataset_id: str, since: datetime) -> set[str]:
+    return set(session.scalars(select(DatasetErasure.old_uri).where(
+        DatasetErasure.dataset_id == dataset_id, DatasetErasure.status == ErasureStatus.DONE,
+        DatasetErasure.finished_at >= since)))
+
+
 def retry_due(session: Session, now: datetime) -> int:
     """The scheduler's tick: a failed run whose back-off ran out, or a run that started longer
     ago than the stale limit (its worker was lost), is queued again; a lost run with no runs

@@ -177,6 +177,12 @@ def datasets_awaiting_erasure(session: Session) -> list[tuple[str, datetime | No
     return _erasure().waiting_datasets(session)
 
 
+def files_replaced_since(session: Session, dataset_id: str, since: datetime) -> set[str]:
+    """The dataset's files that erasures replaced at or after ``since`` (a reader that began
+    then may have loaded any of them)."""
+    return erasure.replaced_since(session, dataset_id, since)
+
+
 def dataset_for_reading(session: Session, dataset_id: str) -> Dataset:
     """The dataset, its row locked in share mode until the caller's transaction ends: a job
     notes the file it loads in that transaction, and an erasure swapping the file waits for

@@ -225,6 +225,42 @@ def test_a_job_that_loaded_the_old_file_keeps_it_until_it_ends(env, api, make_cl
     assert [p["erasure_id"] for p in _actions("dataset.old_file_destroyed")] == [erasure_id]
 
 
+def test_a_running_qualification_study_keeps_every_file_replaced_since_it_began(env, api, make_client,
+                                                                                install_demo):
+    from app.core.database import session_scope
+    from app.jobs import lifecycle
+    from app.jobs.models import MethodQualification
+    from app.jobs.unlearning import active_version
+    from app.registry import erasure
+    from app.registry import service as registry
+    from tests.jobs.conftest import TINY_MLP, run_inline
+
+    portal, ml = make_client("portal"), make_client("ml")
+    install_demo()
+    original = registry.data_root() / "demo" / "digits.parquet"
+    _completed(api, portal, "demo-subject-3")
+    [(erasure_id, *_)] = _erasures()
+    assert api.post("/v1/models", headers=ml.headers, json={
+        "name": "studied", "adapter": "mlp", "hyperparameters": TINY_MLP, "dataset": "digits"}).status_code == 201
+    trained = api.post("/v1/models/studied/train", json={}, headers=ml.headers).json()["id"]
+    assert run_inline(trained)["status"] == "succeeded"  # a finished job holds no file
+    with session_scope() as session:
+        model = registry.get_model(session, "studied")
+        study = MethodQualification(model_id=model.id, version_id=active_version(session, model.id).id,
+                                    method="finetune", band_min=1, band_max=10, settings={"runs": 2})
+        session.add(study)
+        session.flush()
+        study_id = study.id
+    erasure.run(erasure_id, lifecycle.dataset_files_in_use)
+    assert original.exists() and _actions("dataset.rows_erased")[0]["old_file_in_use"] is True
+    _tick()
+    assert original.exists(), "the study may still read it"
+    with session_scope() as session:
+        session.get(MethodQualification, study_id).status = "failed"
+    _tick()
+    assert not original.exists()
+
+
 # --- overlapping erasures and certificates that wait -------------------------------------------
 
 
