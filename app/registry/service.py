@@ -180,7 +180,7 @@ def datasets_awaiting_erasure(session: Session) -> list[tuple[str, datetime | No
 def files_replaced_since(session: Session, dataset_id: str, since: datetime) -> set[str]:
     """The dataset's files that erasures replaced at or after ``since`` (a reader that began
     then may have loaded any of them)."""
-    return erasure.replaced_since(session, dataset_id, since)
+    return _erasure().replaced_since(session, dataset_id, since)
 
 
 def dataset_for_reading(session: Session, dataset_id: str) -> Dataset:
