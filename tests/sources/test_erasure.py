@@ -90,6 +90,53 @@ def test_npz_rewrite_streams_every_per_record_array(tmp_path, compressed):
     assert kinds == {zipfile.ZIP_DEFLATED if compressed else zipfile.ZIP_STORED}
 
 
+@pytest.mark.parametrize("fmt", ["csv", "npz"])
+def test_a_completed_request_erases_its_rows_from_a_csv_or_npz_dataset(env, api, make_client, fmt):
+    """Through the pipeline: a CSV or NPZ dataset is ingested, a subject's request completes,
+    the erasure rewrites the file; read back, it holds every other row exactly as it was."""
+    import csv
+
+    import pyarrow.csv as pacsv
+
+    from app.core.database import session_scope
+    from app.registry import service as registry
+    from tests.registry.factory import SCHEMA, rows
+
+    admin, portal = make_client("admin"), make_client("portal")
+    data = rows(50, subjects=5)  # Person0 holds rows 0, 5, 10, ...
+    path = registry.data_root() / f"people.{fmt}"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if fmt == "csv":
+        pacsv.write_csv(pa.table(data), path)
+    else:
+        np.savez(path, **{name: np.array(values) for name, values in data.items()})
+    with session_scope() as session:
+        dataset_id = registry.register_dataset(session, name="people", uri=path.name, fmt=fmt, schema=SCHEMA,
+                                               actor="test").id
+    assert registry.ingest_dataset(dataset_id).status == "ready"
+    body = {"subject": [{"type": "email", "value": "person0@example.org"}], "legal_basis": "gdpr_art17"}
+    request = api.post("/v1/deletion-requests", json=body, headers=portal.headers).json()
+    _tick()
+    assert api.get(f"/v1/deletion-requests/{request['id']}", headers=portal.headers).json()["status"] == "completed"
+    run_queued_erasures()
+    issue_certificate_now(request["id"])
+    [erased] = _certificate(api, admin, request["id"])["training_data"]
+    assert (erased["status"], erased["rows_erased"], erased["old_bytes_destroyed"]) == ("erased", 10, True)
+    rewritten = Path(api.get("/v1/datasets/people", headers=admin.headers).json()["uri"])
+    assert rewritten.name == f"{erased['new_file_sha256']}.{fmt}" and not path.exists()
+    kept = [i for i in range(50) if i % 5]
+    if fmt == "csv":
+        with rewritten.open(newline="") as handle:
+            table = list(csv.DictReader(handle))
+        assert [r["id"] for r in table] == [data["id"][i] for i in kept]
+        assert [float(r["f1"]) for r in table] == [data["f1"][i] for i in kept]
+        assert not any(r["email"] == "Person0@Example.org" for r in table)
+    else:
+        with np.load(rewritten, allow_pickle=False) as archive:
+            for name, values in data.items():
+                assert archive[name].tolist() == [values[i] for i in kept], name
+
+
 # --- helpers on the demo dataset --------------------------------------------------------------
 
 
