@@ -77,9 +77,13 @@ def issue(request_id: str, output: Path | None) -> None:
     """Issue (or fetch) the certificate of a completed request."""
     from app.certificates.service import certificate_file, issue_certificate
     from app.core.database import session_scope
+    from app.core.errors import UnlearndError
 
-    with session_scope() as session:
-        content = certificate_file(issue_certificate(session, request_id, actor="cli"))
+    try:
+        with session_scope() as session:
+            content = certificate_file(issue_certificate(session, request_id, actor="cli"))
+    except UnlearndError as exc:  # not completed, or its rows still wait for their erasure
+        raise click.ClickException(exc.detail) from None
     if output:
         output.write_bytes(content)
         click.echo(f"wrote {output}")

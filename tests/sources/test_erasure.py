@@ -327,6 +327,12 @@ def test_certificates_wait_for_the_erasure_that_a_later_completion_or_the_tick_s
     # No path issues a certificate that would say "pending": the CLI's path refuses too.
     with session_scope() as session, pytest.raises(Conflict):
         issue_certificate(session, first["id"])
+    from click.testing import CliRunner
+
+    from app.cli import main
+
+    refused = CliRunner().invoke(main, ["certificate", "issue", first["id"]])
+    assert refused.exit_code == 1 and "still being erased from their dataset file" in refused.output, refused.output
     assert api.get(f"/v1/deletion-requests/{first['id']}/certificate", headers=admin.headers).status_code == 202
 
     # The open request keeps the file waiting no longer than the max wait: the tick then erases.
