@@ -26,11 +26,12 @@ ENDPOINT_DISABLED = "webhook_endpoint.disabled"
 LINEAGE_VIOLATION = "lineage.violation"
 QUALIFICATION_REVOKED = "method_qualification.revoked"
 DATASET_REDACTION_REQUIRED = "dataset.redaction_required"
+DATASET_ERASURE_FAILED = "dataset.erasure_failed"
 
 EVENT_TYPES = (
     REQUEST_RECEIVED, REQUEST_SCHEDULED, REQUEST_COMPLETED, REQUEST_FAILED, REQUEST_REJECTED, REQUEST_CANCELLED,
     REQUEST_DEADLINE_AT_RISK, JOB_SUCCEEDED, JOB_FAILED, VERSION_PURGED, CERTIFICATE_ISSUED, ENDPOINT_DISABLED,
-    LINEAGE_VIOLATION, QUALIFICATION_REVOKED, DATASET_REDACTION_REQUIRED,
+    LINEAGE_VIOLATION, QUALIFICATION_REVOKED, DATASET_REDACTION_REQUIRED, DATASET_ERASURE_FAILED,
 )
 
 # The audit action this room writes when it disables an endpoint.
@@ -134,6 +135,11 @@ def from_audit(fact: AuditFact) -> list[WebhookEvent]:
             "dataset_id": entity, "erasure_id": payload.get("erasure_id"), "rows": payload.get("rows"),
             "found_at": fact.occurred_at,
         }, entity, client_id=payload.get("owner_client_id"))]
+    if action == DATASET_ERASURE_FAILED and payload.get("final"):  # the rows stay in the file: admins must act
+        return [WebhookEvent(DATASET_ERASURE_FAILED, {
+            "dataset_id": entity, "erasure_id": payload.get("erasure_id"), "attempts": payload.get("attempt"),
+            "error_type": str(payload.get("error") or "").split(":", 1)[0][:100], "failed_at": fact.occurred_at,
+        }, entity)]
     if action == ENDPOINT_DISABLED_ACTION:
         return [WebhookEvent(ENDPOINT_DISABLED, {"endpoint_id": entity, "reason": payload.get("reason"),
                                                  "disabled_at": fact.occurred_at}, entity,

@@ -485,8 +485,9 @@ def test_two_deliveries_of_one_erasure_racing_swap_once(env, api, make_client, i
 # --- failed and lost erasures -----------------------------------------------------------------
 
 
-def test_a_failed_erasure_is_retried_by_the_tick_with_backoff_then_fails_for_good(env, api, make_client,
-                                                                                 install_demo, monkeypatch):
+def test_a_failed_erasure_is_retried_by_the_tick_with_backoff_then_fails_for_good(webhook_env, api, make_client,
+                                                                                 install_demo, monkeypatch,
+                                                                                 make_receiver):
     from app.core.database import session_scope
     from app.registry import erasure
     from app.registry import service as registry
@@ -494,7 +495,11 @@ def test_a_failed_erasure_is_retried_by_the_tick_with_backoff_then_fails_for_goo
 
     monkeypatch.setenv("UNLEARND_ERASURE_MAX_ATTEMPTS", "2")
     reset_caches()
+    from tests.webhooks.test_dispatch import deliver_now, register
+
     admin, portal = make_client("admin"), make_client("portal")
+    admins_rx = make_receiver()
+    register(api, admin, admins_rx, events=["dataset.erasure_failed"])
     install_demo()
     original = registry.data_root() / "demo" / "digits.parquet"
     hidden = original.with_suffix(".hidden")
@@ -535,6 +540,12 @@ def test_a_failed_erasure_is_retried_by_the_tick_with_backoff_then_fails_for_goo
     assert (status, attempts) == ("failed", 2)
     final = _actions("dataset.erasure_failed")[-1]
     assert final["final"] is True and final["notify"] == "admins" and final["retry_at"] is None
+    deliver_now()
+    # Admins hear of the final failure only, not of the attempts that were retried.
+    [told] = admins_rx.received
+    assert told.verified_by == [0] and told.payload["type"] == "dataset.erasure_failed"
+    assert told.payload["data"]["erasure_id"] == second_id and told.payload["data"]["attempts"] == 2
+    assert told.payload["data"]["error_type"] == "InvalidInput"
     assert not _waits(second["id"])
     issue_certificate_now(second["id"])
     document = _certificate(api, admin, second["id"])
