@@ -36,6 +36,7 @@ def test_jobs_commands(env, api, make_client, install_demo):
     assert refused.exit_code == 1 and "status: only a failed job can be retried" in refused.output
 
 
+@pytest.mark.slow  # trains a model, then queues, cancels and runs jobs through the CLI
 def test_jobs_cancel_withdraws_a_queued_job_and_refuses_a_finished_one(env, api, make_client, install_demo):
     from app.cli import main
 
