@@ -16,7 +16,7 @@ from datetime import timedelta
 from typing import Any
 
 from pyroaring import BitMap, FrozenBitMap
-from sqlalchemy import Integer, String, cast, null, select, text, union_all
+from sqlalchemy import Integer, String, bindparam, cast, null, select, text, union_all
 from sqlalchemy.orm import Session
 
 from app.audit import service as audit
@@ -158,32 +158,32 @@ def _no(kind: type) -> Any:
     return cast(null(), String if kind is str else Integer)
 
 
-def _trained_on(session: Session, snapshot_ids: list[str], scope_models: list[str] | None = None) -> _Trained:
-    """Versions trained on any of the snapshots, directly or through one of their artifacts.
-    One round trip: the two indexed lookups are joined with UNION ALL."""
-    if not snapshot_ids:
-        return _Trained([], [])
-    scope = [RegisteredModel.name.in_(scope_models)] if scope_models is not None else []
+def _trained_union(version_where: list[Any], artifact_where: list[Any]):  # noqa: ANN202 - a CompoundSelect
     version_columns = (ModelVersion.id, RegisteredModel.name, ModelVersion.number, ModelVersion.state,
                        ModelVersion.snapshot_id, RegisteredModel.id)
     by_version = (
         select(*version_columns, _no(str), _no(str), _no(int), _no(int), _no(str), _no(str), _no(str))
         .join(RegisteredModel, RegisteredModel.id == ModelVersion.model_id)
-        .where(ModelVersion.snapshot_id.in_(snapshot_ids), *scope)
+        .where(*version_where)
     )
     by_artifact = (
         select(*version_columns, ModelArtifact.id, ModelArtifact.kind, ModelArtifact.shard, ModelArtifact.slice,
                ModelArtifact.snapshot_id, ModelArtifact.sha256, ModelArtifact.state)
         .join(ModelVersion, ModelVersion.id == ModelArtifact.version_id)
         .join(RegisteredModel, RegisteredModel.id == ModelVersion.model_id)
-        .where(ModelArtifact.snapshot_id.in_(snapshot_ids), *scope)
+        .where(*artifact_where)
     )
+    return union_all(by_version, by_artifact)
+
+
+def _trained(found: Iterable[tuple[Any, ...]], holding: set[str] | None = None) -> _Trained:
+    """Rows of a ``_trained_union``; with ``holding``, only those through one of its snapshots."""
     via: dict[str, set[str]] = defaultdict(set)
     refs: dict[str, tuple[VersionRef, str]] = {}
     artifact_refs: list[ArtifactRef] = []
-    for vid, model, number, vstate, vsid, model_id, aid, kind, shard, slice_, asid, sha, astate in session.execute(
-        union_all(by_version, by_artifact)
-    ).tuples():
+    for vid, model, number, vstate, vsid, model_id, aid, kind, shard, slice_, asid, sha, astate in found:
+        if holding is not None and (vsid if aid is None else asid) not in holding:
+            continue
         if vid not in refs:
             refs[vid] = (VersionRef(id=vid, model=model, number=number, state=vstate, snapshot_id=vsid), model_id)
         if aid is None:
@@ -196,6 +196,17 @@ def _trained_on(session: Session, snapshot_ids: list[str], scope_models: list[st
     versions.sort(key=lambda v: (v[0].model, v[0].number))
     artifact_refs.sort(key=lambda a: (a.model, a.version, a.kind, a.shard or 0, a.slice or 0))
     return _Trained(versions, artifact_refs)
+
+
+def _trained_on(session: Session, snapshot_ids: list[str], scope_models: list[str] | None = None) -> _Trained:
+    """Versions trained on any of the snapshots, directly or through one of their artifacts.
+    One round trip: the two indexed lookups are joined with UNION ALL."""
+    if not snapshot_ids:
+        return _Trained([], [])
+    scope = [RegisteredModel.name.in_(scope_models)] if scope_models is not None else []
+    statement = _trained_union([ModelVersion.snapshot_id.in_(snapshot_ids), *scope],
+                               [ModelArtifact.snapshot_id.in_(snapshot_ids), *scope])
+    return _trained(session.execute(statement).tuples())
 
 
 def _temporary_on(session: Session, snapshot_ids: list[str]) -> list[TemporaryModelsRef]:
@@ -237,22 +248,27 @@ def _lineages(session: Session, rows: list[_Row]) -> list[RecordLineage]:
     return result
 
 
+# The record query's two statements, built once (their parameters are bound per call).
+_RECORD_WITH_SNAPSHOTS = (
+    _ready_records()
+    .add_columns(DatasetSnapshot.id, DatasetSnapshot.record_count, DatasetSnapshot.merkle_root,
+                 select(TemporaryModelSet.id).where(TemporaryModelSet.snapshot_id == DatasetSnapshot.id)
+                 .exists().correlate(DatasetSnapshot))
+    .outerjoin(DatasetSnapshot, DatasetSnapshot.dataset_id == DataRecord.dataset_id)
+    .where(Dataset.name == bindparam("dataset"), DataRecord.record_key == bindparam("key"))
+    .order_by(DatasetSnapshot.created_at, DatasetSnapshot.id)
+)
+_DATASET_SNAPSHOTS = select(DatasetSnapshot.id).where(DatasetSnapshot.dataset_id == bindparam("dataset_id"))
+_TRAINED_ON_DATASET = _trained_union([ModelVersion.snapshot_id.in_(_DATASET_SNAPSHOTS)],
+                                     [ModelArtifact.snapshot_id.in_(_DATASET_SNAPSHOTS)])
+
+
 def record_lineage(session: Session, dataset_name: str, record_key: str) -> RecordLineage:
     """The same answer as ``_lineages`` for one record, in two round trips once the dataset's
     bitmaps are cached: the record with every snapshot of its dataset (and whether temporary
     models were trained on each), then the versions trained on the snapshots holding it. A
     third statement reads temporary model sets, only where one of those snapshots has any."""
-    has_temporary = (
-        select(TemporaryModelSet.id).where(TemporaryModelSet.snapshot_id == DatasetSnapshot.id)
-        .exists().correlate(DatasetSnapshot)
-    )
-    found = session.execute(
-        _ready_records()
-        .add_columns(DatasetSnapshot.id, DatasetSnapshot.record_count, DatasetSnapshot.merkle_root, has_temporary)
-        .outerjoin(DatasetSnapshot, DatasetSnapshot.dataset_id == DataRecord.dataset_id)
-        .where(Dataset.name == dataset_name, DataRecord.record_key == record_key)
-        .order_by(DatasetSnapshot.created_at, DatasetSnapshot.id)
-    ).tuples().all()
+    found = session.execute(_RECORD_WITH_SNAPSHOTS, {"dataset": dataset_name, "key": record_key}).tuples().all()
     if not found:
         raise NotFound(f"no record '{record_key}' in a ready dataset named '{dataset_name}'")
     row = _Row(*found[0][: len(_ROW_COLUMNS)])
@@ -260,7 +276,10 @@ def record_lineage(session: Session, dataset_name: str, record_key: str) -> Reco
     bitmaps = snapshot_bitmaps.get_many(session, [sid for sid, *_ in snapshots])
     holding = [(sid, count, root, temporary) for sid, count, root, temporary in snapshots
                if row.row_index in bitmaps[sid]]
-    trained = _trained_on(session, [sid for sid, *_ in holding])
+    # By the dataset's id, not a list of snapshot ids: one fixed statement text, whose
+    # construction and compilation are cached; rows through other snapshots are dropped here.
+    trained = _trained(session.execute(_TRAINED_ON_DATASET, {"dataset_id": row.dataset_id}).tuples(),
+                       holding={sid for sid, *_ in holding}) if holding else _Trained([], [])
     temporary = _temporary_on(session, [sid for sid, _, _, temporary in holding if temporary])
     refs = [SnapshotRef(id=sid, record_count=count, merkle_root=root) for sid, count, root, _ in holding]
     return _lineage_of(row, refs, trained, temporary)
