@@ -141,6 +141,7 @@ def own_redis(env, monkeypatch, tmp_path):
 # Drops every database whose name is LIKE argv[2], all at once (concurrent drops share checkpoints).
 _DROP_DATABASES = """
 import sys
+from concurrent.futures import ThreadPoolExecutor
 import psycopg
 dsn, pattern = sys.argv[1:3]
 with psycopg.connect(dsn, autocommit=True) as conn:

@@ -77,3 +77,27 @@ def test_a_database_whose_catalog_changed_is_dropped(pg_template, change):
     pool.give_back(name)
     assert pool.free == []
     assert not _exists(name)
+
+
+def test_the_end_of_run_dropper_drops_exactly_the_runs_databases():
+    import subprocess
+    import sys
+    import uuid
+
+    from tests.conftest import _DROP_DATABASES
+
+    tag = f"utdrop{uuid.uuid4().hex[:8]}"
+    other = f"utkeep{uuid.uuid4().hex[:8]}"
+    names = [f"{tag}_a", f"{tag}_template", other]
+    with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
+        for name in names:
+            conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        done = subprocess.run([sys.executable, "-c", _DROP_DATABASES, PG_ADMIN_DSN, f"{tag}%"],
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert [name for name in names if _exists(name)] == [other]
+    finally:
+        with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
+            for name in names:
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
