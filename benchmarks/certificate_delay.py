@@ -42,6 +42,7 @@ import psycopg
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 PER_JOB = 25
@@ -187,13 +188,9 @@ def _wait_certified(target: int, timeout: float) -> float:
     raise SystemExit(f"certificates did not catch up within {timeout:.0f} s")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=float, default=600.0, help="length of the load (default 600)")
-    parser.add_argument("--load", type=float, default=0.8, help="fraction of the measured capacity (default 0.8)")
-    parser.add_argument("--burst", type=int, default=2000, help="requests in the capacity burst (default 2000)")
-    parser.add_argument("--broker", default="redis://127.0.0.1:6379/13")
-    args = parser.parse_args()
+def direct(args: argparse.Namespace) -> None:
+    """``--direct``: completions written through ``requests.service.transition`` at a fraction of
+    the worker's certificate capacity (no HTTP, no intake)."""
 
     name = f"bench_delay_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(PG_ADMIN, autocommit=True) as connection:
@@ -300,6 +297,228 @@ def main() -> None:
                 worker.kill()
         with psycopg.connect(PG_ADMIN, autocommit=True) as connection:
             connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+# --- the default: HTTP intake at a fraction of its measured capacity ----------------------------
+
+
+async def _paced(port: int, make_request, rate: float, seconds: float, clients: int, tally: dict) -> None:
+    """Open-loop load: request i is due at start + i / rate; ``clients`` keep-alive connections
+    (benchmarks/intake.py's pool) take the next due request as soon as they are free, so a slow
+    answer delays the schedule (counted in ``tally['late_s']``) instead of lowering the rate."""
+    import asyncio
+
+    from intake import _exchange
+
+    start = time.perf_counter()
+    total = int(rate * seconds)
+    counter = iter(range(total))
+
+    async def client() -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            for i in counter:
+                due = start + i / rate
+                wait = due - time.perf_counter()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                else:
+                    tally["late_s"] = max(tally["late_s"], -wait)
+                status = await _exchange(reader, writer, make_request())
+                tally["sent"] += 1
+                if status >= 400:
+                    tally["errors"] += 1
+        finally:
+            writer.close()
+
+    await asyncio.gather(*(client() for _ in range(clients)))
+    tally["took"] = time.perf_counter() - start
+
+
+def _counts(dsn: str) -> tuple[int, int]:
+    """(completed requests, certificates) straight from PostgreSQL."""
+    with psycopg.connect(dsn, autocommit=True) as connection:
+        completed = connection.execute("SELECT count(*) FROM deletion_requests WHERE status = 'completed'").fetchone()[0]
+        certified = connection.execute("SELECT count(*) FROM certificates").fetchone()[0]
+    return completed, certified
+
+
+def _delays(dsn: str, since: datetime) -> tuple[list[float], list[float]]:
+    """Completion-to-certificate delays (s) of the requests completed at or after ``since``, and
+    for those still without a certificate, how long they have waited so far."""
+    with psycopg.connect(dsn, autocommit=True) as connection:
+        rows = connection.execute(
+            "SELECT extract(epoch FROM c.issued_at - r.completed_at), extract(epoch FROM now() - r.completed_at), "
+            "c.request_id IS NOT NULL FROM deletion_requests r LEFT JOIN certificates c ON c.request_id = r.id "
+            "WHERE r.status = 'completed' AND r.completed_at >= %s", (since,)).fetchall()
+    return [float(d) for d, _, done in rows if done], [float(w) for _, w, done in rows if not done]
+
+
+def _p99(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
+
+
+def through_intake(args: argparse.Namespace) -> None:
+    """A real API server (uvicorn on app.main), a real Celery worker, PostgreSQL and a redis-server
+    of its own; capacity of HTTP intake measured first, then load at ``--load`` of it."""
+    import asyncio
+    import threading
+
+    import intake
+
+    redis_port = intake._free_port()
+    workdir = Path(tempfile.mkdtemp(prefix="bench-delay-"))
+    dbname = f"bench_delay_{uuid.uuid4().hex[:8]}"
+    dsn = f"postgresql://postgres@127.0.0.1:5432/{dbname}"
+    env = {
+        **os.environ,
+        "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'benchmarks'}",
+        "UNLEARND_MODE": "production",
+        "UNLEARND_DATABASE_URL": f"postgresql+psycopg://postgres@127.0.0.1:5432/{dbname}",
+        "UNLEARND_BROKER_URL": f"redis://127.0.0.1:{redis_port}/0",
+        "UNLEARND_SUBJECT_PEPPER": uuid.uuid4().hex,
+        "UNLEARND_SIGNING_KEY_PATH": str(workdir / "signing_key.pem"),
+        "UNLEARND_DATA_DIR": str(workdir),
+        "UNLEARND_LOG_LEVEL": "WARNING",
+    }
+    os.environ.update({k: v for k, v in env.items() if k.startswith("UNLEARND_")})
+    redis = subprocess.Popen(["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
+                              "--appendonly", "no", "--dir", str(workdir)],
+                             stdout=(workdir / "redis.log").open("ab"), stderr=subprocess.STDOUT)
+    with psycopg.connect(PG_ADMIN, autocommit=True) as connection:
+        connection.execute(f'CREATE DATABASE "{dbname}"')
+    server = worker = None
+    try:
+        from app.clients.service import create_client
+        from app.core import migrate
+        from app.core.database import session_scope
+        from app.core.signing import create_signing_key
+
+        migrate.upgrade(env["UNLEARND_DATABASE_URL"])
+        create_signing_key()  # production never creates one itself (`unlearnd keys` does, once)
+        with session_scope() as session:
+            key = create_client(session, name="bench-portal", role="portal").api_key
+        auth = {"Authorization": f"Bearer {key}"}
+        counter = iter(range(10**9))
+
+        def intake_request() -> bytes:
+            # A subject no dataset holds: intake completes it as "no data found" in its own
+            # transaction and queues its certificate order (app/requests/service.py, _settle).
+            n = f"{os.getpid()}-{next(counter)}"
+            return intake._post("/v1/deletion-requests", intake._intake_body(n), {**auth, "Idempotency-Key": f"d-{n}"})
+
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker", "--loglevel", "WARNING",
+             "--concurrency", "2", "--without-gossip", "--without-mingle"],
+            env=env, stdout=(workdir / "worker.log").open("ab"), stderr=subprocess.STDOUT, cwd=ROOT)
+        server, port = intake._serve("app.main:create_app", env, workdir / "api.log", 1)
+        intake._ready(port)
+        load_start = os.getloadavg()
+        print(f"load average at start: {load_start[0]:.2f} {load_start[1]:.2f} {load_start[2]:.2f} on "
+              f"{os.cpu_count()} CPUs; logs in {workdir}", flush=True)
+
+        # 1. capacity: benchmarks/intake.py's closed-loop pool, with the worker certifying meanwhile
+        measured = asyncio.run(intake._drive("intake", port, intake_request, args.clients, args.capacity_seconds,
+                                             3.0, 1, 1))
+        capacity = measured.rps
+        print(f"intake capacity: {measured.requests} requests in {args.capacity_seconds:.0f} s with {args.clients} "
+              f"clients = {capacity:.1f} requests/s ({measured.errors} errors, p50 {measured.percentile(0.5):.1f} ms, "
+              f"p99 {measured.percentile(0.99):.1f} ms)", flush=True)
+        completed, certified = _counts(dsn)
+        drained = time.perf_counter()
+        while certified < completed and time.perf_counter() - drained < args.drain:
+            time.sleep(1)
+            completed, certified = _counts(dsn)
+        print(f"  the capacity run's {completed} certificates done {time.perf_counter() - drained:.1f} s after it "
+              f"({completed - certified} outstanding)", flush=True)
+
+        # 2. load at args.load of capacity, sampling backlog and memory every 10 s
+        rate = args.load * capacity
+        print(f"load: {rate:.1f} requests/s ({args.load:.0%} of capacity) for {args.seconds:.0f} s, "
+              f"{args.clients} clients", flush=True)
+        with psycopg.connect(dsn, autocommit=True) as connection:
+            load_began = connection.execute("SELECT now()").fetchone()[0]
+        samples: list[tuple[float, float, float, int]] = []  # (t, api MiB, worker MiB, outstanding)
+        stop = threading.Event()
+        began = time.perf_counter()
+
+        def sample() -> None:
+            while not stop.wait(10):
+                done, certs = _counts(dsn)
+                samples.append((time.perf_counter() - began, intake._rss_mb(server.pid),
+                                _rss_kib(worker.pid) / 1024, done - certs))
+                t, api, work, behind = samples[-1]
+                print(f"  t={t:5.0f} s  completed {done:7d}  certified {certs:7d}  outstanding {behind:6d}  "
+                      f"API RSS {api:6.1f} MiB  worker RSS {work:6.1f} MiB  load {os.getloadavg()[0]:.2f}",
+                      flush=True)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        tally = {"sent": 0, "errors": 0, "late_s": 0.0, "took": 0.0}
+        asyncio.run(_paced(port, intake_request, rate, args.seconds, args.clients, tally))
+        stop.set()
+        sampler.join()
+        completed, certified = _counts(dsn)
+        backlog = completed - certified
+        ended = time.perf_counter()
+        while certified < completed and time.perf_counter() - ended < args.drain:
+            time.sleep(1)
+            completed, certified = _counts(dsn)
+        drain = time.perf_counter() - ended
+        delays, waiting = _delays(dsn, load_began)
+        load_end = os.getloadavg()
+
+        achieved = tally["sent"] / tally["took"]
+        print(f"\nload average at end: {load_end[0]:.2f} {load_end[1]:.2f} {load_end[2]:.2f}")
+        print(f"sent {tally['sent']} requests in {tally['took']:.1f} s = {achieved:.1f}/s ({achieved / capacity:.0%} of "
+              f"capacity), {tally['errors']} answered >= 400, at most {tally['late_s']:.1f} s behind schedule")
+        print(f"backlog when the load stopped: {backlog} completed requests without a certificate; "
+              f"{'the last certificate' if not waiting else 'still ' + str(len(waiting)) + ' without one'} "
+              f"{drain:.1f} s later")
+        if delays:
+            largest = max(delays + waiting)
+            print(f"completion to certificate, {len(delays)} requests completed under load: median "
+                  f"{statistics.median(delays):.2f} s, p99 {_p99(delays):.2f} s, largest {largest:.2f} s"
+                  f"{' (a lower bound: some never got one)' if waiting else ''} (target <= 60 s: "
+                  f"{'met' if largest <= 60 and not waiting else 'MISSED'})")
+        third = max(1, len(samples) // 3)
+        for label, index in (("API", 1), ("worker", 2)):
+            first = statistics.median(s[index] for s in samples[:third])
+            last = statistics.median(s[index] for s in samples[-third:])
+            print(f"{label} RSS: median {first:.1f} MiB in the first third of the load, {last:.1f} MiB in the last "
+                  f"({last / first:.2f}x), max {max(s[index] for s in samples):.1f} MiB")
+    finally:
+        for process in (server, worker, redis):
+            if process is not None:
+                process.terminate()
+                try:
+                    process.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+        with psycopg.connect(PG_ADMIN, autocommit=True) as connection:
+            connection.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=600.0, help="length of the load (default 600)")
+    parser.add_argument("--load", type=float, default=0.8, help="fraction of the measured capacity (default 0.8)")
+    parser.add_argument("--direct", action="store_true",
+                        help="the older mode: completions written through the ORM at a fraction of the worker's "
+                             "certificate capacity, no HTTP intake")
+    parser.add_argument("--burst", type=int, default=2000, help="--direct: requests in the capacity burst")
+    parser.add_argument("--broker", default="redis://127.0.0.1:6379/13", help="--direct: the broker")
+    parser.add_argument("--clients", type=int, default=32, help="HTTP clients, as benchmarks/intake.py (default 32)")
+    parser.add_argument("--capacity-seconds", type=float, default=15.0,
+                        help="length of the intake capacity measurement (default 15, after 3 s warm-up)")
+    parser.add_argument("--drain", type=float, default=600.0,
+                        help="how long to wait for the last certificate after the load (default 600)")
+    args = parser.parse_args()
+    if args.direct:
+        direct(args)
+    else:
+        through_intake(args)
 
 
 if __name__ == "__main__":

@@ -74,18 +74,23 @@ class Result:
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
+async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes) -> int:
+    """Send one request on a keep-alive connection and read its answer; its status code."""
+    writer.write(request)
+    await writer.drain()
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = next(
+        int(line.split(b":", 1)[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")
+    )
+    await reader.readexactly(length)
+    return int(head[9:12])
+
+
 async def _client(port: int, make_request, stop_at: float, warm_until: float, result: Result) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         while (now := time.perf_counter()) < stop_at:
-            writer.write(make_request())
-            await writer.drain()
-            head = await reader.readuntil(b"\r\n\r\n")
-            status = int(head[9:12])
-            length = next(
-                int(line.split(b":", 1)[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")
-            )
-            await reader.readexactly(length)
+            status = await _exchange(reader, writer, make_request())
             done = time.perf_counter()
             # Counted by completion inside the measured window: a bulk call started in the
             # warm-up and answered inside the window counts, one answered after it does not.
