@@ -1,27 +1,30 @@
-"""Completion to certificate under sustained load: the largest delay and the worker's memory.
+"""Completion to certificate under sustained HTTP intake: the largest delay, the backlog, memory.
 
-    nice .venv/bin/python benchmarks/certificate_delay.py                  # 10-minute run at 80% of capacity
+    nice .venv/bin/python benchmarks/certificate_delay.py                  # 10-minute load at 80% of capacity
     nice .venv/bin/python benchmarks/certificate_delay.py --seconds 120    # shorter (say so when quoting it)
+    nice .venv/bin/python benchmarks/certificate_delay.py --direct         # the older ORM-completion mode
 
-On a fresh PostgreSQL database (created and dropped here), with Redis as the broker and a
-real ``celery worker`` process (``--concurrency 2``) consuming the certificate orders:
+Default (issue 21's figure): a fresh PostgreSQL database (created and dropped here), a
+redis-server of its own on a free port as the broker, the API server (uvicorn on
+``app.main:create_app``, production mode, one process) and a real ``celery worker``
+(``--concurrency 2``) as separate processes.
 
-1. Capacity: a burst of completed requests (``--burst``, 25 per unlearning job) is completed
-   at once, each completion through ``requests.service.transition`` in the job's transaction
-   (which enqueues the certificate order through the outbox, as a finished job does); the
-   capacity is the burst divided by the time until every one has its certificate.
-2. Load: for ``--seconds`` (default 600), requests are completed at ``--load`` (default 0.8) of
-   that capacity, one job of 25 at a time on a steady clock. Every 10 s it samples how many
-   certificates are outstanding, the largest completion-to-certificate delay so far among the
-   requests completed under load
-   (``certificate.issued_at - request.completed_at``) and the worker's resident memory (its
-   main process and pool children, from /proc). After the load stops it waits for the last
-   certificate.
+1. Capacity: benchmarks/intake.py's closed-loop pool (``--clients``, default 32 keep-alive
+   connections; its code, imported) posts ``POST /v1/deletion-requests`` for
+   ``--capacity-seconds`` after a 3 s warm-up, with the worker running; requests/s is the capacity.
+2. Load: the same pool, open-loop, at ``--load`` (default 0.8) of that capacity for ``--seconds``
+   (default 600). Every request names a subject no dataset holds, so intake completes it as
+   "no data found" in its own transaction and queues its certificate order through the outbox
+   (``requests.service._settle``); no unlearning job runs. Every 10 s: completed, certified,
+   outstanding, RSS of the API process and of the worker (with its pool children).
+3. After the load it waits up to ``--drain`` seconds for the last certificate, then reports for
+   every request completed under load ``certificate.issued_at - request.completed_at`` (median,
+   p99, largest; those still without one count with their wait so far, as a lower bound), the
+   backlog when the load stopped, and RSS median in the first vs last third of the load.
+   Targets (issue 21): largest delay <= 60 s, memory flat.
 
-The requests are written straight through the ORM in state ``verifying`` with their job, then
-completed; no HTTP intake or unlearning runs here, so what is measured is the path from
-completion to certificate. Statistics are refreshed with ANALYZE every minute, as autovacuum
-would (it is off on this machine's server). Targets (issue 21): largest delay <= 60 s, memory flat.
+``--direct`` keeps the older measurement: completions written through
+``requests.service.transition`` at a fraction of the worker's own certificate capacity (no HTTP).
 """
 
 from __future__ import annotations
