@@ -357,7 +357,7 @@ def backend(request: pytest.FixtureRequest) -> str:
     return request.param
 
 
-def _outbox_relay_idle(timeout: float = 60.0) -> None:
+def wait_for_outbox_relay(timeout: float = 60.0) -> None:
     """Wait until this process's outbox relay thread has done what the finished test queued.
     Left running, it would reconnect to the test's database while the next test is set up, and
     could cache an engine built from settings that are being swapped under it."""
@@ -388,7 +388,7 @@ def env(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.Monk
         monkeypatch.setenv(key, value)
     reset_caches()
     yield values
-    _outbox_relay_idle()
+    wait_for_outbox_relay()
     reset_caches()
     # Given back now: emptied for the next test, or dropped if it cannot be made equal to the
     # template again (the session's end drops whatever is left, which is then a database or two).
