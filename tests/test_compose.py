@@ -135,6 +135,10 @@ def test_file_secrets_set_the_pepper_and_database_url(tmp_path, monkeypatch):
         reset_caches()
         assert get_settings().subject_pepper == "from-the-environment"  # an environment variable wins
     finally:
+        # Restore the environment before clearing the caches: a background thread (the webhook
+        # waker's timer) that reads settings in between would otherwise cache these file secrets
+        # (a database at host 'postgres') for the tests that follow in this process.
+        monkeypatch.undo()
         reset_caches()
 
 
