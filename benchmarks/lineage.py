@@ -22,12 +22,27 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psycopg
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 ROOT = Path(__file__).resolve().parent.parent
 PG_ADMIN = os.environ.get("UNLEARND_BENCH_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+def _ready_client(port: int, api_key: str, keys: list[str], rng: random.Random, *, attempts: int) -> httpx.Client:
+    """A client of the server on ``port`` once it answers, with its bitmap cache warmed."""
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {api_key}"})
+    for _ in range(attempts):
+        try:
+            client.get("/healthz")
+            break
+        except httpx.TransportError:
+            time.sleep(0.2)
+    for key in rng.sample(keys, 200):
+        client.get(f"/v1/lineage/records/bench/{key}").raise_for_status()
+    return client
 
 
 def _generate(path: Path, rows: int, subjects: int) -> None:
@@ -146,8 +161,6 @@ def run(args: argparse.Namespace) -> list[tuple[str, str, str]]:
 
 
 def _http(args: argparse.Namespace, rng: random.Random, keys: list[str], subjects: int) -> list[tuple[str, str, str]]:
-    import httpx
-
     from app.clients.service import create_client
     from app.core.database import session_scope
 
@@ -160,15 +173,7 @@ def _http(args: argparse.Namespace, rng: random.Random, keys: list[str], subject
          "warning"], cwd=ROOT, env={**os.environ, "UNLEARND_SUBJECT_LOOKUPS_PER_MINUTE": "1000000"},
     )
     try:
-        client = httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {api_key}"})
-        for _ in range(100):
-            try:
-                client.get("/healthz")
-                break
-            except httpx.TransportError:
-                time.sleep(0.2)
-        for key in rng.sample(keys, 200):  # warm the server's bitmap cache
-            client.get(f"/v1/lineage/records/bench/{key}").raise_for_status()
+        client = _ready_client(port, api_key, keys, rng, attempts=100)
         record, subject = [], []
         for key in rng.sample(keys, min(len(keys), args.record_queries)):
             t0 = time.perf_counter()
@@ -195,8 +200,6 @@ def _intake_load(port: int, api_key: str, subjects: int, rate: float | None, sec
     per second. Puts the number answered 2xx on ``done``."""
     import asyncio
     import itertools
-
-    import httpx
 
     async def drive() -> int:
         ok = 0
@@ -225,8 +228,6 @@ def _under_intake_load(args: argparse.Namespace, rng: random.Random, keys: list[
                        subjects: int) -> list[tuple[str, str, str]]:
     """Record queries (service and HTTP) while intake runs at half the capacity measured in the
     same run, against the same API process."""
-    import httpx
-
     from app.clients.service import create_client
     from app.core.database import get_sessionmaker, session_scope
     from app.lineage import service as lineage
@@ -241,15 +242,7 @@ def _under_intake_load(args: argparse.Namespace, rng: random.Random, keys: list[
     )
     context = multiprocessing.get_context("spawn")
     try:
-        client = httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {ml_key}"})
-        for _ in range(300):
-            try:
-                client.get("/healthz")
-                break
-            except httpx.TransportError:
-                time.sleep(0.2)
-        for key in rng.sample(keys, 200):  # warm the server's bitmap cache
-            client.get(f"/v1/lineage/records/bench/{key}").raise_for_status()
+        client = _ready_client(port, ml_key, keys, rng, attempts=300)
         done = context.Queue()
         probe = context.Process(target=_intake_load, args=(port, portal_key, subjects, None, args.load_seconds, done))
         probe.start()
