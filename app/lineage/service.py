@@ -16,7 +16,7 @@ from datetime import timedelta
 from typing import Any
 
 from pyroaring import BitMap, FrozenBitMap
-from sqlalchemy import Integer, String, bindparam, cast, null, select, text, union_all
+from sqlalchemy import bindparam, cast, literal_column, null, select, text, union_all
 from sqlalchemy.orm import Session
 
 from app.audit import service as audit
@@ -153,27 +153,35 @@ class _Trained:
     artifacts: list[ArtifactRef]
 
 
-def _no(kind: type) -> Any:
-    # Typed NULLs: the version-only branch of the UNION has no artifact columns.
-    return cast(null(), String if kind is str else Integer)
+def _typed_nulls(*columns: Any) -> list[Any]:
+    # A UNION's branches must agree on every column's type, so a branch pads with typed NULLs.
+    return [cast(null(), column.type) for column in columns]
 
 
-def _trained_union(version_where: list[Any], artifact_where: list[Any]):  # noqa: ANN202 - a CompoundSelect
-    version_columns = (ModelVersion.id, RegisteredModel.name, ModelVersion.number, ModelVersion.state,
-                       ModelVersion.snapshot_id, RegisteredModel.id)
+_VERSION_COLUMNS = (ModelVersion.id, RegisteredModel.name, ModelVersion.number, ModelVersion.state,
+                    ModelVersion.snapshot_id, RegisteredModel.id)
+_ARTIFACT_COLUMNS = (ModelArtifact.id, ModelArtifact.kind, ModelArtifact.shard, ModelArtifact.slice,
+                     ModelArtifact.snapshot_id, ModelArtifact.sha256, ModelArtifact.state)
+
+
+def _trained_selects(version_where: list[Any], artifact_where: list[Any], lead: tuple[Any, ...] = ()):  # noqa: ANN202
+    """The two branches of ``_trained_union``, each after the ``lead`` columns."""
     by_version = (
-        select(*version_columns, _no(str), _no(str), _no(int), _no(int), _no(str), _no(str), _no(str))
+        select(*lead, *_VERSION_COLUMNS, *_typed_nulls(*_ARTIFACT_COLUMNS))
         .join(RegisteredModel, RegisteredModel.id == ModelVersion.model_id)
         .where(*version_where)
     )
     by_artifact = (
-        select(*version_columns, ModelArtifact.id, ModelArtifact.kind, ModelArtifact.shard, ModelArtifact.slice,
-               ModelArtifact.snapshot_id, ModelArtifact.sha256, ModelArtifact.state)
+        select(*lead, *_VERSION_COLUMNS, *_ARTIFACT_COLUMNS)
         .join(ModelVersion, ModelVersion.id == ModelArtifact.version_id)
         .join(RegisteredModel, RegisteredModel.id == ModelVersion.model_id)
         .where(*artifact_where)
     )
-    return union_all(by_version, by_artifact)
+    return by_version, by_artifact
+
+
+def _trained_union(version_where: list[Any], artifact_where: list[Any]):  # noqa: ANN202 - a CompoundSelect
+    return union_all(*_trained_selects(version_where, artifact_where))
 
 
 def _trained(found: Iterable[tuple[Any, ...]], holding: set[str] | None = None) -> _Trained:
@@ -248,37 +256,55 @@ def _lineages(session: Session, rows: list[_Row]) -> list[RecordLineage]:
     return result
 
 
-# The record query's two statements, built once (their parameters are bound per call).
-_RECORD_WITH_SNAPSHOTS = (
-    _ready_records()
-    .add_columns(DatasetSnapshot.id, DatasetSnapshot.record_count, DatasetSnapshot.merkle_root,
-                 select(TemporaryModelSet.id).where(TemporaryModelSet.snapshot_id == DatasetSnapshot.id)
-                 .exists().correlate(DatasetSnapshot))
-    .outerjoin(DatasetSnapshot, DatasetSnapshot.dataset_id == DataRecord.dataset_id)
-    .where(Dataset.name == bindparam("dataset"), DataRecord.record_key == bindparam("key"))
-    .order_by(DatasetSnapshot.created_at, DatasetSnapshot.id)
-)
-_DATASET_SNAPSHOTS = select(DatasetSnapshot.id).where(DatasetSnapshot.dataset_id == bindparam("dataset_id"))
-_TRAINED_ON_DATASET = _trained_union([ModelVersion.snapshot_id.in_(_DATASET_SNAPSHOTS)],
-                                     [ModelArtifact.snapshot_id.in_(_DATASET_SNAPSHOTS)])
+_SNAPSHOT_COLUMNS = (DatasetSnapshot.id.label("snapshot_id"), DatasetSnapshot.record_count, DatasetSnapshot.merkle_root,
+                     select(TemporaryModelSet.id).where(TemporaryModelSet.snapshot_id == DatasetSnapshot.id)
+                     .exists().correlate(DatasetSnapshot), DatasetSnapshot.created_at.label("snapshot_created_at"))
+
+
+def _record_query():  # noqa: ANN202 - a CompoundSelect
+    """The record query as one statement, so one round trip: rows of part 0 are the record
+    joined with each snapshot of its dataset (and whether temporary models were trained on
+    each), in order; rows of part 1 are ``_trained_union``'s over every snapshot of that
+    dataset. By the dataset's name, not a list of snapshot ids: one fixed statement text,
+    built and compiled once; rows through snapshots not holding the record are dropped in Python."""
+    dataset, key = bindparam("dataset"), bindparam("key")
+    snapshot_padding = _typed_nulls(*_ROW_COLUMNS, DatasetSnapshot.id, DatasetSnapshot.record_count,
+                                    DatasetSnapshot.merkle_root, TemporaryModelSet.id.isnot(None),
+                                    DatasetSnapshot.created_at)
+    record = (
+        select(literal_column("0").label("part"), *_ROW_COLUMNS, *_SNAPSHOT_COLUMNS,
+               *_typed_nulls(*_VERSION_COLUMNS, *_ARTIFACT_COLUMNS))
+        .join(Dataset, Dataset.id == DataRecord.dataset_id)
+        .outerjoin(DatasetSnapshot, DatasetSnapshot.dataset_id == DataRecord.dataset_id)
+        .where(Dataset.status == DatasetStatus.READY, Dataset.name == dataset, DataRecord.record_key == key)
+    )
+    snapshots = (select(DatasetSnapshot.id).join(Dataset, Dataset.id == DatasetSnapshot.dataset_id)
+                 .where(Dataset.status == DatasetStatus.READY, Dataset.name == dataset))
+    trained = _trained_selects([ModelVersion.snapshot_id.in_(snapshots)], [ModelArtifact.snapshot_id.in_(snapshots)],
+                               lead=(literal_column("1"), *snapshot_padding))
+    return union_all(record, *trained).order_by(
+        literal_column("part"), literal_column("snapshot_created_at"), literal_column("snapshot_id"))
+
+
+_RECORD_QUERY = _record_query()
+_RECORD = slice(1, 1 + len(_ROW_COLUMNS))
+_SNAPSHOT = slice(_RECORD.stop, _RECORD.stop + len(_SNAPSHOT_COLUMNS) - 1)  # created_at only orders
+_TRAINED = slice(_RECORD.stop + len(_SNAPSHOT_COLUMNS), None)
 
 
 def record_lineage(session: Session, dataset_name: str, record_key: str) -> RecordLineage:
-    """The same answer as ``_lineages`` for one record, in two round trips once the dataset's
-    bitmaps are cached: the record with every snapshot of its dataset (and whether temporary
-    models were trained on each), then the versions trained on the snapshots holding it. A
-    third statement reads temporary model sets, only where one of those snapshots has any."""
-    found = session.execute(_RECORD_WITH_SNAPSHOTS, {"dataset": dataset_name, "key": record_key}).tuples().all()
-    if not found:
+    """The same answer as ``_lineages`` for one record, in one round trip once the dataset's
+    bitmaps are cached (``_record_query``). A second statement reads temporary model sets,
+    only where a snapshot holding the record has any."""
+    found = session.execute(_RECORD_QUERY, {"dataset": dataset_name, "key": record_key}).tuples().all()
+    if not found or found[0][0] != 0:
         raise NotFound(f"no record '{record_key}' in a ready dataset named '{dataset_name}'")
-    row = _Row(*found[0][: len(_ROW_COLUMNS)])
-    snapshots = [r[len(_ROW_COLUMNS):] for r in found if r[len(_ROW_COLUMNS)] is not None]
+    row = _Row(*found[0][_RECORD])
+    snapshots = [r[_SNAPSHOT] for r in found if r[0] == 0 and r[_SNAPSHOT.start] is not None]
     bitmaps = snapshot_bitmaps.get_many(session, [sid for sid, *_ in snapshots])
     holding = [(sid, count, root, temporary) for sid, count, root, temporary in snapshots
                if row.row_index in bitmaps[sid]]
-    # By the dataset's id, not a list of snapshot ids: one fixed statement text, whose
-    # construction and compilation are cached; rows through other snapshots are dropped here.
-    trained = _trained(session.execute(_TRAINED_ON_DATASET, {"dataset_id": row.dataset_id}).tuples(),
+    trained = _trained((r[_TRAINED] for r in found if r[0] != 0),
                        holding={sid for sid, *_ in holding}) if holding else _Trained([], [])
     temporary = _temporary_on(session, [sid for sid, _, _, temporary in holding if temporary])
     refs = [SnapshotRef(id=sid, record_count=count, merkle_root=root) for sid, count, root, _ in holding]
