@@ -82,17 +82,21 @@ def _free_port() -> int:
 def run(args: argparse.Namespace) -> list[tuple[str, str, str]]:
     from sqlalchemy import select
 
-    from app.core.database import get_sessionmaker, session_scope
-    from app.core.hashing import subject_hash
-    from app.lineage import service as lineage
+    from app.core.database import session_scope
     from app.registry import artifacts, service
-    from app.registry.models import DataRecord
+    from app.registry.models import DataRecord, Dataset
     from app.registry.schemas import ArtifactSpec
 
     figures: list[tuple[str, str, str]] = []
     root = service.data_root()
     root.mkdir(parents=True, exist_ok=True)
     subjects = max(1, args.rows // 5)
+    rng = random.Random(11)
+    if args.reused:
+        with session_scope() as session:
+            keys = list(session.scalars(select(DataRecord.record_key).join(Dataset).where(Dataset.name == "bench")))
+        figures.append(("ingest, snapshots + versions", f"reused from database {args.db}", ""))
+        return figures + _queries(args, rng, keys, subjects)
     _generate(root / "bench.parquet", args.rows, subjects)
     with session_scope() as session:
         dataset_id = service.register_dataset(
@@ -112,7 +116,6 @@ def run(args: argparse.Namespace) -> list[tuple[str, str, str]]:
                 ("ingest rate", f"{args.rows / elapsed:,.0f} rows/s", "≥ 20,000 rows/s"),
                 ("ingest peak RSS", f"{peak_mib:,.0f} MiB", "≤ 1024 MiB")]
 
-    rng = random.Random(11)
     with session_scope() as session:
         ids = list(session.scalars(select(DataRecord.id).where(DataRecord.dataset_id == dataset_id)))
         keys = list(session.scalars(select(DataRecord.record_key).where(DataRecord.dataset_id == dataset_id)))
@@ -129,7 +132,16 @@ def run(args: argparse.Namespace) -> list[tuple[str, str, str]]:
                                          artifacts=[ArtifactSpec(uri=uri, sha256=digest)], actor="bench")
     per_snapshot = (time.perf_counter() - started) / args.snapshots
     figures.append((f"{args.snapshots} snapshots + versions", f"{per_snapshot:.2f} s each", ""))
+    return figures + _queries(args, rng, keys, subjects)
 
+
+def _queries(args: argparse.Namespace, rng: random.Random, keys: list[str],
+             subjects: int) -> list[tuple[str, str, str]]:
+    from app.core.database import get_sessionmaker
+    from app.core.hashing import subject_hash
+    from app.lineage import service as lineage
+
+    figures: list[tuple[str, str, str]] = []
     sessions = get_sessionmaker()
     record_samples, subject_samples = [], []
     pepper = b"bench-pepper"
@@ -283,19 +295,37 @@ def _under_intake_load(args: argparse.Namespace, rng: random.Random, keys: list[
     return rows
 
 
+def _drop(dbname: str, workdir: str) -> None:
+    from app.core.database import get_engine
+
+    get_engine().dispose()
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+    subprocess.run(["rm", "-rf", workdir], check=False)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small sizes, same code path")
     parser.add_argument("--out", type=Path, help="also write the markdown table here")
+    parser.add_argument("--db", help="keep the database under this name, and reuse it (no generation, ingest or "
+                                     "snapshots) when it already exists; drop it yourself when done")
     args = parser.parse_args()
     args.rows, args.snapshots = (20_000, 5) if args.quick else (1_000_000, 50)
     args.record_queries, args.subject_queries = (500, 100) if args.quick else (10_000, 1_000)
     args.load_seconds = 4.0 if args.quick else 10.0
 
-    dbname = f"bench_lineage_{os.getpid()}"
+    dbname = args.db or f"bench_lineage_{os.getpid()}"
     with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{dbname}"')
-    workdir = tempfile.mkdtemp(prefix="unlearnd-bench-")
+        args.reused = bool(args.db) and conn.execute("SELECT 1 FROM pg_database WHERE datname = %s",
+                                                     (dbname,)).fetchone() is not None
+        if not args.reused:
+            conn.execute(f'CREATE DATABASE "{dbname}"')
+    if args.db:
+        workdir = os.path.join(tempfile.gettempdir(), f"unlearnd-bench-{dbname}")
+        os.makedirs(workdir, exist_ok=True)
+    else:
+        workdir = tempfile.mkdtemp(prefix="unlearnd-bench-")
     url = PG_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://") + f"/{dbname}"
     os.environ.update({"UNLEARND_DATABASE_URL": url, "UNLEARND_DATA_DIR": workdir,
                        "UNLEARND_SUBJECT_PEPPER": "bench-pepper", "UNLEARND_LOG_LEVEL": "WARNING",
@@ -305,13 +335,16 @@ def main() -> None:
 
         migrate.upgrade(url)
         figures = run(args)
+    except BaseException:
+        if args.db and not args.reused:  # half filled: the next --db run must not take it as ready
+            _drop(dbname, workdir)
+        raise
     finally:
         from app.core.database import get_engine
 
         get_engine().dispose()
-        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
-        subprocess.run(["rm", "-rf", workdir], check=False)
+        if not args.db:
+            _drop(dbname, workdir)
     table = ["| measure | result | target |", "| --- | --- | --- |"]
     table += [f"| {name} | {value} | {target} |" for name, value, target in figures]
     text = f"lineage benchmark ({'quick' if args.quick else 'full'}, PostgreSQL)\n\n" + "\n".join(table) + "\n"
