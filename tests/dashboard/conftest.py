@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import pytest
 
 from tests.requests.conftest import seed_model, submission  # noqa: F401 - seed_model is a fixture
-from tests.webhooks.conftest import webhook_env  # noqa: F401 - a fixture
+from tests.webhooks.conftest import receiver, webhook_env  # noqa: F401 - fixtures
 
 
 @dataclass(frozen=True)

@@ -81,6 +81,9 @@ def test_admin_works_through_the_pages(page: Page, live_server, make_client, see
         expect(page.locator(f"tr[data-request='{request_id}'] [data-field=status]")).to_have_text("scheduled")
 
     add_study(seeded.model_name)
+    page.goto(f"{live_server}/admin/models")
+    expect(page.get_by_role("link", name=seeded.model_name)).to_be_visible()
+    check_page(page, "models")
     page.goto(f"{live_server}/admin/models/{seeded.model_name}")
     expect(page.locator("[data-field=forget-score]")).to_have_text("0.91")
     graph = page.get_by_role("img", name=f"Version lineage of {seeded.model_name}")
@@ -174,3 +177,38 @@ def test_demo_request_completes_live_and_shows_its_evidence(page: Page, live_ser
     expect(page.locator("[data-count=pending_approval]")).to_have_text("2")
     check_page(page, "overview")
     for_readme("overview")
+
+
+def test_webhook_delivery_is_replayed_from_the_browser_and_a_post_without_csrf_is_refused(
+        webhook_env, page: Page, live_server, api, make_client, receiver):
+    """An admin replays a delivery from the webhooks page (the receiver gets the same
+    webhook-id twice, both signatures verified); the same signed-in browser posting the
+    replay form without its CSRF token is refused and nothing more is sent."""
+    from tests.webhooks.test_dispatch import deliver_now, register, submit
+
+    admin, portal = make_client("admin"), make_client("portal")
+    register(api, admin, receiver)
+    submit(api, portal, "browser.replay@example.org")
+    deliver_now()
+    first = receiver.wait_for(lambda got: len(got) >= 1)[0]
+
+    sign_in(page, live_server, admin.api_key)
+    page.goto(f"{live_server}/admin/webhooks")
+    expect(page.get_by_role("heading", name="Webhooks")).to_be_visible()
+    expect(page.get_by_text("browser.replay@example.org")).to_have_count(0)
+    check_page(page, "webhooks")
+
+    forged = page.request.post(f"{live_server}/admin/webhooks/deliveries/{first.webhook_id}/replay",
+                               form={"csrf": "not-the-token"}, max_redirects=0)
+    assert forged.status == 403, forged.status
+    missing = page.request.post(f"{live_server}/admin/webhooks/deliveries/{first.webhook_id}/replay",
+                                form={}, max_redirects=0)
+    assert missing.status == 403, missing.status
+    deliver_now()
+    assert [r.webhook_id for r in receiver.received].count(first.webhook_id) == 1, "a refused post sent nothing"
+
+    page.get_by_role("button", name=f"Replay delivery {first.webhook_id}").click()
+    expect(page.get_by_role("heading", name="Webhooks")).to_be_visible()
+    deliver_now()
+    again = receiver.wait_for(lambda got: sum(r.webhook_id == first.webhook_id for r in got) >= 2)
+    assert [r.webhook_id for r in again].count(first.webhook_id) == 2, "a replay keeps its webhook-id"
