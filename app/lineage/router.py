@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path
+from fastapi import APIRouter, Path, Response
 
 from app.api.deps import AdminClient, ReaderClient, SessionDep
 from app.core.fields import INT32_MAX
@@ -13,8 +13,12 @@ router = APIRouter(prefix="/v1", tags=["lineage"])
 
 
 @router.get("/lineage/records/{dataset}/{record_key:path}", response_model=RecordLineage)
-def record_lineage(dataset: str, record_key: str, session: SessionDep, _: ReaderClient) -> RecordLineage:
-    return service.record_lineage(session, dataset, record_key)
+def record_lineage(dataset: str, record_key: str, session: SessionDep, _: ReaderClient) -> Response:
+    # Serialised here, in the worker thread the query ran in: returned as a model, it would be
+    # validated again in one more thread-pool hop before the same JSON dump, and each hop waits
+    # for the GIL behind whatever intake work the process is doing.
+    found = service.record_lineage(session, dataset, record_key)
+    return Response(found.model_dump_json(), media_type="application/json")
 
 
 @router.get("/lineage/datasets/{dataset}/sources/{source:path}", response_model=SourceLineage)
