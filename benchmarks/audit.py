@@ -236,7 +236,8 @@ def measure_certificates(seconds: float, per_job: int = 1, *, one_by_one: bool =
     """Certificates issued back to back for ``seconds`` of issuing; completed requests are
     made in batches with the clock stopped, so only issuance is timed. Each request's
     certificate order runs as the worker runs it (``workers.tasks.certificates.issue``,
-    which certifies the requests the same job completed in one batch), or with
+    which certifies in one batch the requests the same job completed, then the completions
+    after them, up to 50; the last order may so issue more certificates than orders ran), or with
     ``one_by_one`` through ``issue_certificate`` alone, one transaction per certificate.
     Returns (certificates, seconds, per-order latencies in ms)."""
     from sqlalchemy import func, select
@@ -264,7 +265,7 @@ def measure_certificates(seconds: float, per_job: int = 1, *, one_by_one: bool =
                 break
     with session_scope() as session:
         issued = session.scalar(select(func.count()).select_from(Certificate)) - before
-    if issued != len(latencies):
+    if issued < len(latencies) or (one_by_one and issued != len(latencies)):
         raise SystemExit(f"{len(latencies)} certificate orders ran but {issued} certificates were issued")
     return issued, issuing, latencies
 
@@ -315,7 +316,7 @@ def main() -> None:
               f"{baseline:.1f}/s, median {statistics.median(latencies):.1f} ms")
         issued, took, latencies = measure_certificates(cert_seconds, args.requests_per_job)
         rate = issued / took
-        print(f"certificates as the worker issues them ({args.requests_per_job} requests per job, batched per job): "
+        print(f"certificates as the worker issues them ({args.requests_per_job} requests per job, batched per job, then the next completions): "
               f"{issued} in {took:.1f} s on a log of {int(rows[-1]['events']):,}+ events: {rate:.1f}/s "
               f"({rate / baseline:.1f}x the baseline; target >= 50/s over 5 min; ran {cert_seconds:.0f} s), "
               f"per order median {statistics.median(latencies):.1f} ms, "

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import exists, select
+from sqlalchemy import exists, func, select
 from sqlalchemy.orm import Session
 
 from app import __version__
@@ -205,3 +205,38 @@ def issue_batch_for(session: Session, request_id: str, *, limit: int = ISSUE_BAT
         .limit(limit - 1)
     )
     return ready_to_issue(session, [request_id, *dict.fromkeys(siblings)])
+
+
+def awaiting_certificates(session: Session, request_ids: Sequence[str], *, limit: int) -> list[str]:
+    """Completed requests without a certificate that completed no earlier than the first of
+    ``request_ids`` did, oldest completion first (a walk of ix_deletion_requests_completed_at
+    from there, so its cost does not grow with the table)."""
+    since = (select(func.min(DeletionRequest.completed_at)).where(DeletionRequest.id.in_(list(request_ids)))
+             .scalar_subquery())
+    return list(session.scalars(
+        select(DeletionRequest.id)
+        .where(DeletionRequest.status == RequestStatus.COMPLETED, DeletionRequest.completed_at >= since,
+               ~exists().where(Certificate.request_id == DeletionRequest.id))
+        .order_by(DeletionRequest.completed_at, DeletionRequest.id)
+        .limit(limit)
+    ))
+
+
+def order_batch(session: Session, request_ids: Sequence[str], *, along: bool = True,
+                limit: int = ISSUE_BATCH) -> list[str]:
+    """What a certificate order for these requests (none certified when it was read) issues,
+    chosen under the chain lock so two worker processes never pick the same requests: those
+    of them not waiting for an erasure (a lone one with its job's siblings, ``issue_batch_for``)
+    and, with ``along``, up to ``limit`` in all with the completed requests after them that
+    still lack a certificate. Steady intake sends one order per commit or two, so an order
+    names one or two requests; every batch pays the same fixed cost (lock, sealing, a signed
+    head, the evidence reads) whatever its size, and taking the next ones along is what lets
+    issuance keep up with intake. Their own orders then find them issued (one read)."""
+    audit.lock_chain(session)
+    own = issue_batch_for(session, request_ids[0], limit=limit) if len(request_ids) == 1 \
+        else ready_to_issue(session, request_ids)
+    if not own or not along or len(own) >= limit:
+        return own
+    taken = set(own)
+    more = [one for one in awaiting_certificates(session, request_ids, limit=limit) if one not in taken]
+    return own + ready_to_issue(session, more)[: limit - len(own)]

@@ -4,7 +4,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, ForeignKey, Index, Integer, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.core.database import Base, new_id, utcnow
@@ -64,6 +64,10 @@ class DeletionRequest(Base):
         Index("ix_deletion_requests_status_due_at", "status", "due_at"),
         # Keyset pagination walks (received_at, id) newest first, per portal or overall.
         Index("ix_deletion_requests_client_id_received_at", "client_id", "received_at", "id"),
+        # The certificate order takes along the completions that follow its own, in order
+        # (certificates.service.awaiting_certificates); without it that is a scan of every request.
+        Index("ix_deletion_requests_completed_at", "completed_at", "id",
+              postgresql_where=text("status = 'completed'"), sqlite_where=text("status = 'completed'")),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)

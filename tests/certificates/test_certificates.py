@@ -426,3 +426,53 @@ def test_the_certificate_order_certifies_the_requests_its_job_completed_together
     assert issue(request_ids=[waiting, second]) == [documents[1]["certificate_id"]]
     with session_scope() as session:
         assert session.scalar(events) == 2
+
+
+def test_an_order_takes_along_the_completions_after_its_own(api, completed_request):
+    """Steady intake sends an order per completion or two; each takes along the completed
+    requests after its own that still lack a certificate (one head for all), so issuance keeps
+    up. An earlier completion is not its to take, and a later order finds its request issued."""
+    from sqlalchemy import func, select
+
+    from app.audit.models import AuditEvent, TreeHead
+    from workers.tasks.certificates import issue
+
+    earlier = completed_request(found=False)
+    own, *after = [completed_request(found=False) for _ in range(4)]
+    (issued,) = issue(own)
+    documents = {request_id: _verified(api, request_id) for request_id in (own, *after)}
+    assert documents[own]["certificate_id"] == issued
+    assert len({json.dumps(d["anchor"]["tree_head"], sort_keys=True) for d in documents.values()}) == 1
+    assert all(d["non_inclusion"] is not None for d in documents.values())
+    with session_scope() as session:
+        events = select(func.count()).select_from(AuditEvent).where(AuditEvent.action == "certificate.issued")
+        heads = select(func.count()).select_from(TreeHead)
+        assert (session.scalar(events), session.scalar(heads)) == (4, 1), "the earlier completion was left"
+    assert issue(request_ids=after[1:]) == [documents[one]["certificate_id"] for one in after[1:]]
+    with session_scope() as session:
+        assert (session.scalar(events), session.scalar(heads)) == (4, 1), "their own orders issue nothing"
+    assert issue(earlier)
+    with session_scope() as session:
+        assert session.scalar(events) == 5
+
+
+def test_a_request_taken_along_that_cannot_be_certified_does_not_hold_back_the_order(api, completed_request):
+    """A completed request whose certificate cannot be built (here: a damaged ``affected``
+    document) fails the batch it was taken into; the order then issues its own request alone."""
+    from sqlalchemy import func, select, update
+
+    from app.audit.models import AuditEvent
+    from app.requests.models import DeletionRequest
+    from workers.tasks.certificates import issue
+
+    own, damaged = completed_request(found=False), completed_request(found=False)
+    with session_scope() as session:
+        session.execute(update(DeletionRequest).where(DeletionRequest.id == damaged)
+                        .values(affected={"already_forgotten": {"earlier_request_ids": []}}))
+    (issued,) = issue(own)
+    assert _verified(api, own)["certificate_id"] == issued
+    with session_scope() as session:
+        events = select(func.count()).select_from(AuditEvent).where(AuditEvent.action == "certificate.issued")
+        assert session.scalar(events) == 1
+    with pytest.raises(KeyError):
+        issue(damaged)
