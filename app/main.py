@@ -6,6 +6,7 @@ from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
 from app import __version__
+from app.audit.router import SealAfterResponse
 from app.audit.router import router as audit_router
 from app.audit.router import well_known_router as keys_router
 from app.certificates.router import router as certificates_router
@@ -53,6 +54,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                        streamed={ARTIFACT_UPLOAD_PATH: settings.max_artifact_bytes},
                        larger={BATCH_PATH: settings.max_batch_body_bytes})
     app.add_middleware(RequestIdMiddleware, on_response=observe_request)
+    # Outermost: every commit of the request has happened, and its response been sent, before it seals.
+    app.add_middleware(SealAfterResponse)
     for router in ROUTERS:
         app.include_router(router)
     install_dashboard(app)

@@ -7,20 +7,63 @@ module sits just above core in the house plan (pyproject.toml's import-linter co
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import functools
+from collections.abc import AsyncIterator
 from typing import Annotated
 
+from anyio import CancelScope, CapacityLimiter, to_thread
 from fastapi import Depends, Header, Request
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
-from app.core.auth import ApiClient, Role, authenticate
-from app.core.database import session_scope
+from app.core.auth import ApiClient, Role, authenticate, authenticate_cached
+from app.core.database import get_sessionmaker
 from app.core.errors import Forbidden, Unauthenticated
 
 
-def get_session() -> Iterator[Session]:
-    with session_scope() as session:
+async def get_session() -> AsyncIterator[Session]:
+    """``session_scope`` for a request. Async, so that opening the session (no I/O) costs no
+    hand-off to a worker thread; the commit (or rollback) and close are one hand-off."""
+    session = get_sessionmaker()()
+    try:
         yield session
+    except BaseException:
+        await _ended(session, commit=False)
+        raise
+    await _ended(session, commit=True)
+
+
+async def _ended(session: Session, *, commit: bool) -> None:
+    if commit and not session.in_transaction():
+        # The endpoint committed in its own worker thread (``commit_now``): closing holds no
+        # connection and does no I/O, so it needs no hand-off.
+        session.close()
+        return
+    # As FastAPI ends a sync dependency: shielded, so a cancelled request still returns its
+    # connection, and outside the shared thread limit, so ending a session never waits behind
+    # requests that themselves wait for a pooled connection.
+    with CancelScope(shield=True):
+        await to_thread.run_sync(functools.partial(_end, session, commit=commit), limiter=CapacityLimiter(1))
+
+
+def _end(session: Session, *, commit: bool) -> None:
+    try:
+        if commit:
+            session.commit()
+        else:
+            session.rollback()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+def commit_now(session: Session) -> None:
+    """Commit at the end of a sync endpoint, in the worker thread it already runs in, sparing
+    the hand-off to another thread that the dependency's commit costs (a hot path's). Still
+    before the response, so a failed commit is an error response."""
+    session.commit()
 
 
 # scope="function": commit runs when the endpoint returns and *before* the response is sent,
@@ -28,7 +71,10 @@ def get_session() -> Iterator[Session]:
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 
 
-def get_current_client(
+# The caller's client and role checks are async: a key whose client is cached is checked on the
+# event loop, where a sync dependency would cost a hand-off to a worker thread (and back) on
+# every call; only a cache miss reads the database, in a worker thread.
+async def get_current_client(
     request: Request,
     session: SessionDep,
     authorization: Annotated[str | None, Header()] = None,
@@ -38,7 +84,7 @@ def get_current_client(
     scheme, _, key = authorization.partition(" ")
     if scheme.lower() != "bearer" or not key.strip():
         raise Unauthenticated("Authorization header must be 'Bearer <key>'")
-    client = authenticate(session, key.strip())
+    client = authenticate_cached(key.strip()) or await run_in_threadpool(authenticate, session, key.strip())
     request.state.client_id = client.id
     return client
 

@@ -111,6 +111,22 @@ def extend(session: Session, size: int, event_hashes: Sequence[str]) -> None:
     _write(session, size, _frontier(session, size), event_hashes)
 
 
+def completed_rows(session: Session, size: int, event_hashes: Sequence[str]) -> list[dict[str, Any]] | None:
+    """``extend``'s usual case as rows for the caller to write in a statement of its own (the
+    sealer writes events and nodes together): the nodes that appending these events to the
+    tree of ``size`` completes, from one read. None when the stored tree lags the chain
+    (``extend`` catches it up)."""
+    frontier_keys = merkle.range_nodes(0, size) if size else []
+    found = _fetch(session, [*frontier_keys, (0, size)])
+    if (0, size) in found:
+        raise Conflict(f"the stored audit tree has more leaves than the chain's {size}; run `unlearnd audit verify`")
+    if len(found) != len(frontier_keys):
+        return None
+    frontier = {level: found[(level, position)] for level, position in frontier_keys}
+    return [{"level": level, "position": position, "hash": value}
+            for level, position, value in merkle.append_nodes(size, frontier, [event_leaf(h) for h in event_hashes])]
+
+
 def _frontier(session: Session, size: int) -> dict[int, bytes]:
     keys = merkle.range_nodes(0, size) if size else []
     found = _fetch(session, keys)

@@ -6,9 +6,12 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Query, status
 from fastapi.responses import PlainTextResponse, StreamingResponse
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.api.deps import AuditorClient, CurrentClient, SessionDep
 from app.audit import events, keys, tree
+from app.audit import service as audit_service
 from app.audit.models import TreeHead
 from app.audit.schemas import (
     AuditEventOut,
@@ -20,6 +23,28 @@ from app.audit.schemas import (
 )
 from app.audit.verify import verify_log
 from app.core.fields import INT64_MAX
+
+
+class SealAfterResponse:
+    """Seal the audit events a request committed after its response is sent, not before (see
+    ``service.deferred_sealing``): the response waits only for its own commit."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        waiting = [False]
+        token = audit_service.deferred_sealing.set(waiting)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            audit_service.deferred_sealing.reset(token)
+            if waiting[0] and not audit_service.noted_to_sealer():
+                await run_in_threadpool(audit_service.seal_committed)
+
 
 router = APIRouter(prefix="/v1/audit", tags=["audit"])
 well_known_router = APIRouter(tags=["audit"])

@@ -26,16 +26,18 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from types import SimpleNamespace
 from typing import Any
 
 from sqlalchemy import ColumnElement, Table, delete, event, exists, or_, select, text
 from sqlalchemy.orm import Session
 
 from app.audit import nodes
-from app.audit.models import AuditEvent, PendingAuditEvent
-from app.core.database import get_sessionmaker, insert_rows, utcnow
+from app.audit.models import AuditEvent, AuditTreeNode, PendingAuditEvent
+from app.core.database import get_sessionmaker, insert_rows, utcnow, write_together
 from app.core.hashing import canonical_json, sha256_hex
 
 GENESIS_HASH = "0" * 64
@@ -62,8 +64,9 @@ def _notify_sealed() -> None:
             log.exception("an on_sealed listener failed")
 
 
-def event_body(event: AuditEvent) -> dict[str, Any]:
-    """The fields the hash covers, in the form verifiers recompute."""
+def event_body(event: Any) -> dict[str, Any]:
+    """The fields the hash covers, in the form verifiers recompute (of an ``AuditEvent`` or any
+    row with its columns as attributes)."""
     return {
         "seq": event.seq,
         # Normalised to UTC: a PostgreSQL session in another time zone returns another offset.
@@ -234,21 +237,38 @@ def seal_if_free(limit: int = 5000) -> int:
     return sealed
 
 
+_PENDING = PendingAuditEvent.__table__
+_EVENTS = AuditEvent.__table__
+_CHAIN_END = (select(_EVENTS.c.seq).order_by(_EVENTS.c.seq.desc()).limit(1).scalar_subquery(),
+              select(_EVENTS.c.hash).order_by(_EVENTS.c.seq.desc()).limit(1).scalar_subquery())
+
+
 def _seal(session: Session, limit: int) -> int:
-    pending = list(session.scalars(select(PendingAuditEvent).order_by(PendingAuditEvent.id).limit(limit)))
+    """Chain the oldest pending events. Three statements under the lock, with no ORM object:
+    one reads the pending events and the chain's end, one the tree's frontier, and one writes
+    the chained events and tree nodes and deletes the pending rows."""
+    pending = session.execute(
+        select(_PENDING.c.id, _PENDING.c.occurred_at, _PENDING.c.actor, _PENDING.c.action, _PENDING.c.entity_type,
+               _PENDING.c.entity_id, _PENDING.c.payload, *_CHAIN_END).order_by(_PENDING.c.id).limit(limit)).all()
     if not pending:
         return 0
-    last = _last(session)
-    size = last.seq if last else 0
+    size, prev_hash = pending[0][-2] or 0, pending[0][-1] or GENESIS_HASH
     rows: list[dict[str, Any]] = []
     for item in pending:
-        last = _chained(last, item.occurred_at, item.actor, item.action, item.entity_type, item.entity_id, item.payload)
-        rows.append({column.key: getattr(last, column.key) for column in AuditEvent.__table__.columns})
-    # The chained events (not added to the session) and their tree nodes are one statement each.
-    insert_rows(session, AuditEvent.__table__, rows)
-    nodes.extend(session, size, [row["hash"] for row in rows])
-    session.execute(delete(PendingAuditEvent).where(PendingAuditEvent.id.in_([p.id for p in pending])))
-    session.flush()
+        row = {"seq": size + len(rows) + 1, "occurred_at": item.occurred_at, "actor": item.actor,
+               "action": item.action, "entity_type": item.entity_type, "entity_id": item.entity_id,
+               "payload": item.payload, "prev_hash": prev_hash}
+        row["hash"] = prev_hash = chain_hash(prev_hash, event_body(SimpleNamespace(**row)))
+        rows.append(row)
+    hashes = [row["hash"] for row in rows]
+    tree = nodes.completed_rows(session, size, hashes)
+    if tree is None:  # the stored tree lags the chain: caught up the slow way, then extended
+        insert_rows(session, _EVENTS, rows)
+        nodes.extend(session, size, hashes)
+        session.execute(delete(PendingAuditEvent).where(PendingAuditEvent.id.in_([p.id for p in pending])))
+    else:
+        write_together(session, [(_EVENTS, rows), (AuditTreeNode.__table__, tree)],
+                       delete=(_PENDING, "id", [p.id for p in pending]))
     return len(pending)
 
 
@@ -280,6 +300,14 @@ class _Coalescer:
         self._running = False
         self._again = False
 
+    def note(self) -> bool:
+        """Leave a running sealer a note to make another pass; False when none is running (the
+        caller then runs one itself)."""
+        with self._lock:
+            if self._running:
+                self._again = True
+            return self._running
+
     def run(self) -> None:
         with self._lock:
             if self._running:
@@ -303,10 +331,34 @@ class _Coalescer:
 _coalescer = _Coalescer()
 
 
+# Set by the HTTP layer for the length of a request (``app.audit.router.SealAfterResponse``):
+# a commit inside it only marks that events are waiting, and the sealer runs once the response
+# has been sent, so no client waits on the chain lock or on sealing other requests' events.
+# Nothing is lost if the process dies between the two: the events are committed as pending and
+# the periodic sealer chains them.
+deferred_sealing: ContextVar[list[bool] | None] = ContextVar("unlearnd_audit_deferred_sealing", default=None)
+
+
+def seal_committed() -> None:
+    """Seal what this process's commits left pending (one coalesced pass; failures are logged)."""
+    _coalescer.run()
+
+
+def noted_to_sealer() -> bool:
+    """Hand what this process's commits left pending to the sealer already running in it, which
+    makes one more pass for them; False when none is running (call ``seal_committed``). Cheap
+    enough for an event loop: under load most requests seal nothing themselves."""
+    return _coalescer.note()
+
+
 def _seal_after_commit(session: Session) -> None:
     session.info.pop(_SEAL_AFTER_COMMIT, None)
     if event.contains(session, "after_rollback", _forget_seal):
         event.remove(session, "after_rollback", _forget_seal)
+    waiting = deferred_sealing.get()
+    if waiting is not None:
+        waiting[0] = True
+        return
     _coalescer.run()
 
 

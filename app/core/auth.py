@@ -97,12 +97,30 @@ def _lookup(session: Session, key_id: str) -> ApiClient | None:
     return client
 
 
-def authenticate(session: Session, key: str) -> ApiClient:
+def _parts(key: str) -> tuple[str, str]:
     parts = key.split("_", 2)
     if len(parts) != 3 or parts[0] != KEY_PREFIX:
         raise Unauthenticated("malformed API key")
-    _, key_id, secret = parts
-    client = _lookup(session, key_id)
+    return parts[1], parts[2]
+
+
+def authenticate_cached(key: str) -> ApiClient | None:
+    """``authenticate`` from the cache alone, with no session: None when the key's client is not
+    cached (the caller then calls ``authenticate``). Lets an async caller answer the common case
+    without handing the call to a worker thread."""
+    key_id, secret = _parts(key)
+    if get_settings().auth_cache_seconds <= 0:
+        return None
+    client = client_cache.get(key_id)
+    return _verified(client, secret) if client is not None else None
+
+
+def authenticate(session: Session, key: str) -> ApiClient:
+    key_id, secret = _parts(key)
+    return _verified(_lookup(session, key_id), secret)
+
+
+def _verified(client: ApiClient | None, secret: str) -> ApiClient:
     # Compare even when the client is unknown so timing does not reveal which key ids exist.
     expected = client.key_hash if client else "0" * 64
     if not hmac.compare_digest(expected, _hash_secret(secret)) or client is None:

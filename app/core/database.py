@@ -178,7 +178,38 @@ def insert_linked(
         parts.append(f'c{index} AS (INSERT INTO "{table.name}" ({columns}) SELECT {selected} FROM '
                      f'json_populate_recordset(NULL::"{table.name}", CAST(:c{index} AS json)) AS r '
                      f'WHERE r."{link}" IN (SELECT "{key}" FROM p))')
-    return list(session.scalars(text(f'WITH {", ".join(parts)} SELECT "{key}" FROM p'), params))
+    statement = text(f'WITH {", ".join(parts)} SELECT "{key}" FROM p')
+    return list(session.connection().execute(statement, params).scalars())
+
+
+def write_together(
+    session: Session, tables: Sequence[tuple[Table, Sequence[dict[str, Any]]]], *,
+    delete: tuple[Table, str, Sequence[Any]] | None = None,
+) -> None:
+    """Insert each table's rows and delete ``delete``'s rows (table, column, values): on
+    PostgreSQL one statement (data-modifying CTEs, each table's rows as one JSON parameter),
+    elsewhere one statement each. All of it happens or none."""
+    tables = [(table, rows) for table, rows in tables if rows]
+    if session.get_bind().dialect.name != "postgresql":
+        for table, rows in tables:
+            insert_rows(session, table, rows)
+        if delete is not None and delete[2]:
+            session.execute(delete[0].delete().where(delete[0].c[delete[1]].in_(list(delete[2]))))
+        return
+    params: dict[str, Any] = {}
+    parts = []
+    for index, (table, rows) in enumerate(tables):
+        params[f"t{index}"] = _json_rows(rows)
+        names = ", ".join(f'"{column}"' for column in rows[0])
+        parts.append(f't{index} AS (INSERT INTO "{table.name}" ({names}) SELECT {names} FROM '
+                     f'json_populate_recordset(NULL::"{table.name}", CAST(:t{index} AS json)))')
+    if delete is not None and delete[2]:
+        params["d"] = _json_rows(list(delete[2]))
+        parts.append(f'd AS (DELETE FROM "{delete[0].name}" WHERE "{delete[1]}" IN '
+                     f'(SELECT value::{delete[0].c[delete[1]].type.compile(session.get_bind().dialect)} '
+                     f'FROM json_array_elements_text(CAST(:d AS json))))')
+    if parts:
+        session.execute(text(f'WITH {", ".join(parts)} SELECT 1'), params)
 
 
 def _json_rows(rows: Sequence[dict[str, Any]]) -> str:

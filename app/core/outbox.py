@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import String, event, func, select
+from sqlalchemy import String, event, func, insert, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from app.core.database import Base, get_sessionmaker, new_id, utcnow
@@ -42,12 +42,27 @@ def enqueue(session: Session, task_name: str, *, background: bool = False, **kwa
     never waits on the broker; a message still waits in the table until it is sent."""
     message = OutboxMessage(id=new_id(), task_name=task_name, kwargs=kwargs)
     session.add(message)
+    _relay_when_committed(session, message.id, background)
+    return message
+
+
+def enqueue_now(session: Session, task_name: str, *, background: bool = False, **kwargs: Any) -> str:
+    """``enqueue`` as one Core INSERT executed at once, with no ORM object to flush at commit
+    (intake's hot path); relayed after commit the same way. Returns the message id."""
+    message_id = new_id()
+    session.connection().execute(insert(OutboxMessage.__table__), {
+        "id": message_id, "task_name": task_name, "kwargs": kwargs, "created_at": utcnow(), "dispatched_at": None,
+        "attempts": 0, "last_error": None})
+    _relay_when_committed(session, message_id, background)
+    return message_id
+
+
+def _relay_when_committed(session: Session, message_id: str, background: bool) -> None:
     pending: list[tuple[str, bool]] = session.info.setdefault(_PENDING_KEY, [])
     if not pending:
         event.listen(session, "after_commit", _after_commit, once=True)
         event.listen(session, "after_rollback", _after_rollback, once=True)
-    pending.append((message.id, background))
-    return message
+    pending.append((message_id, background))
 
 
 # A commit with more messages than this hands them to the broker from the background thread

@@ -46,12 +46,12 @@ def _drp_errors() -> Iterator[None]:
         raise
 
 
-def _agent_client(
+async def _agent_client(
     request: Request, session: SessionDep, authorization: Annotated[str | None, Header()] = None
 ) -> ApiClient:
     """The usual bearer-key check, its refusals in the DRP error shape too."""
     with _drp_errors():
-        return get_current_client(request, session, authorization)
+        return await get_current_client(request, session, authorization)
 
 
 CurrentClient = Annotated[ApiClient, Depends(_agent_client)]

@@ -16,7 +16,18 @@ from datetime import timedelta
 from typing import Any
 
 from pyroaring import BitMap, FrozenBitMap
-from sqlalchemy import bindparam, cast, literal_column, null, select, text, union_all
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    bindparam,
+    cast,
+    func,
+    literal,
+    literal_column,
+    null,
+    select,
+    union_all,
+)
 from sqlalchemy.orm import Session
 
 from app.audit import service as audit
@@ -74,9 +85,23 @@ def lock_lineage(session: Session, *, exclusive: bool) -> None:
     check miss the request: each transaction reads before the other's write is visible.
     Take it before locking any request row, so the lock order is always lineage, then rows.
     """
-    if session.get_bind().dialect.name == "postgresql":
-        function = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
-        session.execute(text(f"SELECT {function}(:key)"), {"key": LINEAGE_LOCK_KEY})
+    clause = lock_clause(session, exclusive=exclusive)
+    if clause is not None:
+        session.execute(select(clause))
+
+
+def lock_clause(session: Session, *, exclusive: bool) -> ColumnElement[Any] | None:
+    """``lock_lineage`` as a SQL expression, for a caller that takes the lock inside a read it
+    makes anyway (one round trip less); None where no lock is needed (SQLite). What must be
+    read under the lock goes in a later statement: a statement's snapshot predates its lock."""
+    if session.get_bind().dialect.name != "postgresql":
+        return None
+    return _LOCK_CLAUSES[exclusive]
+
+
+# Built once: a statement made of the same objects each time reuses its compiled form cheaply.
+_LOCK_CLAUSES = {exclusive: (func.pg_advisory_xact_lock if exclusive else func.pg_advisory_xact_lock_shared)(
+    literal(LINEAGE_LOCK_KEY, BigInteger)) for exclusive in (True, False)}
 
 
 def _load_bitmaps(session: Session, snapshot_ids: list[str]) -> dict[str, FrozenBitMap]:
@@ -111,6 +136,11 @@ class _Row:
 
 _ROW_COLUMNS = (DataRecord.id, DataRecord.dataset_id, Dataset.name, DataRecord.record_key,
                 DataRecord.row_index, DataRecord.state)
+
+
+_BY_SUBJECT = (select(*_ROW_COLUMNS, DataRecord.subject_hash).join(Dataset, Dataset.id == DataRecord.dataset_id)
+               .where(Dataset.status == DatasetStatus.READY,
+                      DataRecord.subject_hash.in_(bindparam("hashes", expanding=True))))
 
 
 def _ready_records():  # noqa: ANN202 - a Select over _ROW_COLUMNS
@@ -403,10 +433,8 @@ def resolve_many(session: Session, queries: list[ResolveQuery]) -> list[Resoluti
     by_hash: dict[str, list[int]] = defaultdict(list)
     hashes = sorted({h for q in queries for h in q.subject_hashes})
     for start in range(0, len(hashes), _CHUNK):
-        for r in session.execute(select(*_ROW_COLUMNS, DataRecord.subject_hash)
-                                 .join(Dataset, Dataset.id == DataRecord.dataset_id)
-                                 .where(Dataset.status == DatasetStatus.READY,
-                                        DataRecord.subject_hash.in_(hashes[start : start + _CHUNK]))):
+        # Core, on the session's connection: a built-once statement, no ORM execution layer.
+        for r in session.connection().execute(_BY_SUBJECT, {"hashes": hashes[start : start + _CHUNK]}):
             rows[r[0]] = _Row(*r[:6])
             by_hash[r[6]].append(r[0])
     wanted: dict[str, set[str]] = defaultdict(set)

@@ -9,8 +9,9 @@ combinations it checked, so a "no data found" claim names exactly what was looke
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, Select, select, true
 from sqlalchemy.orm import Session
 
 from app.core.config import get_settings
@@ -34,12 +35,34 @@ class SubjectHashes:
     versions: list[int]
 
 
-def schemes_in_use(session: Session) -> list[HashScheme]:
-    """The current scheme plus every (version, fold_case) some dataset's hashes were made with."""
+def schemes_in_use(session: Session, *, first: ColumnElement[Any] | None = None) -> list[HashScheme]:
+    """The current scheme plus every (version, fold_case) some dataset's hashes were made with.
+    ``first``: an expression evaluated once in the same statement, before the datasets are read
+    (intake takes the lineage lock so, saving a round trip)."""
     schemes = {HashScheme(CANONICALISER_VERSION)}
-    for version, schema in session.execute(select(Dataset.canonicaliser_version, Dataset.schema)):
-        schemes.add(HashScheme(version, bool((schema or {}).get("fold_case"))))
+    # Core on the session's connection: intake runs this on every request, and the ORM's
+    # execution layer would cost more than the statement.
+    for version, schema in session.connection().execute(_schemes_query(first)):
+        if version is not None:
+            schemes.add(HashScheme(version, bool((schema or {}).get("fold_case"))))
     return sorted(schemes, key=lambda s: (s.version, s.fold_case))
+
+
+_QUERIES: dict[int, tuple[ColumnElement[Any] | None, Select[Any]]] = {}
+
+
+def _schemes_query(first: ColumnElement[Any] | None) -> Select[Any]:
+    """Built once per ``first`` (callers pass module-level expressions), so each call reuses it."""
+    cached = _QUERIES.get(id(first))
+    if cached is not None and cached[0] is first:
+        return cached[1]
+    query = select(Dataset.canonicaliser_version, Dataset.schema)
+    if first is not None:
+        # One row even with no dataset: the expression is evaluated whatever the table holds.
+        ahead = select(first.label("first")).subquery()
+        query = query.select_from(ahead).outerjoin(Dataset, true())
+    _QUERIES[id(first)] = (first, query)
+    return query
 
 
 def hashes_for(

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request, Response, status
 
-from app.api.deps import AdminClient, PortalClient, RequestSubmitter, RequestViewer, SessionDep
+from app.api.deps import AdminClient, PortalClient, RequestSubmitter, RequestViewer, SessionDep, commit_now
 from app.core.fields import BoundedDatetime
 from app.core.problems import problem_document
 from app.requests import service
@@ -56,6 +56,7 @@ def submit_request(
         idempotency_key=idempotency_key,
         provenance=_provenance(http),
     )
+    commit_now(session)
     if outcome.replayed:
         response.status_code = status.HTTP_200_OK
         response.headers["Idempotent-Replayed"] = "true"
@@ -79,6 +80,7 @@ def submit_batch(
     body: DeletionRequestBatch, http: Request, session: SessionDep, client: PortalClient
 ) -> DeletionRequestBatchResult:
     results = service.submit_batch(session, client=client, items=body.requests, provenance=_provenance(http))
+    commit_now(session)
     items = []
     for result in results:
         if result.error is not None:

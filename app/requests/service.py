@@ -33,7 +33,7 @@ from app.core.errors import (
     UnlearndError,
 )
 from app.core.hashing import canonical_json, sha256_hex
-from app.core.outbox import enqueue
+from app.core.outbox import enqueue, enqueue_now
 from app.core.queue import TaskName
 from app.core.roles import Role
 from app.lineage import service as lineage
@@ -146,8 +146,12 @@ def submit(
     provenance: Provenance,
     idempotency_key: str | None = None,
 ) -> Submission:
-    """Record a deletion request, resolve it, and move it as far as intake may."""
-    (planned,) = _plan_all(session, client, [(submission, idempotency_key)], provenance)
+    """Record a deletion request, resolve it, and move it as far as intake may.
+
+    Optimistic about replays: nearly every submission is new, so no earlier request is read
+    first; the write's ON CONFLICT finds a repeat, and only then is the earlier request read
+    (a replay, or a 409). The request costs three statements and one commit."""
+    (planned,) = _plan_all(session, client, [(submission, idempotency_key)], provenance, optimistic=True)
     if isinstance(planned, UnlearndError):
         raise planned
     if isinstance(planned, Submission):
@@ -163,13 +167,19 @@ def _plan_all(
     client: ApiClient,
     entries: Sequence[tuple[DeletionRequestCreate, str | None] | UnlearndError],
     provenance: Provenance,
+    *,
+    optimistic: bool = False,
 ) -> list[Submission | _Planned | UnlearndError]:
     """Every check and every read of the submissions, in order; no write. What it returns is
     written by ``_write``, so a submission is written whole or not at all without a savepoint.
     The reads are set-based: one statement finds every earlier request the items name, one
     the scope models, one the datasets, and ``lineage.resolve_many`` resolves them together,
     so a batch of a thousand costs the round trips of one. Later items see earlier planned
-    ones as if written (a repeat is a replay of it, or a 409)."""
+    ones as if written (a repeat is a replay of it, or a 409).
+
+    ``optimistic``: earlier requests are not read up front (``_write`` answers a submission
+    that loses on its key as a replay); a submission refused by a check still reads its
+    earlier request first, so a replay is answered as one whatever the checks say now."""
     answers: list[Any] = list(entries)
     prepared: dict[int, _Prepared] = {}
     schemes: list[subjects.HashScheme] | None = None
@@ -181,13 +191,15 @@ def _plan_all(
             _check_idempotency_key(key)
             _check_kind(client, submission)
             if submission.subject and schemes is None:
-                schemes = subjects.schemes_in_use(session)
+                # The shared lineage lock (see ``_lock_lineage``) is taken in the same statement:
+                # resolution, a later statement, reads under it. One round trip for both.
+                schemes = subjects.schemes_in_use(session, first=lineage.lock_clause(session, exclusive=False))
             prepared[index] = _prepare(submission, key, schemes or [])
         except UnlearndError as error:
             answers[index] = error
     if not prepared:
         return answers
-    by_key, by_ref = _earlier_requests(session, client.id, prepared.values())
+    by_key, by_ref = ({}, {}) if optimistic else _earlier_requests(session, client.id, prepared.values())
     known_models = _known(session, RegisteredModel.name, {m for p in prepared.values() for m in p.scope_models or ()})
     known_datasets = _known(session, Dataset.name, {d for p in prepared.values() for d in _datasets_named(p.submission)})
     planned: dict[tuple[str, str], _Planned] = {}
@@ -201,7 +213,12 @@ def _plan_all(
             _check_scope_models(p.scope_models, known_models)
             _check_known_datasets(p.submission, known_datasets)
         except UnlearndError as error:
-            answers[index] = error
+            earlier = _find_earlier(session, client.id, p.idempotency_key, p.submission.external_ref) \
+                if optimistic else None
+            try:
+                answers[index] = error if earlier is None else _replay(earlier, p.request_hash, p.idempotency_key)
+            except UnlearndError as conflict:
+                answers[index] = conflict
             continue
         answers[index] = plan = _Planned(request=_new_request(client, provenance, p), steps=[], record_ids=[],
                                          versions=[])
@@ -212,8 +229,10 @@ def _plan_all(
         fresh.append((index, p))
     if not fresh:
         return answers
-    # Resolution runs under the shared lineage lock (see ``_lock_lineage``), taken once.
-    _lock_lineage(session)
+    # Resolution runs under the shared lineage lock (see ``_lock_lineage``), taken once: with the
+    # schemes read when a submission names a subject.
+    if schemes is None:
+        _lock_lineage(session)
     resolutions = lineage.resolve_many(session, [
         lineage.ResolveQuery(subject_hashes=p.lookup, record_refs=p.record_refs, scope_models=p.scope_models,
                              selection=_selection(p.submission))
@@ -356,7 +375,7 @@ def _write(session: Session, client: ApiClient, planned: list[_Planned]) -> list
     # thousand is one hand-off to the broker after commit, not a thousand.
     completed = [p.request.id for p in winners if p.request.status == S.COMPLETED]
     if completed:
-        enqueue(session, TaskName.ISSUE_CERTIFICATE, request_ids=completed, background=True)
+        enqueue_now(session, TaskName.ISSUE_CERTIFICATE, request_ids=completed, background=True)
     if winners and log.isEnabledFor(logging.INFO):
         for p in winners:
             log.info("deletion request received", extra={"deletion_request": p.request.id, "status": p.request.status})
