@@ -48,6 +48,7 @@ def schemes_in_use(session: Session, *, first: ColumnElement[Any] | None = None)
     return sorted(schemes, key=lambda s: (s.version, s.fold_case))
 
 
+_CURRENT = HashScheme(CANONICALISER_VERSION)
 _QUERIES: dict[int, tuple[ColumnElement[Any] | None, Select[Any]]] = {}
 
 
@@ -75,6 +76,8 @@ def hashes_for(
     current = subject_hash(kind, value, pepper, field=field)
     lookup, versions = {current}, {CANONICALISER_VERSION}
     for scheme in schemes:
+        if scheme == _CURRENT:  # hashed above
+            continue
         if scheme.fold_case and kind is not IdentifierType.USER_ID:
             continue
         try:
