@@ -19,6 +19,8 @@ from pyroaring import BitMap, FrozenBitMap
 from sqlalchemy import (
     BigInteger,
     ColumnElement,
+    String,
+    any_,
     bindparam,
     cast,
     func,
@@ -28,6 +30,7 @@ from sqlalchemy import (
     select,
     union_all,
 )
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
 from app.audit import service as audit
@@ -138,9 +141,17 @@ _ROW_COLUMNS = (DataRecord.id, DataRecord.dataset_id, Dataset.name, DataRecord.r
                 DataRecord.row_index, DataRecord.state)
 
 
-_BY_SUBJECT = (select(*_ROW_COLUMNS, DataRecord.subject_hash).join(Dataset, Dataset.id == DataRecord.dataset_id)
-               .where(Dataset.status == DatasetStatus.READY,
-                      DataRecord.subject_hash.in_(bindparam("hashes", expanding=True))))
+def _by_subject(hashes: ColumnElement[bool]):  # noqa: ANN202 - a Select over _ROW_COLUMNS and the hash
+    return (select(*_ROW_COLUMNS, DataRecord.subject_hash).join(Dataset, Dataset.id == DataRecord.dataset_id)
+            .where(Dataset.status == DatasetStatus.READY, hashes))
+
+
+# Built once. On PostgreSQL the hashes are one array parameter: an expanded IN of a thousand
+# 64-character hashes is a statement psycopg would re-parse on every call.
+_BY_SUBJECT = {
+    "postgresql": _by_subject(DataRecord.subject_hash == any_(bindparam("hashes", type_=ARRAY(String)))),
+    None: _by_subject(DataRecord.subject_hash.in_(bindparam("hashes", expanding=True))),
+}
 
 
 def _ready_records():  # noqa: ANN202 - a Select over _ROW_COLUMNS
@@ -434,7 +445,8 @@ def resolve_many(session: Session, queries: list[ResolveQuery]) -> list[Resoluti
     hashes = sorted({h for q in queries for h in q.subject_hashes})
     for start in range(0, len(hashes), _CHUNK):
         # Core, on the session's connection: a built-once statement, no ORM execution layer.
-        for r in session.connection().execute(_BY_SUBJECT, {"hashes": hashes[start : start + _CHUNK]}):
+        statement = _BY_SUBJECT.get(session.get_bind().dialect.name, _BY_SUBJECT[None])
+        for r in session.connection().execute(statement, {"hashes": hashes[start : start + _CHUNK]}):
             rows[r[0]] = _Row(*r[:6])
             by_hash[r[6]].append(r[0])
     wanted: dict[str, set[str]] = defaultdict(set)

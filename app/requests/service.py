@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 from app.audit import service as audit
 from app.core.auth import ApiClient
 from app.core.config import get_settings
-from app.core.database import insert_linked, new_id, utcnow
+from app.core.database import insert_linked, new_id, one_of, utcnow
 from app.core.errors import (
     Conflict,
     Forbidden,
@@ -571,9 +571,9 @@ def _earlier_requests(
             refs.add(ref)
     matches = []
     if keys:
-        matches.append(DeletionRequest.idempotency_key.in_(sorted(keys)))
+        matches.append(one_of(session, DeletionRequest.idempotency_key, sorted(keys)))
     if refs:
-        matches.append(DeletionRequest.external_ref.in_(sorted(refs)))
+        matches.append(one_of(session, DeletionRequest.external_ref, sorted(refs)))
     if not matches:
         return {}, {}
     where = (DeletionRequest.client_id == client_id, or_(*matches))
