@@ -18,6 +18,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    TextClause,
     any_,
     bindparam,
     create_engine,
@@ -160,7 +161,7 @@ def insert_rows(
             sql += " ON CONFLICT DO NOTHING"
         if returning is not None:
             sql += f' RETURNING "{returning}"'
-        result = session.execute(text(sql), {"rows": _json_rows(rows)})
+        result = session.execute(_text(sql), {"rows": _json_rows(rows)})
         return list(result.scalars()) if returning is not None else []
     statement: Any = insert(table)
     if skip_conflicts:
@@ -202,8 +203,16 @@ def insert_linked(
         parts.append(f'c{index} AS (INSERT INTO "{table.name}" ({columns}) SELECT {selected} FROM '
                      f'json_populate_recordset(NULL::"{table.name}", CAST(:c{index} AS json)) AS r '
                      f'WHERE r."{link}" IN (SELECT "{key}" FROM p))')
-    statement = text(f'WITH {", ".join(parts)} SELECT "{key}" FROM p')
+    statement = _text(f'WITH {", ".join(parts)} SELECT "{key}" FROM p')
+    session.flush()  # what the ORM holds goes first, as session.execute would (Core skips autoflush)
     return list(session.connection().execute(statement, params).scalars())
+
+
+@lru_cache(maxsize=256)
+def _text(sql: str) -> TextClause:
+    """``text(sql)`` built once per statement shape: parsing its bind names is a regex pass over a
+    long statement, on every intake otherwise."""
+    return text(sql)
 
 
 def write_together(
@@ -233,7 +242,8 @@ def write_together(
                      f'(SELECT value::{delete[0].c[delete[1]].type.compile(session.get_bind().dialect)} '
                      f'FROM json_array_elements_text(CAST(:d AS json))))')
     if parts:
-        session.execute(text(f'WITH {", ".join(parts)} SELECT 1'), params)
+        session.flush()  # as in insert_linked
+        session.connection().execute(_text(f'WITH {", ".join(parts)} SELECT 1'), params)
 
 
 def _json_rows(rows: Sequence[dict[str, Any]]) -> str:

@@ -43,11 +43,10 @@ def _detail(session: SessionDep, request: DeletionRequest) -> DeletionRequestDet
 def submit_request(
     body: DeletionRequestCreate,
     http: Request,
-    response: Response,
     session: SessionDep,
     client: RequestSubmitter,
     idempotency_key: IdempotencyKey = None,
-) -> DeletionRequestOut:
+) -> Response:
     """A subject's request (portals, admins) or a removal by selector (admins and ml keys only)."""
     outcome = service.submit(
         session,
@@ -57,11 +56,14 @@ def submit_request(
         provenance=_provenance(http),
     )
     commit_now(session)
+    headers = {"Location": f"{router.prefix}/{outcome.request.id}"}
     if outcome.replayed:
-        response.status_code = status.HTTP_200_OK
-        response.headers["Idempotent-Replayed"] = "true"
-    response.headers["Location"] = f"{router.prefix}/{outcome.request.id}"
-    return DeletionRequestOut.model_validate(outcome.request)
+        headers["Idempotent-Replayed"] = "true"
+    # Serialised here, in the worker thread the submission ran in: returned as a model, it
+    # would be validated again in one more thread-pool hop (a wait for the GIL under load).
+    return Response(DeletionRequestOut.model_validate(outcome.request).model_dump_json(by_alias=True),
+                    status_code=status.HTTP_200_OK if outcome.replayed else status.HTTP_202_ACCEPTED,
+                    headers=headers, media_type="application/json")
 
 
 def _provenance(http: Request) -> service.Provenance:
@@ -78,7 +80,7 @@ def _provenance(http: Request) -> service.Provenance:
 )
 def submit_batch(
     body: DeletionRequestBatch, http: Request, session: SessionDep, client: PortalClient
-) -> DeletionRequestBatchResult:
+) -> Response:
     results = service.submit_batch(session, client=client, items=body.requests, provenance=_provenance(http))
     commit_now(session)
     items = []
@@ -91,7 +93,9 @@ def submit_batch(
             items.append(BatchItemResult(index=result.index, outcome="replayed" if result.submission.replayed else "created",
                                          id=request.id, status=request.status))
     counts = {outcome: sum(1 for item in items if item.outcome == outcome) for outcome in ("created", "replayed", "refused")}
-    return DeletionRequestBatchResult(**counts, results=items)
+    # Serialised in this worker thread (see submit_request).
+    return Response(DeletionRequestBatchResult(**counts, results=items).model_dump_json(by_alias=True),
+                    media_type="application/json")
 
 
 @router.get("", response_model=DeletionRequestPage)
