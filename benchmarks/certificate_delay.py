@@ -2,6 +2,7 @@
 
     nice .venv/bin/python benchmarks/certificate_delay.py                  # 10-minute load at 80% of capacity
     nice .venv/bin/python benchmarks/certificate_delay.py --seconds 120    # shorter (say so when quoting it)
+    nice .venv/bin/python benchmarks/certificate_delay.py --rate 132.6     # an earlier run's load, whatever capacity is now
     nice .venv/bin/python benchmarks/certificate_delay.py --direct         # the older ORM-completion mode
 
 Default (issue 21's figure): a fresh PostgreSQL database (created and dropped here), a
@@ -437,9 +438,9 @@ def through_intake(args: argparse.Namespace) -> None:
               f"({completed - certified} outstanding)", flush=True)
 
         # 2. load at args.load of capacity, sampling backlog and memory every 10 s
-        rate = args.load * capacity
-        print(f"load: {rate:.1f} requests/s ({args.load:.0%} of capacity) for {args.seconds:.0f} s, "
-              f"{args.clients} clients", flush=True)
+        rate = args.rate or args.load * capacity
+        print(f"load: {rate:.1f} requests/s ({rate / capacity:.0%} of capacity{', set by --rate' if args.rate else ''}) "
+              f"for {args.seconds:.0f} s, {args.clients} clients", flush=True)
         with psycopg.connect(dsn, autocommit=True) as connection:
             load_began = connection.execute("SELECT now()").fetchone()[0]
         samples: list[tuple[float, float, float, int]] = []  # (t, api MiB, worker MiB, outstanding)
@@ -507,6 +508,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=600.0, help="length of the load (default 600)")
     parser.add_argument("--load", type=float, default=0.8, help="fraction of the measured capacity (default 0.8)")
+    parser.add_argument("--rate", type=float,
+                        help="the load in requests/s instead of --load of the measured capacity (to repeat an "
+                             "earlier run's load on a machine busier than it was then)")
     parser.add_argument("--direct", action="store_true",
                         help="the older mode: completions written through the ORM at a fraction of the worker's "
                              "certificate capacity, no HTTP intake")
