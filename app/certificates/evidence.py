@@ -55,6 +55,9 @@ class Gathered:
     models: dict[str, RegisteredModel]
     purged: dict[str, list[ModelArtifact]]  # version: its purged artifacts
     erasures: dict[str, tuple[list[Any], list[str]]]  # request: erasures_of its records
+    # Every dataset snapshot, as no-data-found certificates list them: read once for the batch
+    # (by the first such request) instead of once per request, and without the member bitmaps.
+    snapshots: list[dict[str, Any]] | None = None
 
 
 def gather(session: Session, request_ids: Sequence[str]) -> Gathered:
@@ -269,8 +272,15 @@ def lineage_check(request: DeletionRequest) -> dict[str, Any] | None:
             "training_jobs_in_flight": len(check["training_jobs_in_flight"]), "passed": check["passed"]}
 
 
-def non_inclusion(session: Session, request: DeletionRequest) -> dict[str, Any]:
-    snapshots = session.scalars(select(DatasetSnapshot).order_by(DatasetSnapshot.created_at, DatasetSnapshot.id))
+def non_inclusion(session: Session, gathered: Gathered, request: DeletionRequest) -> dict[str, Any]:
+    if gathered.snapshots is None:
+        gathered.snapshots = [
+            {"snapshot_id": id_, "dataset_id": dataset_id, "record_count": count, "merkle_root": root}
+            for id_, dataset_id, count, root in session.execute(
+                select(DatasetSnapshot.id, DatasetSnapshot.dataset_id, DatasetSnapshot.record_count,
+                       DatasetSnapshot.merkle_root).order_by(DatasetSnapshot.created_at, DatasetSnapshot.id)
+            ).tuples()
+        ]
     # Requests received before identifiers_checked was recorded checked version 1 only.
     checked = request.affected.get("identifiers_checked") or {"types": [], "canonicaliser_versions": [1]}
     return {
@@ -280,10 +290,7 @@ def non_inclusion(session: Session, request: DeletionRequest) -> dict[str, Any]:
             "canonicaliser_versions": list(checked["canonicaliser_versions"]),
             "record_ref_count": len(request.record_refs or []),
         },
-        "snapshots": [
-            {"snapshot_id": s.id, "dataset_id": s.dataset_id, "record_count": s.record_count, "merkle_root": s.merkle_root}
-            for s in snapshots
-        ],
+        "snapshots": [dict(snapshot) for snapshot in gathered.snapshots],
     }
 
 

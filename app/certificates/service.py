@@ -61,7 +61,7 @@ def _content(session: Session, gathered: evidence.Gathered, request: DeletionReq
         "request": facts,
         "forgotten_records": records,
         "models": described,
-        "non_inclusion": evidence.non_inclusion(session, request) if facts["outcome"] == "no_data_found" else None,
+        "non_inclusion": evidence.non_inclusion(session, gathered, request) if facts["outcome"] == "no_data_found" else None,
         "already_forgotten": evidence.already_forgotten(session, request, issuing=batch),
         "lineage_check": evidence.lineage_check(request),
         "claim": evidence.claim(request, records, described, training_data),
