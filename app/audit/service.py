@@ -227,9 +227,14 @@ def seal_pending(session: Session, *, limit: int = 5000) -> int:
 
 def seal_if_free(limit: int = 5000) -> int:
     """Seal in a transaction of its own, unless another sealer holds the lock right now."""
+    return _seal_pass(limit) or 0
+
+
+def _seal_pass(limit: int = 5000) -> int | None:
+    """``seal_if_free``; None when another sealer held the lock."""
     with get_sessionmaker()() as session:
         if not _try_lock_chain(session):
-            return 0
+            return None
         sealed = _seal(session, limit)
         session.commit()
     if sealed:
@@ -316,9 +321,15 @@ class _Coalescer:
             self._running = True
         try:
             while True:
-                seal_if_free()
+                taken = _seal_pass() is None
                 with self._lock:
-                    if not self._again:
+                    # Another process's sealer holds the chain: stop rather than try again at once.
+                    # Under load every commit leaves a note, so retrying made each process spin
+                    # on the lock (a transaction per try) while the other sealed; what is left
+                    # pending goes with the holder's next pass, this process's next commit, or
+                    # the periodic sealer.
+                    if taken or not self._again:
+                        self._again = False
                         return
                     self._again = False
         except Exception:  # the change is committed; the periodic sealer will chain its event
