@@ -9,6 +9,7 @@ verifier holding only the file and the public key can then check every link.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import exists, func, select
@@ -207,15 +208,25 @@ def issue_batch_for(session: Session, request_id: str, *, limit: int = ISSUE_BAT
     return ready_to_issue(session, [request_id, *dict.fromkeys(siblings)])
 
 
+# How far past the first named request's completion an order looks for requests to take along.
+# A bound on both sides keeps the read to the requests completed in that span even when a stale
+# row estimate turns the ordered walk into a bitmap scan and a sort (this server's autovacuum is
+# off): unbounded, that read every completion after it, the whole backlog when issuance is behind.
+TAKE_ALONG_SECONDS = 5.0
+
+
 def awaiting_certificates(session: Session, request_ids: Sequence[str], *, limit: int) -> list[str]:
     """Completed requests without a certificate that completed no earlier than the first of
-    ``request_ids`` did, oldest completion first (a walk of ix_deletion_requests_completed_at
-    from there, so its cost does not grow with the table)."""
-    since = (select(func.min(DeletionRequest.completed_at)).where(DeletionRequest.id.in_(list(request_ids)))
-             .scalar_subquery())
+    ``request_ids`` did and at most ``TAKE_ALONG_SECONDS`` after, oldest completion first
+    (ix_deletion_requests_completed_at)."""
+    since = session.scalar(select(func.min(DeletionRequest.completed_at))
+                           .where(DeletionRequest.id.in_(list(request_ids))))
+    if since is None:
+        return []
     return list(session.scalars(
         select(DeletionRequest.id)
         .where(DeletionRequest.status == RequestStatus.COMPLETED, DeletionRequest.completed_at >= since,
+               DeletionRequest.completed_at <= since + timedelta(seconds=TAKE_ALONG_SECONDS),
                ~exists().where(Certificate.request_id == DeletionRequest.id))
         .order_by(DeletionRequest.completed_at, DeletionRequest.id)
         .limit(limit)

@@ -432,13 +432,18 @@ def test_an_order_takes_along_the_completions_after_its_own(api, completed_reque
     """Steady intake sends an order per completion or two; each takes along the completed
     requests after its own that still lack a certificate (one head for all), so issuance keeps
     up. An earlier completion is not its to take, and a later order finds its request issued."""
-    from sqlalchemy import func, select
+    from sqlalchemy import func, select, update
 
     from app.audit.models import AuditEvent, TreeHead
+    from app.requests.models import DeletionRequest
     from workers.tasks.certificates import issue
 
     earlier = completed_request(found=False)
     own, *after = [completed_request(found=False) for _ in range(4)]
+    later = completed_request(found=False)  # beyond the span an order looks through
+    with session_scope() as session:
+        session.execute(update(DeletionRequest).where(DeletionRequest.id == later)
+                        .values(completed_at=utcnow() + timedelta(minutes=1)))
     (issued,) = issue(own)
     documents = {request_id: _verified(api, request_id) for request_id in (own, *after)}
     assert documents[own]["certificate_id"] == issued
@@ -447,13 +452,16 @@ def test_an_order_takes_along_the_completions_after_its_own(api, completed_reque
     with session_scope() as session:
         events = select(func.count()).select_from(AuditEvent).where(AuditEvent.action == "certificate.issued")
         heads = select(func.count()).select_from(TreeHead)
-        assert (session.scalar(events), session.scalar(heads)) == (4, 1), "the earlier completion was left"
+        assert (session.scalar(events), session.scalar(heads)) == (4, 1), "the earlier and the later were left"
     assert issue(request_ids=after[1:]) == [documents[one]["certificate_id"] for one in after[1:]]
     with session_scope() as session:
         assert (session.scalar(events), session.scalar(heads)) == (4, 1), "their own orders issue nothing"
     assert issue(earlier)
     with session_scope() as session:
         assert session.scalar(events) == 5
+    assert issue(later)  # left by both: it completed after the span their orders look through
+    with session_scope() as session:
+        assert session.scalar(events) == 6
 
 
 def test_a_request_taken_along_that_cannot_be_certified_does_not_hold_back_the_order(api, completed_request):
