@@ -4,7 +4,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Response
 
-from app.api.deps import AdminClient, ReaderClient, SessionDep
+from app.api.deps import AdminClient, ReaderClient, SessionDep, commit_now
 from app.core.fields import INT32_MAX
 from app.lineage import service
 from app.lineage.schemas import RecordLineage, SourceLineage, SubjectLineage, SubjectQuery, VersionLineage
@@ -14,11 +14,12 @@ router = APIRouter(prefix="/v1", tags=["lineage"])
 
 @router.get("/lineage/records/{dataset}/{record_key:path}", response_model=RecordLineage)
 def record_lineage(dataset: str, record_key: str, session: SessionDep, _: ReaderClient) -> Response:
-    # Serialised here, in the worker thread the query ran in: returned as a model, it would be
-    # validated again in one more thread-pool hop before the same JSON dump, and each hop waits
-    # for the GIL behind whatever intake work the process is doing.
-    found = service.record_lineage(session, dataset, record_key)
-    return Response(found.model_dump_json(), media_type="application/json")
+    # Serialised and committed here, in the worker thread the query ran in: the request then takes
+    # one thread-pool hop, where returning the model costs another to validate it again and the
+    # session dependency's commit a third; under intake load each hop waits for the GIL.
+    body = service.record_lineage(session, dataset, record_key).model_dump_json()
+    commit_now(session)
+    return Response(body, media_type="application/json")
 
 
 @router.get("/lineage/datasets/{dataset}/sources/{source:path}", response_model=SourceLineage)
