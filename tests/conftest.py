@@ -47,7 +47,10 @@ def reset_caches() -> None:
 
     if database.get_engine.cache_info().currsize:
         database.get_engine().dispose()
-    for cached in (config.get_settings, database.get_engine, database.get_sessionmaker, queue.get_celery):
+    if database.get_read_engine.cache_info().currsize:
+        database.get_read_engine().dispose()
+    for cached in (config.get_settings, database.get_engine, database.get_read_engine, database.get_sessionmaker,
+                   queue.get_celery):
         cached.cache_clear()
 
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from functools import lru_cache
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     JSON,
@@ -26,6 +26,7 @@ from sqlalchemy import (
     insert,
     text,
 )
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
@@ -108,6 +109,44 @@ def make_engine(url: str) -> Engine:
 @lru_cache
 def get_engine() -> Engine:
     return make_engine(get_settings().database_url)
+
+
+@lru_cache
+def get_read_engine() -> Engine:
+    """The engine for single-statement reads that must be quick under load (``read_once``).
+
+    On PostgreSQL a pool of its own, without pre-ping and in autocommit: the engine's pre-ping
+    (``SELECT 1`` on every checkout) and psycopg's ``BEGIN`` are two round trips of three for a
+    one-statement read, and under load each waits for a core. A single statement needs no
+    transaction; a connection killed under it is caught by ``read_once`` instead of the ping.
+    Elsewhere the main engine (SQLite has no round trips to save)."""
+    url = get_settings().database_url
+    if url.startswith("sqlite"):
+        return get_engine()
+    # Smaller than the main pool: only the hot read paths use it.
+    return create_engine(url, isolation_level="AUTOCOMMIT", pool_size=10, max_overflow=30)
+
+
+T = TypeVar("T")
+
+
+def read_once(work: Callable[[Session], T], session: Session | None = None) -> T:
+    """Run a read-only ``work`` in a session of the read engine; if its connection turns out to
+    be dead (nothing pinged it), run it once more on a fresh one. A read is safe to repeat; a
+    second loss propagates and becomes a 503 like any unreachable database. Where the read
+    engine is the main one (SQLite), in ``session`` if given: a second session there would wait
+    on the write lock that the first one's ``BEGIN IMMEDIATE`` holds."""
+    if session is not None and get_read_engine() is get_engine():
+        return work(session)
+    for attempt in (1, 2):
+        with Session(get_read_engine(), expire_on_commit=False) as session:
+            try:
+                return work(session)
+            except sa_exc.DBAPIError as error:
+                # A disconnect invalidates the pool's older connections too, so the retry connects anew.
+                if attempt == 2 or not error.connection_invalidated:
+                    raise
+    raise AssertionError("unreachable")
 
 
 @lru_cache

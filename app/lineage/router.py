@@ -16,8 +16,10 @@ router = APIRouter(prefix="/v1", tags=["lineage"])
 def record_lineage(dataset: str, record_key: str, session: SessionDep, _: ReaderClient) -> Response:
     # Serialised and committed here, in the worker thread the query ran in: the request then takes
     # one thread-pool hop, where returning the model costs another to validate it again and the
-    # session dependency's commit a third; under intake load each hop waits for the GIL.
-    body = service.record_lineage(session, dataset, record_key).model_dump_json()
+    # session dependency's commit a third; under intake load each hop waits for the GIL. On
+    # PostgreSQL the query runs on the read engine (one round trip: no pre-ping, no BEGIN) and the
+    # request's session holds a transaction only if authentication missed its cache.
+    body = service.read_record_lineage(dataset, record_key, session).model_dump_json()
     commit_now(session)
     return Response(body, media_type="application/json")
 

@@ -36,7 +36,7 @@ from sqlalchemy.orm import Session
 from app.audit import service as audit
 from app.core import merkle
 from app.core.config import get_settings
-from app.core.database import utcnow
+from app.core.database import read_once, utcnow
 from app.core.errors import InvalidInput, NotFound, TooManyRequests
 from app.core.hashing import canonical_json, sha256_hex
 from app.lineage import proofs
@@ -350,6 +350,13 @@ def record_lineage(session: Session, dataset_name: str, record_key: str) -> Reco
     temporary = _temporary_on(session, [sid for sid, _, _, temporary in holding if temporary])
     refs = [SnapshotRef(id=sid, record_count=count, merkle_root=root) for sid, count, root, _ in holding]
     return _lineage_of(row, refs, trained, temporary)
+
+
+def read_record_lineage(dataset_name: str, record_key: str, session: Session | None = None) -> RecordLineage:
+    """``record_lineage`` on a connection of its own from the read engine: no pre-ping and no
+    ``BEGIN``, so one round trip where a request's session takes three (``read_once``; on SQLite
+    in ``session``)."""
+    return read_once(lambda read: record_lineage(read, dataset_name, record_key), session)
 
 
 def subject_lineage(session: Session, subject_hash: str, *, also: list[str] | None = None) -> SubjectLineage:

@@ -1,0 +1,84 @@
+"""The record query's read connection: autocommit, no pre-ping, and a killed connection is retried
+on a fresh one (or is a 503), never a 500."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import text
+
+from tests.registry.factory import ingested, model_with_versions, rows
+
+
+def _kill_other_backends(dsn: str) -> int:
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as killer:
+        return killer.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        ).fetchone()[0]
+
+
+@pytest.mark.slow  # reason: builds a registry and an app, and reconnects after killing its connections (~4 s)
+def test_record_query_answers_after_its_connection_is_killed(env, api, make_client):
+    from app.core.database import get_read_engine, read_once
+
+    dsn = env["UNLEARND_DATABASE_URL"].replace("postgresql+psycopg://", "postgresql://")
+    ingested("ds", rows(12))
+    model_with_versions("ds", "m", [[], ["r00003"]])
+    reader = make_client("ml")
+    first = api.get("/v1/lineage/records/ds/r00004", headers=reader.headers)
+    assert first.status_code == 200, first.text
+
+    engine = get_read_engine()
+    assert engine.pool._pre_ping is False
+    with engine.connect() as connection:
+        assert connection.connection.dbapi_connection.autocommit is True
+    assert _kill_other_backends(dsn) >= 1
+
+    # Nothing pings the pooled connection: the record query meets the dead one and runs again.
+    second = api.get("/v1/lineage/records/ds/r00004", headers=reader.headers)
+    assert second.status_code == 200, second.text
+    assert second.json() == first.json()
+
+    # The same at the service level, counting the attempts: the first one hits the killed connection.
+    _kill_other_backends(dsn)
+    attempts = []
+
+    def pid(session):  # noqa: ANN001, ANN202
+        attempts.append(1)
+        return session.execute(text("SELECT pg_backend_pid()")).scalar()
+
+    assert read_once(pid) > 0
+    assert len(attempts) == 2
+
+
+def test_a_read_that_loses_its_connection_twice_is_unavailable(env):
+    from sqlalchemy import exc as sa_exc
+
+    from app.core.database import read_once
+    from app.core.transient import is_unavailable
+
+    attempts = []
+
+    def killed(session):  # noqa: ANN001, ANN202
+        attempts.append(1)
+        return session.execute(text("SELECT pg_terminate_backend(pg_backend_pid())")).scalar()
+
+    with pytest.raises(sa_exc.DBAPIError) as caught:
+        read_once(killed)
+    assert len(attempts) == 2
+    # What the transient-error middleware turns into a 503 with Retry-After.
+    assert is_unavailable(caught.value)
+
+
+def test_record_query_over_http_on_both_databases(backend, env, api, make_client):
+    from app.core.database import get_engine, get_read_engine
+
+    ingested("ds", rows(6))
+    reader = make_client("ml")
+    assert api.get("/v1/lineage/records/ds/r00002", headers=reader.headers).status_code == 200
+    assert api.get("/v1/lineage/records/ds/nope", headers=reader.headers).status_code == 404
+    # SQLite has no round trips to save: the main engine, and so the request's session (a second
+    # session would wait on the write lock the first one's BEGIN IMMEDIATE took).
+    assert (get_read_engine() is get_engine()) == (backend == "sqlite")
