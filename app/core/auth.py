@@ -85,12 +85,16 @@ class _ClientCache:
 client_cache = _ClientCache()
 
 
+def _cached(key_id: str) -> ApiClient | None:
+    return client_cache.get(key_id) if get_settings().auth_cache_seconds > 0 else None
+
+
 def _lookup(session: Session, key_id: str) -> ApiClient | None:
-    ttl = get_settings().auth_cache_seconds
-    cached = client_cache.get(key_id) if ttl > 0 else None
+    cached = _cached(key_id)
     if cached is not None:
         return cached
     client = session.scalar(select(ApiClient).where(ApiClient.key_id == key_id))
+    ttl = get_settings().auth_cache_seconds
     if client is not None and ttl > 0:
         session.expunge(client)  # a detached copy is safe to share between requests
         client_cache.put(key_id, client, ttl)
@@ -109,9 +113,7 @@ def authenticate_cached(key: str) -> ApiClient | None:
     cached (the caller then calls ``authenticate``). Lets an async caller answer the common case
     without handing the call to a worker thread."""
     key_id, secret = _parts(key)
-    if get_settings().auth_cache_seconds <= 0:
-        return None
-    client = client_cache.get(key_id)
+    client = _cached(key_id)
     return _verified(client, secret) if client is not None else None
 
 

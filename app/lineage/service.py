@@ -206,7 +206,8 @@ _ARTIFACT_COLUMNS = (ModelArtifact.id, ModelArtifact.kind, ModelArtifact.shard, 
 
 
 def _trained_selects(version_where: list[Any], artifact_where: list[Any], lead: tuple[Any, ...] = ()):  # noqa: ANN202
-    """The two branches of ``_trained_union``, each after the ``lead`` columns."""
+    """The two branches of the versions-trained-on-snapshots UNION ALL (by the version's own
+    snapshot, by an artifact's), each after the ``lead`` columns."""
     by_version = (
         select(*lead, *_VERSION_COLUMNS, *_typed_nulls(*_ARTIFACT_COLUMNS))
         .join(RegisteredModel, RegisteredModel.id == ModelVersion.model_id)
@@ -221,12 +222,8 @@ def _trained_selects(version_where: list[Any], artifact_where: list[Any], lead: 
     return by_version, by_artifact
 
 
-def _trained_union(version_where: list[Any], artifact_where: list[Any]):  # noqa: ANN202 - a CompoundSelect
-    return union_all(*_trained_selects(version_where, artifact_where))
-
-
 def _trained(found: Iterable[tuple[Any, ...]], holding: set[str] | None = None) -> _Trained:
-    """Rows of a ``_trained_union``; with ``holding``, only those through one of its snapshots."""
+    """Rows of ``_trained_selects``' union; with ``holding``, only those through one of its snapshots."""
     via: dict[str, set[str]] = defaultdict(set)
     refs: dict[str, tuple[VersionRef, str]] = {}
     artifact_refs: list[ArtifactRef] = []
@@ -253,8 +250,8 @@ def _trained_on(session: Session, snapshot_ids: list[str], scope_models: list[st
     if not snapshot_ids:
         return _Trained([], [])
     scope = [RegisteredModel.name.in_(scope_models)] if scope_models is not None else []
-    statement = _trained_union([ModelVersion.snapshot_id.in_(snapshot_ids), *scope],
-                               [ModelArtifact.snapshot_id.in_(snapshot_ids), *scope])
+    statement = union_all(*_trained_selects([ModelVersion.snapshot_id.in_(snapshot_ids), *scope],
+                                            [ModelArtifact.snapshot_id.in_(snapshot_ids), *scope]))
     return _trained(session.execute(statement).tuples())
 
 
@@ -305,7 +302,7 @@ _SNAPSHOT_COLUMNS = (DatasetSnapshot.id.label("snapshot_id"), DatasetSnapshot.re
 def _record_query():  # noqa: ANN202 - a CompoundSelect
     """The record query as one statement, so one round trip: rows of part 0 are the record
     joined with each snapshot of its dataset (and whether temporary models were trained on
-    each), in order; rows of part 1 are ``_trained_union``'s over every snapshot of that
+    each), in order; rows of part 1 are ``_trained_selects``' over every snapshot of that
     dataset. By the dataset's name, not a list of snapshot ids: one fixed statement text,
     built and compiled once; rows through snapshots not holding the record are dropped in Python."""
     dataset, key = bindparam("dataset"), bindparam("key")

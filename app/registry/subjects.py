@@ -9,6 +9,7 @@ combinations it checked, so a "no data found" claim names exactly what was looke
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import ColumnElement, Select, select, true
@@ -49,20 +50,16 @@ def schemes_in_use(session: Session, *, first: ColumnElement[Any] | None = None)
 
 
 _CURRENT = HashScheme(CANONICALISER_VERSION)
-_QUERIES: dict[int, tuple[ColumnElement[Any] | None, Select[Any]]] = {}
 
 
+@lru_cache(maxsize=8)
 def _schemes_query(first: ColumnElement[Any] | None) -> Select[Any]:
-    """Built once per ``first`` (callers pass module-level expressions), so each call reuses it."""
-    cached = _QUERIES.get(id(first))
-    if cached is not None and cached[0] is first:
-        return cached[1]
+    """Built once per ``first`` (callers pass module-level expressions, hashed by identity)."""
     query = select(Dataset.canonicaliser_version, Dataset.schema)
     if first is not None:
         # One row even with no dataset: the expression is evaluated whatever the table holds.
         ahead = select(first.label("first")).subquery()
         query = query.select_from(ahead).outerjoin(Dataset, true())
-    _QUERIES[id(first)] = (first, query)
     return query
 
 
