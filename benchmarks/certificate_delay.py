@@ -293,14 +293,7 @@ def direct(args: argparse.Namespace) -> None:
         print(f"load average at end: {os.getloadavg()[0]:.1f}")
         get_engine().dispose()
     finally:
-        if worker is not None:
-            worker.terminate()
-            try:
-                worker.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                worker.kill()
-        with psycopg.connect(PG_ADMIN, autocommit=True) as connection:
-            connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        _tear_down([worker], name)
 
 
 # --- the default: HTTP intake at a fraction of its measured capacity ----------------------------
@@ -496,15 +489,20 @@ def through_intake(args: argparse.Namespace) -> None:
             print(f"{label} RSS: median {first:.1f} MiB in the first third of the load, {last:.1f} MiB in the last "
                   f"({last / first:.2f}x), max {max(s[index] for s in samples):.1f} MiB")
     finally:
-        for process in (server, worker, redis):
-            if process is not None:
-                process.terminate()
-                try:
-                    process.wait(timeout=60)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-        with psycopg.connect(PG_ADMIN, autocommit=True) as connection:
-            connection.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+        _tear_down([server, worker, redis], dbname)
+
+
+def _tear_down(processes: list[subprocess.Popen | None], dbname: str) -> None:
+    """Stop what a run started (SIGTERM, then SIGKILL after a minute) and drop its database."""
+    for process in processes:
+        if process is not None:
+            process.terminate()
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+    with psycopg.connect(PG_ADMIN, autocommit=True) as connection:
+        connection.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
 
 
 def main() -> None:
