@@ -23,8 +23,11 @@ def _counts() -> dict[str, int]:
     from app.requests.models import DeletionRequest, RequestModelVersion, RequestRecord, RequestTransition
 
     with session_scope() as session:
-        events = sum(session.scalar(select(func.count()).select_from(m).where(m.action == "request.received"))
-                     for m in (AuditEvent, PendingAuditEvent))
+        # One statement, so one snapshot: a sealer committing between two counts moves an event
+        # from pending to sealed unseen by both (sealing may still run after the response).
+        events = session.scalar(select(sum(
+            select(func.count()).select_from(m).where(m.action == "request.received").scalar_subquery()
+            for m in (AuditEvent, PendingAuditEvent))))
         counts = {m.__tablename__: session.scalar(select(func.count()).select_from(m)) for m in (
             DeletionRequest, RequestTransition, RequestRecord, RequestModelVersion, OutboxMessage)}
     return {**counts, "received_events": events}
