@@ -28,7 +28,9 @@ from sqlalchemy import (
 )
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+from sqlalchemy.sql.expression import Executable
 from sqlalchemy.types import TypeDecorator
 
 from app.core.config import get_settings
@@ -147,6 +149,45 @@ def read_once(work: Callable[[Session], T], session: Session | None = None) -> T
                 if attempt == 2 or not error.connection_invalidated:
                     raise
     raise AssertionError("unreachable")
+
+
+def fetch_all(session: Session, statement: Executable, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+    """Every row of a built-once Core ``statement`` (module-level, so compiled once) as plain tuples.
+
+    On PostgreSQL it goes straight to the DBAPI cursor as a prepared statement: SQLAlchemy's
+    execution and result layers cost ~0.3 ms of CPU on a 140-row answer (measured on the record
+    query at 1M x 50), as much as psycopg's own work, and a hot read under load waits for a core
+    in proportion. Errors come out as SQLAlchemy's would: a lost connection is invalidated (and
+    the pool renewed, its other connections having most likely died with it) and raised as a
+    ``DBAPIError`` with ``connection_invalidated``, which ``read_once`` retries and the
+    transient-error middleware answers with a 503. Values are the driver's: only statements
+    whose columns need no result processing belong here. Elsewhere SQLAlchemy's execute."""
+    bind = session.get_bind()
+    if bind.dialect.name != "postgresql":
+        return [tuple(row) for row in session.execute(statement, params)]
+    sql, fixed = _compiled(statement, bind.dialect)
+    connection = session.connection()
+    dbapi_connection = connection.connection.dbapi_connection
+    try:
+        cursor = dbapi_connection.cursor()
+        cursor.execute(sql, {**fixed, **params}, prepare=True)
+        return cursor.fetchall()
+    except bind.dialect.loaded_dbapi.Error as error:
+        lost = bind.dialect.is_disconnect(error, dbapi_connection, None)
+        if lost:
+            connection.invalidate(error)
+            if isinstance(bind, Engine):
+                bind.dispose()
+        raise sa_exc.DBAPIError.instance(sql, params, error, bind.dialect.loaded_dbapi.Error,
+                                         connection_invalidated=lost, dialect=bind.dialect) from error
+
+
+@lru_cache(maxsize=64)  # statements hash by identity: built-once statements only
+def _compiled(statement: Executable, dialect: Dialect) -> tuple[str, dict[str, Any]]:
+    compiled = statement.compile(dialect=dialect)
+    if compiled._bind_processors:  # a bind needing conversion would go out unconverted
+        raise ValueError("fetch_all takes statements whose parameters need no bind processing")
+    return str(compiled), dict(compiled.params)
 
 
 @lru_cache

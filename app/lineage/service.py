@@ -36,7 +36,7 @@ from sqlalchemy.orm import Session
 from app.audit import service as audit
 from app.core import merkle
 from app.core.config import get_settings
-from app.core.database import read_once, utcnow
+from app.core.database import fetch_all, read_once, utcnow
 from app.core.errors import InvalidInput, NotFound, TooManyRequests
 from app.core.hashing import canonical_json, sha256_hex
 from app.lineage import proofs
@@ -332,9 +332,9 @@ _TRAINED = slice(_RECORD.stop + len(_SNAPSHOT_COLUMNS), None)
 
 def record_lineage(session: Session, dataset_name: str, record_key: str) -> RecordLineage:
     """The same answer as ``_lineages`` for one record, in one round trip once the dataset's
-    bitmaps are cached (``_record_query``). A second statement reads temporary model sets,
-    only where a snapshot holding the record has any."""
-    found = session.execute(_RECORD_QUERY, {"dataset": dataset_name, "key": record_key}).tuples().all()
+    bitmaps are cached (``_record_query``, through the cursor: ``fetch_all``). A second statement
+    reads temporary model sets, only where a snapshot holding the record has any."""
+    found = fetch_all(session, _RECORD_QUERY, {"dataset": dataset_name, "key": record_key})
     if not found or found[0][0] != 0:
         raise NotFound(f"no record '{record_key}' in a ready dataset named '{dataset_name}'")
     row = _Row(*found[0][_RECORD])
@@ -342,11 +342,40 @@ def record_lineage(session: Session, dataset_name: str, record_key: str) -> Reco
     bitmaps = snapshot_bitmaps.get_many(session, [sid for sid, *_ in snapshots])
     holding = [(sid, count, root, temporary) for sid, count, root, temporary in snapshots
                if row.row_index in bitmaps[sid]]
-    trained = _trained((r[_TRAINED] for r in found if r[0] != 0),
-                       holding={sid for sid, *_ in holding}) if holding else _Trained([], [])
     temporary = _temporary_on(session, [sid for sid, _, _, temporary in holding if temporary])
-    refs = [SnapshotRef(id=sid, record_count=count, merkle_root=root) for sid, count, root, _ in holding]
-    return _lineage_of(row, refs, trained, temporary)
+    return _record_answer(row, holding, (r[_TRAINED] for r in found if r[0] != 0), temporary)
+
+
+_SNAPSHOT_FIELDS = ("id", "record_count", "merkle_root")
+_VERSION_FIELDS = ("id", "model", "number", "state", "snapshot_id")
+_ARTIFACT_FIELDS = ("id", "model", "version", "kind", "shard", "slice", "snapshot_id", "sha256", "state")
+
+
+def _record_answer(row: _Row, holding: list[tuple[Any, ...]], trained: Iterable[tuple[Any, ...]],
+                   temporary: list[TemporaryModelsRef]) -> RecordLineage:
+    """``_lineage_of`` over ``_trained``'s rows through the ``holding`` snapshots, in plain tuples
+    validated once as a whole: a model built per version and artifact (150 at 50 snapshots) was a
+    third of the record query's Python time."""
+    held = {sid for sid, *_ in holding}
+    versions: dict[str, tuple[Any, ...]] = {}
+    artifacts: list[tuple[Any, ...]] = []
+    for vid, model, number, vstate, vsid, _, aid, kind, shard, slice_, asid, sha, astate in trained:
+        if (vsid if aid is None else asid) not in held:
+            continue
+        versions.setdefault(vid, (vid, model, number, vstate, vsid))
+        if aid is not None:
+            artifacts.append((aid, model, number, kind, shard, slice_, asid, sha, astate))
+    ordered = sorted(versions.values(), key=lambda v: (v[1], v[2]))
+    artifacts.sort(key=lambda a: (a[1], a[2], a[3], a[4] or 0, a[5] or 0))
+    live = (any(v[3] != VersionState.PURGED for v in ordered) or any(a[8] != VersionState.PURGED for a in artifacts)
+            or any(t.destroyed_at is None for t in temporary))
+    return RecordLineage.model_validate({
+        "record_id": row.id, "dataset": row.dataset, "record_key": row.record_key, "state": row.state,
+        "snapshots": [dict(zip(_SNAPSHOT_FIELDS, snapshot, strict=False)) for snapshot in holding],
+        "model_versions": [dict(zip(_VERSION_FIELDS, v, strict=True)) for v in ordered],
+        "artifacts": [dict(zip(_ARTIFACT_FIELDS, a, strict=True)) for a in artifacts],
+        "temporary_models": temporary, "still_contained": live,
+    })
 
 
 def read_record_lineage(dataset_name: str, record_key: str, session: Session | None = None) -> RecordLineage:

@@ -82,3 +82,26 @@ def test_record_query_over_http_on_both_databases(backend, env, api, make_client
     # SQLite has no round trips to save: the main engine, and so the request's session (a second
     # session would wait on the write lock the first one's BEGIN IMMEDIATE took).
     assert (get_read_engine() is get_engine()) == (backend == "sqlite")
+
+
+def test_a_statement_straight_on_the_cursor_reports_a_lost_connection_as_sqlalchemy_does(env):
+    from sqlalchemy import exc as sa_exc
+    from sqlalchemy import func, select
+
+    from app.core.database import fetch_all, read_once
+    from app.core.transient import is_unavailable
+
+    killed = select(func.pg_terminate_backend(func.pg_backend_pid()))
+    attempts = []
+
+    def kill(session):  # noqa: ANN001, ANN202
+        attempts.append(1)
+        return fetch_all(session, killed, {})
+
+    with pytest.raises(sa_exc.DBAPIError) as caught:
+        read_once(kill)
+    # Invalidated, so read_once ran it again on a fresh connection; the 503 is the middleware's.
+    assert len(attempts) == 2
+    assert caught.value.connection_invalidated
+    assert is_unavailable(caught.value)
+    assert read_once(lambda session: fetch_all(session, select(func.pg_backend_pid()), {}))[0][0] > 0
