@@ -31,14 +31,18 @@ ROOT = Path(__file__).resolve().parent.parent
 PG_ADMIN = os.environ.get("UNLEARND_BENCH_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
-def _ready_client(port: int, api_key: str, keys: list[str], rng: random.Random, *, attempts: int) -> httpx.Client:
-    """A client of the server on ``port`` once it answers, with its bitmap cache warmed."""
+def _ready_client(port: int, api_key: str, keys: list[str], rng: random.Random) -> httpx.Client:
+    """A client of the server on ``port`` once it answers, with its bitmap cache warmed. Waits up
+    to two minutes: on a busy machine the server's imports alone have taken over 20 s."""
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {api_key}"})
-    for _ in range(attempts):
+    deadline = time.monotonic() + 120
+    while True:
         try:
             client.get("/healthz")
             break
         except httpx.TransportError:
+            if time.monotonic() > deadline:
+                raise
             time.sleep(0.2)
     for key in rng.sample(keys, 200):
         client.get(f"/v1/lineage/records/bench/{key}").raise_for_status()
@@ -143,6 +147,7 @@ def run(args: argparse.Namespace) -> list[tuple[str, str, str]]:
                                          artifacts=[ArtifactSpec(uri=uri, sha256=digest)], actor="bench")
     per_snapshot = (time.perf_counter() - started) / args.snapshots
     figures.append((f"{args.snapshots} snapshots + versions", f"{per_snapshot:.2f} s each", ""))
+    args.built = True  # complete: a failure in the queries keeps it for the next --db run
     return figures + _queries(args, rng, keys, subjects)
 
 
@@ -201,7 +206,7 @@ def _http(args: argparse.Namespace, rng: random.Random, keys: list[str], subject
          "warning"], cwd=ROOT, env={**os.environ, "UNLEARND_SUBJECT_LOOKUPS_PER_MINUTE": "1000000"},
     )
     try:
-        client = _ready_client(port, api_key, keys, rng, attempts=100)
+        client = _ready_client(port, api_key, keys, rng)
         record, subject = [], []
         for key in rng.sample(keys, min(len(keys), args.record_queries)):
             t0 = time.perf_counter()
@@ -270,7 +275,7 @@ def _under_intake_load(args: argparse.Namespace, rng: random.Random, keys: list[
     )
     context = multiprocessing.get_context("spawn")
     try:
-        client = _ready_client(port, ml_key, keys, rng, attempts=300)
+        client = _ready_client(port, ml_key, keys, rng)
         done = context.Queue()
         probe = context.Process(target=_intake_load, args=(port, portal_key, subjects, None, args.load_seconds, done))
         probe.start()
@@ -333,6 +338,7 @@ def main() -> None:
     args.record_queries, args.subject_queries = (500, 100) if args.quick else (10_000, 1_000)
     args.load_seconds = 4.0 if args.quick else 10.0
 
+    args.built = False
     dbname = args.db or f"bench_lineage_{os.getpid()}"
     with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
         args.reused = bool(args.db) and conn.execute("SELECT 1 FROM pg_database WHERE datname = %s",
@@ -354,7 +360,7 @@ def main() -> None:
         migrate.upgrade(url)
         figures = run(args)
     except BaseException:
-        if args.db and not args.reused:  # half filled: the next --db run must not take it as ready
+        if args.db and not args.reused and not args.built:  # half filled: the next run must not take it as ready
             _drop(dbname, workdir)
         raise
     finally:

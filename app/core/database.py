@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -188,6 +190,61 @@ def _compiled(statement: Executable, dialect: Dialect) -> tuple[str, dict[str, A
     if compiled._bind_processors:  # a bind needing conversion would go out unconverted
         raise ValueError("fetch_all takes statements whose parameters need no bind processing")
     return str(compiled), dict(compiled.params)
+
+
+def reads_on_the_loop() -> bool:
+    """Whether ``fetch_all_async`` can run here (PostgreSQL: the read engine is a pool of its own)."""
+    return get_read_engine() is not get_engine()
+
+
+# Idle connections of ``fetch_all_async``, per event loop (a connection's waits belong to the loop
+# that made it) and database URL (tests switch databases within one process).
+_async_idle: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, list[Any]]] = weakref.WeakKeyDictionary()
+_ASYNC_IDLE_MAX = 10
+
+
+async def fetch_all_async(statement: Executable, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+    """``fetch_all`` on the read engine's database without a worker thread: the statement runs on
+    the event loop over an async psycopg connection (autocommit, prepared, no pre-ping). An API
+    process that also serves intake hands the GIL between its threads: a thread-pool hop there and
+    back is two more waits for it, each up to the 5 ms switch interval. A lost connection is run
+    once more on a fresh one, as ``read_once`` does; a second loss raises SQLAlchemy's
+    ``DBAPIError`` (a 503 from the transient-error middleware). PostgreSQL only
+    (``reads_on_the_loop``)."""
+    import psycopg
+
+    engine = get_read_engine()
+    sql, fixed = _compiled(statement, engine.dialect)
+    url = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+    idle = _async_idle.setdefault(asyncio.get_running_loop(), {}).setdefault(url, [])
+    for attempt in (1, 2):
+        connection = idle.pop() if idle else await psycopg.AsyncConnection.connect(url, autocommit=True)
+        try:
+            cursor = await connection.execute(sql, {**fixed, **params}, prepare=True)
+            rows = await cursor.fetchall()
+        except psycopg.Error as error:
+            lost = engine.dialect.is_disconnect(error, connection, None)
+            await connection.close()
+            if lost:
+                await _close_all(idle)  # most likely dead too: the database restarted or ended them
+            if attempt == 2 or not lost:
+                raise sa_exc.DBAPIError.instance(sql, params, error, psycopg.Error, connection_invalidated=lost,
+                                                 dialect=engine.dialect) from error
+            continue
+        except BaseException:  # cancelled mid-statement: the connection's state is unknown
+            await connection.close()
+            raise
+        if len(idle) < _ASYNC_IDLE_MAX:
+            idle.append(connection)
+        else:
+            await connection.close()
+        return rows
+    raise AssertionError("unreachable")
+
+
+async def _close_all(connections: list[Any]) -> None:
+    while connections:
+        await connections.pop().close()
 
 
 @lru_cache

@@ -4,7 +4,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Response
 
-from app.api.deps import AdminClient, ReaderClient, SessionDep, commit_now
+from app.api.deps import AdminClient, ReaderClient, SessionDep
 from app.core.fields import INT32_MAX
 from app.lineage import service
 from app.lineage.schemas import RecordLineage, SourceLineage, SubjectLineage, SubjectQuery, VersionLineage
@@ -13,14 +13,13 @@ router = APIRouter(prefix="/v1", tags=["lineage"])
 
 
 @router.get("/lineage/records/{dataset}/{record_key:path}", response_model=RecordLineage)
-def record_lineage(dataset: str, record_key: str, session: SessionDep, _: ReaderClient) -> Response:
-    # Serialised and committed here, in the worker thread the query ran in: the request then takes
-    # one thread-pool hop, where returning the model costs another to validate it again and the
-    # session dependency's commit a third; under intake load each hop waits for the GIL. On
-    # PostgreSQL the query runs on the read engine (one round trip: no pre-ping, no BEGIN) and the
-    # request's session holds a transaction only if authentication missed its cache.
-    body = service.read_record_lineage(dataset, record_key, session).model_dump_json()
-    commit_now(session)
+async def record_lineage(dataset: str, record_key: str, session: SessionDep, _: ReaderClient) -> Response:
+    # Async: on PostgreSQL the query runs on the event loop, no worker thread, so under intake load
+    # a record query waits for the GIL twice (request in, answer back from the database) where a
+    # thread-pool hop made it four times. Serialised here: returning the model would validate it again.
+    # The request's session holds nothing unless authentication missed its cache (then the
+    # dependency commits it); on SQLite the query runs in a thread, in that session.
+    body = (await service.read_record_lineage_async(dataset, record_key, session)).model_dump_json()
     return Response(body, media_type="application/json")
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+from anyio import to_thread
 from pyroaring import BitMap, FrozenBitMap
 from sqlalchemy import (
     BigInteger,
@@ -36,7 +37,7 @@ from sqlalchemy.orm import Session
 from app.audit import service as audit
 from app.core import merkle
 from app.core.config import get_settings
-from app.core.database import fetch_all, read_once, utcnow
+from app.core.database import fetch_all, fetch_all_async, read_once, reads_on_the_loop, utcnow
 from app.core.errors import InvalidInput, NotFound, TooManyRequests
 from app.core.hashing import canonical_json, sha256_hex
 from app.lineage import proofs
@@ -122,6 +123,9 @@ class _SnapshotBitmaps:
 
     def get_many(self, session: Session, snapshot_ids: list[str]) -> dict[str, FrozenBitMap]:
         return self._cache.get_many(snapshot_ids, lambda missing: _load_bitmaps(session, missing))
+
+    def cached(self, snapshot_ids: list[str]) -> dict[str, FrozenBitMap]:
+        return self._cache.cached(snapshot_ids)
 
 
 snapshot_bitmaps = _SnapshotBitmaps()
@@ -335,15 +339,21 @@ def record_lineage(session: Session, dataset_name: str, record_key: str) -> Reco
     bitmaps are cached (``_record_query``, through the cursor: ``fetch_all``). A second statement
     reads temporary model sets, only where a snapshot holding the record has any."""
     found = fetch_all(session, _RECORD_QUERY, {"dataset": dataset_name, "key": record_key})
-    if not found or found[0][0] != 0:
-        raise NotFound(f"no record '{record_key}' in a ready dataset named '{dataset_name}'")
-    row = _Row(*found[0][_RECORD])
-    snapshots = [r[_SNAPSHOT] for r in found if r[0] == 0 and r[_SNAPSHOT.start] is not None]
-    bitmaps = snapshot_bitmaps.get_many(session, [sid for sid, *_ in snapshots])
-    holding = [(sid, count, root, temporary) for sid, count, root, temporary in snapshots
-               if row.row_index in bitmaps[sid]]
+    row, snapshots = _record_rows(found, dataset_name, record_key)
+    holding = _holding(row, snapshots, snapshot_bitmaps.get_many(session, [sid for sid, *_ in snapshots]))
     temporary = _temporary_on(session, [sid for sid, _, _, temporary in holding if temporary])
     return _record_answer(row, holding, (r[_TRAINED] for r in found if r[0] != 0), temporary)
+
+
+def _record_rows(found: list[tuple[Any, ...]], dataset_name: str, record_key: str) -> tuple[_Row, list[tuple[Any, ...]]]:
+    """The record and its dataset's snapshots (id, count, root, has temporary models) in ``_RECORD_QUERY``'s rows."""
+    if not found or found[0][0] != 0:
+        raise NotFound(f"no record '{record_key}' in a ready dataset named '{dataset_name}'")
+    return _Row(*found[0][_RECORD]), [r[_SNAPSHOT] for r in found if r[0] == 0 and r[_SNAPSHOT.start] is not None]
+
+
+def _holding(row: _Row, snapshots: list[tuple[Any, ...]], bitmaps: dict[str, FrozenBitMap]) -> list[tuple[Any, ...]]:
+    return [snapshot for snapshot in snapshots if row.row_index in bitmaps[snapshot[0]]]
 
 
 _SNAPSHOT_FIELDS = ("id", "record_count", "merkle_root")
@@ -383,6 +393,27 @@ def read_record_lineage(dataset_name: str, record_key: str, session: Session | N
     ``BEGIN``, so one round trip where a request's session takes three (``read_once``; on SQLite
     in ``session``)."""
     return read_once(lambda read: record_lineage(read, dataset_name, record_key), session)
+
+
+async def read_record_lineage_async(dataset_name: str, record_key: str, session: Session | None = None) -> RecordLineage:
+    """``read_record_lineage`` without a worker thread where it can: on PostgreSQL the statement
+    runs on the event loop (``fetch_all_async``) and so does building the answer. What needs the
+    database once more goes to a thread: bitmaps not yet cached in this process (once per
+    snapshot), temporary model sets (only where a holding snapshot has any). SQLite: the sync
+    query in a thread (in ``session``)."""
+    if not reads_on_the_loop():
+        return await to_thread.run_sync(read_record_lineage, dataset_name, record_key, session)
+    found = await fetch_all_async(_RECORD_QUERY, {"dataset": dataset_name, "key": record_key})
+    row, snapshots = _record_rows(found, dataset_name, record_key)
+    ids = [sid for sid, *_ in snapshots]
+    bitmaps = snapshot_bitmaps.cached(ids)
+    if len(bitmaps) < len(ids):
+        bitmaps = await to_thread.run_sync(read_once, lambda read: snapshot_bitmaps.get_many(read, ids))
+    holding = _holding(row, snapshots, bitmaps)
+    temporary: list[TemporaryModelsRef] = []
+    if wanted := [sid for sid, _, _, has_temporary in holding if has_temporary]:
+        temporary = await to_thread.run_sync(read_once, lambda read: _temporary_on(read, wanted))
+    return _record_answer(row, holding, (r[_TRAINED] for r in found if r[0] != 0), temporary)
 
 
 def subject_lineage(session: Session, subject_hash: str, *, also: list[str] | None = None) -> SubjectLineage:

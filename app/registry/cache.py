@@ -35,5 +35,9 @@ class ImmutableCache(Generic[V]):
                     self._items.popitem(last=False)
         return found
 
+    def cached(self, keys: list[Hashable]) -> dict[Hashable, V]:
+        """The values of ``keys`` already cached, loading none (for a caller that cannot load here)."""
+        return self.get_many(keys, lambda _: {})
+
     def get(self, key: Hashable, load: Callable[[], V]) -> V:
         return self.get_many([key], lambda _: {key: load()})[key]

@@ -105,3 +105,70 @@ def test_a_statement_straight_on_the_cursor_reports_a_lost_connection_as_sqlalch
     assert caught.value.connection_invalidated
     assert is_unavailable(caught.value)
     assert read_once(lambda session: fetch_all(session, select(func.pg_backend_pid()), {}))[0][0] > 0
+
+
+def test_record_query_over_http_runs_on_the_event_loop_on_postgresql(env, api, make_client):
+    from sqlalchemy import event
+
+    from app.core.database import get_engine, get_read_engine
+    from app.lineage import service as lineage
+
+    ingested("ds", rows(12))
+    model_with_versions("ds", "m", [[], ["r00003"]])
+    reader = make_client("ml")
+    assert api.get("/v1/lineage/records/ds/r00005", headers=reader.headers).status_code == 200  # caches the bitmaps
+
+    checkouts = []
+
+    def checkout(*args) -> None:  # noqa: ANN002
+        checkouts.append(1)
+
+    for engine in (get_engine(), get_read_engine()):
+        event.listen(engine, "checkout", checkout)
+    try:
+        answers = [api.get(f"/v1/lineage/records/ds/{key}", headers=reader.headers) for key in ("r00003", "r00004")]
+        missing = api.get("/v1/lineage/records/ds/nope", headers=reader.headers)
+    finally:
+        for engine in (get_engine(), get_read_engine()):
+            event.remove(engine, "checkout", checkout)
+    # Neither pool was used: the statement went over the event loop's own async connection.
+    assert checkouts == []
+    assert missing.status_code == 404
+    for key, answer in zip(("r00003", "r00004"), answers, strict=True):
+        assert answer.status_code == 200, answer.text
+        assert answer.json() == lineage.read_record_lineage("ds", key).model_dump(mode="json")
+    assert [v["number"] for v in answers[0].json()["model_versions"]] == [1]
+    assert [v["number"] for v in answers[1].json()["model_versions"]] == [1, 2]
+
+
+def test_a_read_on_the_event_loop_that_loses_its_connection_twice_is_unavailable(env):
+    import asyncio
+
+    import psycopg
+    from sqlalchemy import exc as sa_exc
+    from sqlalchemy import func, select
+
+    from app.core.database import fetch_all_async
+    from app.core.transient import is_unavailable
+
+    dsn = env["UNLEARND_DATABASE_URL"].replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        admin.execute("CREATE SEQUENCE attempts")
+    # nextval is not rolled back, so the sequence counts the attempts that reached the database.
+    killed = select(func.nextval("attempts"), func.pg_terminate_backend(func.pg_backend_pid()))
+
+    async def reads() -> None:
+        assert (await fetch_all_async(select(func.pg_backend_pid()), {}))[0][0] > 0
+        with pytest.raises(sa_exc.DBAPIError) as caught:
+            await fetch_all_async(killed, {})
+        assert caught.value.connection_invalidated and is_unavailable(caught.value)
+        # The next read connects anew.
+        assert (await fetch_all_async(select(func.pg_backend_pid()), {}))[0][0] > 0
+
+    try:
+        asyncio.run(reads())
+        with psycopg.connect(dsn, autocommit=True) as admin:
+            assert admin.execute("SELECT last_value FROM attempts").fetchone()[0] == 2
+    finally:  # the test database is reused only while its catalog is the template's
+        with psycopg.connect(dsn, autocommit=True) as admin:
+            admin.execute("DROP SEQUENCE attempts")
