@@ -6,18 +6,16 @@ from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
 from app import __version__
+from app.api.edge import EdgeMiddleware
 from app.audit.router import SealAfterResponse
 from app.audit.router import router as audit_router
 from app.audit.router import well_known_router as keys_router
 from app.certificates.router import router as certificates_router
 from app.clients.router import router as clients_router
 from app.core.config import Settings, get_settings
-from app.core.inputs import InputGuardMiddleware
-from app.core.limits import BodySizeLimitMiddleware
-from app.core.logging import RequestIdMiddleware, configure_logging
+from app.core.logging import configure_logging
 from app.core.metrics import observe_request
 from app.core.problems import install_problem_handlers, install_problem_openapi
-from app.core.transient import TransientDatabaseErrorMiddleware
 from app.dashboard.router import install as install_dashboard
 from app.drp.router import admin_router as drp_admin_router
 from app.drp.router import router as drp_router
@@ -47,15 +45,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     install_problem_handlers(app)
     install_problem_openapi(app)
-    # Added first, so innermost: the guard buffers only bodies the size limit has let through.
-    app.add_middleware(InputGuardMiddleware, streamed=frozenset({ARTIFACT_UPLOAD_PATH}))
-    app.add_middleware(TransientDatabaseErrorMiddleware)
-    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes,
+    # Request id, body limit, input guard, transient-error retry, metrics, and sealing once every
+    # commit of the request has happened and its response been sent: one layer (app/api/edge.py).
+    app.add_middleware(EdgeMiddleware, max_bytes=settings.max_body_bytes,
                        streamed={ARTIFACT_UPLOAD_PATH: settings.max_artifact_bytes},
-                       larger={BATCH_PATH: settings.max_batch_body_bytes})
-    app.add_middleware(RequestIdMiddleware, on_response=observe_request)
-    # Outermost: every commit of the request has happened, and its response been sent, before it seals.
-    app.add_middleware(SealAfterResponse)
+                       larger={BATCH_PATH: settings.max_batch_body_bytes},
+                       on_response=observe_request, after_response=SealAfterResponse())
     for router in ROUTERS:
         app.include_router(router)
     install_dashboard(app)

@@ -43,10 +43,11 @@ async def _ended(session: Session, *, commit: bool) -> None:
     # connection, and outside the shared thread limit, so ending a session never waits behind
     # requests that themselves wait for a pooled connection.
     with CancelScope(shield=True):
-        await to_thread.run_sync(functools.partial(_end, session, commit=commit), limiter=CapacityLimiter(1))
+        await to_thread.run_sync(functools.partial(end_session, session, commit=commit), limiter=CapacityLimiter(1))
 
 
-def _end(session: Session, *, commit: bool) -> None:
+def end_session(session: Session, *, commit: bool) -> None:
+    """Commit (or roll back) and close a request's session."""
     try:
         if commit:
             session.commit()
@@ -112,7 +113,8 @@ AdminClient = Annotated[ApiClient, Depends(require_roles(Role.ADMIN))]
 PortalClient = Annotated[ApiClient, Depends(require_roles(Role.PORTAL, Role.ADMIN))]
 # Who may submit a deletion request: portals (subjects), ml keys (selector removals), admins (both);
 # the requests service checks which kind each role may send.
-RequestSubmitter = Annotated[ApiClient, Depends(require_roles(Role.PORTAL, Role.ML, Role.ADMIN))]
+SUBMITTER_ROLES = (Role.PORTAL, Role.ML, Role.ADMIN)
+RequestSubmitter = Annotated[ApiClient, Depends(require_roles(*SUBMITTER_ROLES))]
 MLClient = Annotated[ApiClient, Depends(require_roles(Role.ML, Role.ADMIN))]
 ReaderClient = Annotated[ApiClient, Depends(require_roles(Role.ML, Role.AUDITOR, Role.ADMIN))]
 AuditorClient = Annotated[ApiClient, Depends(require_roles(Role.AUDITOR, Role.ADMIN))]

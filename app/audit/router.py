@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from contextvars import Token
 from dataclasses import asdict
 from typing import Annotated, Any
 
@@ -7,7 +8,6 @@ from fastapi import APIRouter, Path, Query, status
 from fastapi.responses import PlainTextResponse, StreamingResponse
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.api.deps import AuditorClient, CurrentClient, SessionDep
 from app.audit import events, keys, tree
@@ -27,23 +27,19 @@ from app.core.fields import INT64_MAX
 
 class SealAfterResponse:
     """Seal the audit events a request committed after its response is sent, not before (see
-    ``service.deferred_sealing``): the response waits only for its own commit."""
+    ``service.deferred_sealing``): the response waits only for its own commit. The HTTP edge's
+    ``after_response`` hook (``app.api.edge``): ``begin`` when a request arrives, ``end`` once its
+    response has been sent."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    def begin(self) -> tuple[list[bool], Token[list[bool] | None]]:
         waiting = [False]
-        token = audit_service.deferred_sealing.set(waiting)
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            audit_service.deferred_sealing.reset(token)
-            if waiting[0] and not audit_service.noted_to_sealer():
-                await run_in_threadpool(audit_service.seal_committed)
+        return waiting, audit_service.deferred_sealing.set(waiting)
+
+    async def end(self, pending: tuple[list[bool], Token[list[bool] | None]]) -> None:
+        waiting, token = pending
+        audit_service.deferred_sealing.reset(token)
+        if waiting[0] and not audit_service.noted_to_sealer():
+            await run_in_threadpool(audit_service.seal_committed)
 
 
 router = APIRouter(prefix="/v1/audit", tags=["audit"])

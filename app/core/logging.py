@@ -10,18 +10,11 @@ import contextvars
 import json
 import logging
 import sys
-import time
-import uuid
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:  # annotations only: workers configure logging without loading the web stack
-    from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from typing import Any
 
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
-_http_log = logging.getLogger("unlearnd.http")
 _NEVER_LOGGED = {"subject", "identifier", "email", "value", "raw_subject"}
 
 
@@ -51,46 +44,3 @@ def configure_logging(level: str = "INFO") -> None:
     root.setLevel(level)
     # uvicorn's access log prints query strings; ours below prints method, path and status only.
     logging.getLogger("uvicorn.access").disabled = True
-
-
-class RequestIdMiddleware:
-    """Pure ASGI (no BaseHTTPMiddleware) so it costs nothing measurable on the intake path.
-
-    It already times every request and sees its status, so it also hands them to
-    ``on_response`` (the metrics histogram) rather than a second middleware timing again.
-    """
-
-    def __init__(self, app: ASGIApp, on_response: Callable[[Scope, int, float], None] | None = None) -> None:
-        self.app = app
-        self.on_response = on_response
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        incoming = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
-        request_id = incoming if 0 < len(incoming) <= 64 and incoming.isprintable() else uuid.uuid4().hex
-        scope.setdefault("state", {})["request_id"] = request_id
-        token = request_id_var.set(request_id)
-        started = time.perf_counter()
-        status = 500
-
-        async def send_with_id(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_with_id)
-        finally:
-            request_id_var.reset(token)
-            elapsed = time.perf_counter() - started
-            _http_log.info(
-                "request",
-                extra={"method": scope["method"], "path": scope["path"], "status": status,
-                       "ms": round(elapsed * 1000, 2)},
-            )
-            if self.on_response is not None:
-                self.on_response(scope, status, elapsed)

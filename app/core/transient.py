@@ -10,6 +10,7 @@ retry safe. Either way the answer is a problem document, never a 500.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 
 from sqlalchemy import exc as sa_exc
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -39,8 +40,53 @@ def is_unavailable(error: BaseException) -> bool:
     return False
 
 
+# Methods whose body is buffered, so that a retry can replay it.
+REPLAYED_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+async def answer_retrying(
+    attempt: Callable[[], Awaitable[None]], scope: Scope, send: Send, started: Callable[[], bool], retries: int = 1,
+) -> None:
+    """Run ``attempt`` (one run of the request, its body replayed); once more after a deadlock or
+    serialization failure, a 503 problem when the database is unavailable. ``started``: whether
+    a response began (nothing can be answered in its place then; the error propagates)."""
+    tries = 0
+    while True:
+        try:
+            await attempt()
+            return
+        except Exception as error:
+            if started():
+                raise
+            if is_retryable(error) and tries < retries:
+                tries += 1
+                log.warning("retrying after a transient database error",
+                            extra={"path": scope["path"], "sqlstate": _sqlstate(error)})
+                continue
+            if not (is_retryable(error) or is_unavailable(error)):
+                raise
+            log.warning("database unavailable", extra={"path": scope["path"], "error": type(error).__name__,
+                                                        "sqlstate": _sqlstate(error)})
+            await send_problem(
+                scope, send, status=503, slug="service-unavailable", title="Service unavailable",
+                detail="the database is unavailable or busy; retry the request (with the same Idempotency-Key)",
+                headers=[(b"retry-after", str(RETRY_AFTER_SECONDS).encode())],
+            )
+            return
+
+
+def replaying(messages: list[Message], receive: Receive) -> Receive:
+    """The buffered messages again, then the connection's own (a disconnect)."""
+    pending = list(messages)
+
+    async def replay() -> Message:
+        return pending.pop(0) if pending else await receive()
+
+    return replay
+
+
 class TransientDatabaseErrorMiddleware:
-    """Re-run a request once after a deadlock or serialization failure; answer 503 otherwise.
+    """``answer_retrying`` as a middleware of its own (the API's edge layer does the same).
 
     Buffers the body (already bounded by the size limit outside it) so a retry can replay it.
     """
@@ -54,49 +100,19 @@ class TransientDatabaseErrorMiddleware:
             await self.app(scope, receive, send)
             return
         messages: list[Message] = []
-        more = scope["method"] in {"POST", "PUT", "PATCH", "DELETE"}
+        more = scope["method"] in REPLAYED_METHODS
         while more:
             message = await receive()
             messages.append(message)
             more = message["type"] == "http.request" and message.get("more_body", False)
-        attempt = 0
-        while True:
-            response = _Attempt(messages, receive, send)
-            try:
-                await self.app(scope, response.receive, response.send)
-                return
-            except Exception as error:
-                if response.started:
-                    raise
-                if is_retryable(error) and attempt < self.retries:
-                    attempt += 1
-                    log.warning("retrying after a transient database error",
-                                extra={"path": scope["path"], "sqlstate": _sqlstate(error)})
-                    continue
-                if not (is_retryable(error) or is_unavailable(error)):
-                    raise
-                log.warning("database unavailable", extra={"path": scope["path"], "error": type(error).__name__,
-                                                            "sqlstate": _sqlstate(error)})
-                await send_problem(
-                    scope, send, status=503, slug="service-unavailable", title="Service unavailable",
-                    detail="the database is unavailable or busy; retry the request (with the same Idempotency-Key)",
-                    headers=[(b"retry-after", str(RETRY_AFTER_SECONDS).encode())],
-                )
-                return
+        started = [False]
 
+        async def tracked(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                started[0] = True
+            await send(message)
 
-class _Attempt:
-    """One run of the request: replays the buffered body, notes whether a response began."""
+        def attempt() -> Awaitable[None]:
+            return self.app(scope, replaying(messages, receive), tracked)
 
-    def __init__(self, messages: list[Message], receive: Receive, send: Send) -> None:
-        self.pending = list(messages)
-        self._receive, self._send = receive, send
-        self.started = False
-
-    async def receive(self) -> Message:
-        return self.pending.pop(0) if self.pending else await self._receive()
-
-    async def send(self, message: Message) -> None:
-        if message["type"] == "http.response.start":
-            self.started = True
-        await self._send(message)
+        await answer_retrying(attempt, scope, send, lambda: started[0], self.retries)

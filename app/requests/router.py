@@ -5,8 +5,19 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request, Response, status
+from sqlalchemy.orm import Session
 
-from app.api.deps import AdminClient, PortalClient, RequestSubmitter, RequestViewer, SessionDep, commit_now
+from app.api.deps import (
+    SUBMITTER_ROLES,
+    AdminClient,
+    PortalClient,
+    RequestSubmitter,
+    RequestViewer,
+    SessionDep,
+    commit_now,
+)
+from app.api.direct import direct_route
+from app.core.auth import ApiClient
 from app.core.fields import BoundedDatetime
 from app.core.problems import problem_document
 from app.requests import service
@@ -27,6 +38,7 @@ from app.requests.schemas import (
 router = APIRouter(prefix="/v1/deletion-requests", tags=["deletion requests"])
 
 BATCH_PATH = f"{router.prefix}/batch"
+IDEMPOTENCY_KEY = "idempotency-key"
 IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=service.MAX_IDEMPOTENCY_KEY)]
 
 
@@ -34,12 +46,6 @@ def _detail(session: SessionDep, request: DeletionRequest) -> DeletionRequestDet
     return DeletionRequestDetail.of(request, service.history(session, request.id))
 
 
-@router.post(
-    "",
-    status_code=status.HTTP_202_ACCEPTED,
-    response_model=DeletionRequestOut,
-    responses={200: {"description": "an identical earlier submission, returned again"}},
-)
 def submit_request(
     body: DeletionRequestCreate,
     http: Request,
@@ -48,22 +54,37 @@ def submit_request(
     idempotency_key: IdempotencyKey = None,
 ) -> Response:
     """A subject's request (portals, admins) or a removal by selector (admins and ml keys only)."""
+    return _submit(session, client, body, http, {IDEMPOTENCY_KEY: idempotency_key})
+
+
+def _submit(session: Session, client: ApiClient, body: DeletionRequestCreate, http: Request,
+            headers: dict[str, str | None]) -> Response:
     outcome = service.submit(
         session,
         client=client,
         submission=body,
-        idempotency_key=idempotency_key,
+        idempotency_key=headers[IDEMPOTENCY_KEY],
         provenance=_provenance(http),
     )
     commit_now(session)
-    headers = {"Location": f"{router.prefix}/{outcome.request.id}"}
+    response_headers = {"Location": f"{router.prefix}/{outcome.request.id}"}
     if outcome.replayed:
-        headers["Idempotent-Replayed"] = "true"
+        response_headers["Idempotent-Replayed"] = "true"
     # Serialised here, in the worker thread the submission ran in: returned as a model, it
     # would be validated again in one more thread-pool hop (a wait for the GIL under load).
     return Response(DeletionRequestOut.model_validate(outcome.request).model_dump_json(by_alias=True),
                     status_code=status.HTTP_200_OK if outcome.replayed else status.HTTP_202_ACCEPTED,
-                    headers=headers, media_type="application/json")
+                    headers=response_headers, media_type="application/json")
+
+
+# The hot path: answered by ``_submit`` directly when the key is cached and the body valid,
+# by FastAPI's handler of ``submit_request`` otherwise (see app/api/direct.py).
+router.add_api_route(
+    "", submit_request, methods=["POST"], status_code=status.HTTP_202_ACCEPTED, response_model=DeletionRequestOut,
+    responses={200: {"description": "an identical earlier submission, returned again"}},
+    route_class_override=direct_route(body=DeletionRequestCreate, roles=SUBMITTER_ROLES, serve=_submit,
+                                      headers={IDEMPOTENCY_KEY: service.MAX_IDEMPOTENCY_KEY}),
+)
 
 
 def _provenance(http: Request) -> service.Provenance:
