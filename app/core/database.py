@@ -162,7 +162,7 @@ def fetch_all(session: Session, statement: Executable, params: dict[str, Any]) -
     in proportion. Errors come out as SQLAlchemy's would: a lost connection is invalidated (and
     the pool renewed, its other connections having most likely died with it) and raised as a
     ``DBAPIError`` with ``connection_invalidated``, which ``read_once`` retries and the
-    transient-error middleware answers with a 503. Values are the driver's: only statements
+    HTTP edge answers with a 503. Values are the driver's: only statements
     whose columns need no result processing belong here. Elsewhere SQLAlchemy's execute."""
     bind = session.get_bind()
     if bind.dialect.name != "postgresql":
@@ -209,7 +209,7 @@ async def fetch_all_async(statement: Executable, params: dict[str, Any]) -> list
     process that also serves intake hands the GIL between its threads: a thread-pool hop there and
     back is two more waits for it, each up to the 5 ms switch interval. A lost connection is run
     once more on a fresh one, as ``read_once`` does; a second loss raises SQLAlchemy's
-    ``DBAPIError`` (a 503 from the transient-error middleware). PostgreSQL only
+    ``DBAPIError`` (a 503 from the HTTP edge). PostgreSQL only
     (``reads_on_the_loop``)."""
     import psycopg
 
