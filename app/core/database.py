@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import uuid
 import weakref
 from collections.abc import Callable, Iterator, Sequence
@@ -12,11 +11,13 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any, TypeVar
 
+from pydantic_core import to_json
 from sqlalchemy import (
     JSON,
     ColumnElement,
     DateTime,
     Engine,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -298,7 +299,7 @@ def insert_rows(
             sql += " ON CONFLICT DO NOTHING"
         if returning is not None:
             sql += f' RETURNING "{returning}"'
-        result = session.execute(_text(sql), {"rows": _json_rows(rows)})
+        result = session.execute(_text(sql), {"rows": _json_rows(rows, table)})
         return list(result.scalars()) if returning is not None else []
     statement: Any = insert(table)
     if skip_conflicts:
@@ -328,13 +329,13 @@ def insert_linked(
         return written
     if not rows:
         return []
-    params: dict[str, str] = {"p": _json_rows(rows)}
+    params: dict[str, str] = {"p": _json_rows(rows, parent)}
     names = ", ".join(f'"{column}"' for column in rows[0])
     parts = [f'p AS (INSERT INTO "{parent.name}" ({names}) SELECT {names} FROM '
              f'json_populate_recordset(NULL::"{parent.name}", CAST(:p AS json)) ON CONFLICT DO NOTHING '
              f'RETURNING "{key}")']
     for index, (table, child_rows, link) in enumerate(children):
-        params[f"c{index}"] = _json_rows(child_rows)
+        params[f"c{index}"] = _json_rows(child_rows, table)
         columns = ", ".join(f'"{column}"' for column in child_rows[0])
         selected = ", ".join(f'r."{column}"' for column in child_rows[0])
         parts.append(f'c{index} AS (INSERT INTO "{table.name}" ({columns}) SELECT {selected} FROM '
@@ -369,12 +370,12 @@ def write_together(
     params: dict[str, Any] = {}
     parts = []
     for index, (table, rows) in enumerate(tables):
-        params[f"t{index}"] = _json_rows(rows)
+        params[f"t{index}"] = _json_rows(rows, table)
         names = ", ".join(f'"{column}"' for column in rows[0])
         parts.append(f't{index} AS (INSERT INTO "{table.name}" ({names}) SELECT {names} FROM '
                      f'json_populate_recordset(NULL::"{table.name}", CAST(:t{index} AS json)))')
     if delete is not None and delete[2]:
-        params["d"] = _json_rows(list(delete[2]))
+        params["d"] = to_json(list(delete[2])).decode()
         parts.append(f'd AS (DELETE FROM "{delete[0].name}" WHERE "{delete[1]}" IN '
                      f'(SELECT value::{delete[0].c[delete[1]].type.compile(session.get_bind().dialect)} '
                      f'FROM json_array_elements_text(CAST(:d AS json))))')
@@ -383,8 +384,28 @@ def write_together(
         session.connection().execute(_text(f'WITH {", ".join(parts)} SELECT 1'), params)
 
 
-def _json_rows(rows: Sequence[dict[str, Any]]) -> str:
-    return json.dumps(rows, default=_json_value, separators=(",", ":"))
+def _json_rows(rows: Sequence[dict[str, Any]], table: Table) -> str:
+    """The rows as one JSON array for ``json_populate_recordset``. Encoded by pydantic-core (already
+    a dependency through pydantic): several times faster than ``json.dumps`` on these rows, the
+    biggest single cost of a bulk intake's write. Its datetimes are RFC 3339 (``Z`` for UTC),
+    which PostgreSQL reads as the same instant; the table's binary columns are turned into
+    bytea's hex input first, since it would write bytes as text."""
+    timestamps, binary = _special_columns(table)
+    for row in rows:
+        for column in timestamps:
+            value = row.get(column)
+            if value is not None and value.tzinfo is None:
+                raise ValueError("naive datetimes are not stored; use timezone-aware UTC")
+    if binary:
+        rows = [{**row, **{c: _json_value(row[c]) for c in binary if row.get(c) is not None}} for row in rows]
+    return to_json(rows, fallback=_json_value).decode()
+
+
+@lru_cache(maxsize=64)
+def _special_columns(table: Table) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(timestamp columns, binary columns) of the table."""
+    return (tuple(c.key for c in table.columns if isinstance(c.type, DateTime | UTCDateTime)),
+            tuple(c.key for c in table.columns if isinstance(c.type, LargeBinary)))
 
 
 def _json_value(value: Any) -> Any:

@@ -264,6 +264,8 @@ class _NewRequest(SimpleNamespace):
     ORM's per-attribute instrumentation (a batch builds a thousand)."""
 
     __table__ = DeletionRequest.__table__
+    # Its attributes are exactly the table's columns (``_new_request`` sets every one), so
+    # ``vars`` of it is the row ``_write`` inserts.
 
 
 def _new_request(client: ApiClient, provenance: Provenance, p: _Prepared) -> _NewRequest:
@@ -346,7 +348,7 @@ def _write(session: Session, client: ApiClient, planned: list[_Planned], *,
         for p in planned
     ])
     inserted = set(insert_linked(
-        session, DeletionRequest.__table__, [_columns(p.request) for p in planned], key="id", children=[
+        session, DeletionRequest.__table__, [vars(p.request) for p in planned], key="id", children=[
             (RequestTransition.__table__, [step.row() for p in planned for step in p.steps],
              "request_id"),
             (RequestRecord.__table__, [{"request_id": p.request.id, "record_id": rid}
@@ -383,11 +385,6 @@ def _write(session: Session, client: ApiClient, planned: list[_Planned], *,
         for p in winners:
             log.info("deletion request received", extra={"deletion_request": p.request.id, "status": p.request.status})
     return [outcomes[id(p)] for p in planned]
-
-
-def _columns(row: Any, skip: tuple[str, ...] = ()) -> dict[str, Any]:
-    """An in-memory ORM row's column values, for a Core insert."""
-    return {c.key: getattr(row, c.key) for c in row.__table__.columns if c.key not in skip}
 
 
 # --- bulk intake ------------------------------------------------------------------------------
