@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
@@ -32,6 +34,22 @@ from app.webhooks.router import router as webhooks_router
 ROUTERS = [health_router, clients_router, requests_router, registry_router, lineage_router, audit_router, keys_router, certificates_router, jobs_router, metrics_router, webhooks_router, drp_router, drp_admin_router]
 
 
+# Young-generation collections every 10,000 net allocations instead of 700: a bulk intake keeps
+# tens of thousands of objects alive while it runs, which the default collects over and over.
+GC_THRESHOLDS = (10_000, 50, 10)
+
+
+def _tune_gc() -> None:
+    """Once per process: freeze what exists once the app is built (modules, routes, models:
+    hundreds of thousands of objects that live as long as the process), so that full
+    collections no longer walk them. Each full collection took ~0.1 s of the one CPU an API
+    process has, and a bulk intake triggered one every couple of thousand requests; the
+    collections together were a fifth of its CPU (measured in-process, 100-item batches)."""
+    if gc.get_threshold() != GC_THRESHOLDS:
+        gc.freeze()
+        gc.set_threshold(*GC_THRESHOLDS)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     configure_logging(settings.log_level)
@@ -54,4 +72,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in ROUTERS:
         app.include_router(router)
     install_dashboard(app)
+    _tune_gc()
     return app
