@@ -29,7 +29,6 @@ from collections.abc import Callable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from types import SimpleNamespace
 from typing import Any
 
 from sqlalchemy import ColumnElement, Table, delete, event, exists, or_, select, text
@@ -67,8 +66,13 @@ def _notify_sealed() -> None:
 def event_body(event: Any) -> dict[str, Any]:
     """The fields the hash covers, in the form verifiers recompute (of an ``AuditEvent`` or any
     row with its columns as attributes)."""
+    return _body(event.seq, event)
+
+
+def _body(seq: int, event: Any) -> dict[str, Any]:
+    """``event_body`` with the sequence number given apart (the sealer's rows have none yet)."""
     return {
-        "seq": event.seq,
+        "seq": seq,
         # Normalised to UTC: a PostgreSQL session in another time zone returns another offset.
         "occurred_at": event.occurred_at.astimezone(UTC).isoformat(),
         "actor": event.actor,
@@ -259,12 +263,12 @@ def _seal(session: Session, limit: int) -> int:
         return 0
     size, prev_hash = pending[0][-2] or 0, pending[0][-1] or GENESIS_HASH
     rows: list[dict[str, Any]] = []
-    for item in pending:
-        row = {"seq": size + len(rows) + 1, "occurred_at": item.occurred_at, "actor": item.actor,
-               "action": item.action, "entity_type": item.entity_type, "entity_id": item.entity_id,
-               "payload": item.payload, "prev_hash": prev_hash}
-        row["hash"] = prev_hash = chain_hash(prev_hash, event_body(SimpleNamespace(**row)))
-        rows.append(row)
+    for seq, item in enumerate(pending, start=size + 1):
+        hashed = chain_hash(prev_hash, _body(seq, item))
+        rows.append({"seq": seq, "occurred_at": item.occurred_at, "actor": item.actor, "action": item.action,
+                     "entity_type": item.entity_type, "entity_id": item.entity_id, "payload": item.payload,
+                     "prev_hash": prev_hash, "hash": hashed})
+        prev_hash = hashed
     hashes = [row["hash"] for row in rows]
     tree = nodes.completed_rows(session, size, hashes)
     if tree is None:  # the stored tree lags the chain: caught up the slow way, then extended
