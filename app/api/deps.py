@@ -110,7 +110,8 @@ def require_roles(*roles: Role):  # noqa: ANN201 - returns a FastAPI dependency
 
 
 AdminClient = Annotated[ApiClient, Depends(require_roles(Role.ADMIN))]
-PortalClient = Annotated[ApiClient, Depends(require_roles(Role.PORTAL, Role.ADMIN))]
+PORTAL_ROLES = (Role.PORTAL, Role.ADMIN)
+PortalClient = Annotated[ApiClient, Depends(require_roles(*PORTAL_ROLES))]
 # Who may submit a deletion request: portals (subjects), ml keys (selector removals), admins (both);
 # the requests service checks which kind each role may send.
 SUBMITTER_ROLES = (Role.PORTAL, Role.ML, Role.ADMIN)
