@@ -50,3 +50,43 @@ def test_refusals_are_the_same_through_both_paths(api, make_client):
         assert a == b
         if field is not None:
             assert a["field"] == field
+
+
+def test_a_batch_is_answered_the_same_through_both_paths(api, make_client):
+    """Bulk intake takes the direct path too: the same mixed batch (new, replayed, conflicting,
+    malformed and non-object items) gets the same answers as through FastAPI's handler, and a
+    batch that does not validate as a whole (over 1,000 items) is refused as before."""
+    from app.core.auth import client_cache
+
+    portal, auditor = make_client("portal"), make_client("auditor")
+
+    def batch(tag: str) -> list:
+        return [
+            submission(idempotency_key=f"{tag}-1"),
+            submission(idempotency_key=f"{tag}-1"),                      # replay of item 0
+            submission(idempotency_key=f"{tag}-1", legal_basis="cpra"),  # same key, other body: 409
+            submission(idempotency_key=f"{tag}-2", legal_basis="nope"),  # refused by its shape
+            submission(),                                                # neither key nor external_ref
+            "not an object",
+        ]
+
+    def shape(response) -> list:
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert (body["created"], body["replayed"], body["refused"]) == (1, 1, 4)
+        return [(r["outcome"], r["status"], r["problem"] and (r["problem"]["status"], r["problem"]["field"]))
+                for r in body["results"]]
+
+    client_cache._entries.clear()
+    declared = api.post(f"{URL}/batch", json={"requests": batch("a")}, headers=portal.headers)
+    api.get(URL, headers=portal.headers)
+    assert client_cache._entries, "the read should have cached the caller's client"
+    direct = api.post(f"{URL}/batch", json={"requests": batch("b")}, headers=portal.headers)
+    assert shape(declared) == shape(direct)
+    assert direct.json()["results"][1]["id"] == direct.json()["results"][0]["id"]
+    assert direct.json()["results"][2]["problem"]["existing_request"] == direct.json()["results"][0]["id"]
+    api.get(URL, headers=auditor.headers)
+    assert api.post(f"{URL}/batch", json={"requests": batch("c")}, headers=auditor.headers).status_code == 403
+    too_many = api.post(f"{URL}/batch", json={"requests": [submission(idempotency_key=f"d-{n}") for n in range(1001)]},
+                        headers=portal.headers)
+    assert too_many.status_code == 422 and too_many.json()["field"] == "requests", too_many.text
