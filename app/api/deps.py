@@ -99,14 +99,17 @@ def require_roles(*roles: Role):  # noqa: ANN201 - returns a FastAPI dependency
     # async: a check on what is already in memory, so it runs on the event loop instead of
     # taking a thread-pool hop (a wait for the GIL under load) on every request.
     async def dependency(client: CurrentClient) -> ApiClient:
-        if client.role_enum not in allowed:
-            raise Forbidden(
-                f"role '{client.role}' may not do this; needs one of: "
-                + ", ".join(sorted(r.value for r in allowed))
-            )
-        return client
+        return check_role(client, allowed)
 
     return dependency
+
+
+def check_role(client: ApiClient, allowed: frozenset[Role]) -> ApiClient:
+    if client.role_enum not in allowed:
+        raise Forbidden(
+            f"role '{client.role}' may not do this; needs one of: " + ", ".join(sorted(r.value for r in allowed))
+        )
+    return client
 
 
 AdminClient = Annotated[ApiClient, Depends(require_roles(Role.ADMIN))]

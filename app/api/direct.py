@@ -6,10 +6,12 @@ every call; for a one-statement endpoint under load that was a quarter of the pr
 cache keys). A ``direct_route`` answers the common case itself: a cached bearer key of a role
 the route allows, a JSON body that validates (``model_validate_json``: one parse, in Rust)
 and headers within their declared lengths. Its ``serve`` runs with a session in one
-worker-thread hop, as a sync endpoint would. Anything else (no key, an uncached, unknown or
-revoked key, a wrong role, a body that does not validate, an overlong header) is handed to
-the route's FastAPI handler as declared, so every refusal is the one it always was, and the
-OpenAPI schema is the declared endpoint's.
+worker-thread hop, as a sync endpoint would; a key whose client is not cached (every few
+seconds, ``auth_cache_seconds``) is looked up and its role checked in that same hop, raising
+what the declared dependencies raise (401, 403). Anything else (no bearer key, a secret that
+does not match a cached client, a wrong role, a body that does not validate, an overlong
+header) is handed to the route's FastAPI handler as declared, so every refusal is the one it
+always was, and the OpenAPI schema is the declared endpoint's.
 """
 
 from __future__ import annotations
@@ -23,8 +25,8 @@ from pydantic import BaseModel, ValidationError
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from app.api.deps import end_session
-from app.core.auth import ApiClient, Role, authenticate_cached
+from app.api.deps import check_role, end_session
+from app.core.auth import ApiClient, Role, authenticate, authenticate_cached
 from app.core.database import get_sessionmaker
 from app.core.errors import Unauthenticated
 from app.core.inputs import is_json_media_type
@@ -46,30 +48,33 @@ def direct_route(
             declared = super().get_route_handler()
 
             async def handler(request: Request) -> Response:
-                client = _cached_client(request, allowed)
-                model = await _body(request, body) if client is not None else None
+                caller = _caller(request, allowed)
+                model = await _body(request, body) if caller is not None else None
                 values = {name: request.headers.get(name) for name in limits}
                 if model is None or any(v is not None and len(v) > limits[n] for n, v in values.items()):
                     return await declared(request)
-                assert client is not None
-                request.state.client_id = client.id
-                return await run_in_threadpool(_in_session, serve, client, model, request, values)
+                assert caller is not None
+                return await run_in_threadpool(_in_session, serve, caller, allowed, model, request, values)
 
             return handler
 
     return DirectRoute
 
 
-def _cached_client(request: Request, allowed: frozenset[Role]) -> ApiClient | None:
-    """The caller, when its bearer key checks out against a cached client of an allowed role."""
+def _caller(request: Request, allowed: frozenset[Role]) -> ApiClient | str | None:
+    """The caller's cached client when its key checks out and its role is allowed; its bearer key
+    when its client is not cached (looked up with the session); None for the declared path."""
     scheme, _, key = (request.headers.get("authorization") or "").partition(" ")
-    if scheme.lower() != "bearer" or not key.strip():
+    key = key.strip()
+    if scheme.lower() != "bearer" or not key:
         return None
     try:
-        client = authenticate_cached(key.strip())
+        client = authenticate_cached(key)
     except Unauthenticated:
         return None
-    return client if client is not None and client.role_enum in allowed else None
+    if client is None:
+        return key
+    return client if client.role_enum in allowed else None
 
 
 async def _body(request: Request, model: type[BaseModel]) -> BaseModel | None:
@@ -84,10 +89,12 @@ async def _body(request: Request, model: type[BaseModel]) -> BaseModel | None:
         return None
 
 
-def _in_session(serve: Serve, client: ApiClient, model: BaseModel, request: Request,
-                headers: dict[str, str | None]) -> Response:
+def _in_session(serve: Serve, caller: ApiClient | str, allowed: frozenset[Role], model: BaseModel,
+                request: Request, headers: dict[str, str | None]) -> Response:
     session = get_sessionmaker()()
     try:
+        client = caller if isinstance(caller, ApiClient) else check_role(authenticate(session, caller), allowed)
+        request.state.client_id = client.id
         response = serve(session, client, model, request, headers)
     except BaseException:
         end_session(session, commit=False)

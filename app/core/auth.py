@@ -89,10 +89,34 @@ def _cached(key_id: str) -> ApiClient | None:
     return client_cache.get(key_id) if get_settings().auth_cache_seconds > 0 else None
 
 
+# One read per key at a time: when a busy key's entry expires, every request in flight misses it
+# at once (32 clients: 32 reads of the same row). The others wait for the first read (a second
+# at most: a slow or failing database must not queue them behind it) and find it cached.
+_reading: dict[str, threading.Event] = {}
+_reading_lock = threading.Lock()
+FOLLOWER_WAIT_SECONDS = 1.0
+
+
 def _lookup(session: Session, key_id: str) -> ApiClient | None:
     cached = _cached(key_id)
     if cached is not None:
         return cached
+    with _reading_lock:
+        first = _reading.get(key_id)
+        if first is None:
+            _reading[key_id] = mine = threading.Event()
+    if first is not None:
+        first.wait(FOLLOWER_WAIT_SECONDS)
+        return _cached(key_id) or _read(session, key_id)
+    try:
+        return _read(session, key_id)
+    finally:
+        with _reading_lock:
+            _reading.pop(key_id, None)
+        mine.set()
+
+
+def _read(session: Session, key_id: str) -> ApiClient | None:
     client = session.scalar(select(ApiClient).where(ApiClient.key_id == key_id))
     ttl = get_settings().auth_cache_seconds
     if client is not None and ttl > 0:

@@ -69,7 +69,7 @@ def _relay_when_committed(session: Session, message_id: str, background: bool) -
 # A commit with more messages than this hands them to the broker from the background thread
 # too, so the response does not wait for many sends.
 RELAY_IN_BACKGROUND_OVER = 20
-RELAY_GATHER_SECONDS = 0.05
+RELAY_GATHER_SECONDS = 0.1
 _background: list[ThreadPoolExecutor] = []
 _background_lock = threading.Lock()
 _queued: list[str] = []
