@@ -40,7 +40,7 @@ class SealAfterResponse:
     request (nothing else in flight) is sealed at once, as before.
     """
 
-    GATHER_SECONDS = 0.02
+    GATHER_SECONDS = 0.05
 
     def __init__(self) -> None:
         self.in_flight = 0

@@ -161,10 +161,8 @@ def pending_rows(session: Session, events: list[Event]) -> tuple[Table, list[dic
 
 
 def _seal_when_committed(session: Session) -> None:
-    if not session.info.get(_SEAL_AFTER_COMMIT):
-        session.info[_SEAL_AFTER_COMMIT] = True
-        event.listen(session, "after_commit", _seal_after_commit, once=True)
-        event.listen(session, "after_rollback", _forget_seal, once=True)
+    # Read by ``_seal_after_commit``, registered once on every session (see outbox's listeners).
+    session.info[_SEAL_AFTER_COMMIT] = True
 
 
 def recent(session: Session, *, action: str, actor: str, since: datetime) -> list[datetime]:
@@ -366,10 +364,10 @@ def noted_to_sealer() -> bool:
     return _coalescer.note()
 
 
+@event.listens_for(Session, "after_commit")
 def _seal_after_commit(session: Session) -> None:
-    session.info.pop(_SEAL_AFTER_COMMIT, None)
-    if event.contains(session, "after_rollback", _forget_seal):
-        event.remove(session, "after_rollback", _forget_seal)
+    if not session.info.pop(_SEAL_AFTER_COMMIT, None):
+        return
     waiting = deferred_sealing.get()
     if waiting is not None:
         waiting[0] = True
@@ -390,7 +388,6 @@ def _forget_notify(session: Session) -> None:
         event.remove(session, "after_commit", _notify_after_commit)
 
 
+@event.listens_for(Session, "after_rollback")
 def _forget_seal(session: Session) -> None:
     session.info.pop(_SEAL_AFTER_COMMIT, None)
-    if event.contains(session, "after_commit", _seal_after_commit):
-        event.remove(session, "after_commit", _seal_after_commit)

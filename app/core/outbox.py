@@ -47,11 +47,14 @@ def enqueue(session: Session, task_name: str, *, background: bool = False, **kwa
     return message
 
 
+_INSERT = insert(OutboxMessage.__table__)  # built once: a statement's cache key is computed on every build
+
+
 def enqueue_now(session: Session, task_name: str, *, background: bool = False, **kwargs: Any) -> str:
     """``enqueue`` as one Core INSERT executed at once, with no ORM object to flush at commit
     (intake's hot path); relayed after commit the same way. Returns the message id."""
     message_id = new_id()
-    session.connection().execute(insert(OutboxMessage.__table__), {
+    session.connection().execute(_INSERT, {
         "id": message_id, "task_name": task_name, "kwargs": kwargs, "created_at": utcnow(), "dispatched_at": None,
         "attempts": 0, "last_error": None})
     _relay_when_committed(session, message_id, background)
@@ -59,27 +62,26 @@ def enqueue_now(session: Session, task_name: str, *, background: bool = False, *
 
 
 def _relay_when_committed(session: Session, message_id: str, background: bool) -> None:
-    pending: list[tuple[str, bool]] = session.info.setdefault(_PENDING_KEY, [])
-    if not pending:
-        event.listen(session, "after_commit", _after_commit, once=True)
-        event.listen(session, "after_rollback", _after_rollback, once=True)
-    pending.append((message_id, background))
+    # Read by the listeners below, registered once on every session: adding and removing a
+    # listener on each session (an intake's) cost more than the check on each commit.
+    session.info.setdefault(_PENDING_KEY, []).append((message_id, background))
 
 
 # A commit with more messages than this hands them to the broker from the background thread
 # too, so the response does not wait for many sends.
 RELAY_IN_BACKGROUND_OVER = 20
-RELAY_GATHER_SECONDS = 0.1
+RELAY_GATHER_SECONDS = 0.2
 _background: list[ThreadPoolExecutor] = []
 _background_lock = threading.Lock()
 _queued: list[str] = []
 _drain_scheduled = [False]
 
 
+@event.listens_for(Session, "after_commit")
 def _after_commit(session: Session) -> None:
-    pending = session.info.pop(_PENDING_KEY, [])
-    if event.contains(session, "after_rollback", _after_rollback):
-        event.remove(session, "after_rollback", _after_rollback)
+    pending = session.info.pop(_PENDING_KEY, None)
+    if not pending:
+        return
     now = [message_id for message_id, background in pending if not background]
     later = [message_id for message_id, background in pending if background]
     if len(now) > RELAY_IN_BACKGROUND_OVER:
@@ -124,10 +126,9 @@ def _relay_logged(ids: list[str]) -> None:
         log.exception("outbox relay after commit failed", extra={"messages": len(ids)})
 
 
+@event.listens_for(Session, "after_rollback")
 def _after_rollback(session: Session) -> None:
     session.info.pop(_PENDING_KEY, None)
-    if event.contains(session, "after_commit", _after_commit):
-        event.remove(session, "after_commit", _after_commit)
 
 
 def relay(ids: list[str] | None = None, limit: int = 500) -> int:
