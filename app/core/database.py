@@ -116,6 +116,13 @@ def get_engine() -> Engine:
     return make_engine(get_settings().database_url)
 
 
+# The read engine's pool: connections kept, and opened beyond them under a burst. ``fetch_all_async``
+# keeps the same bounds per event loop, so a burst of reads waits for a connection instead of
+# opening one per request (past PostgreSQL's max_connections).
+READ_POOL_SIZE = 10
+READ_POOL_OVERFLOW = 30
+
+
 @lru_cache
 def get_read_engine() -> Engine:
     """The engine for single-statement reads that must be quick under load (``read_once``).
@@ -129,7 +136,7 @@ def get_read_engine() -> Engine:
     if url.startswith("sqlite"):
         return get_engine()
     # Smaller than the main pool: only the hot read paths use it.
-    return create_engine(url, isolation_level="AUTOCOMMIT", pool_size=10, max_overflow=30)
+    return create_engine(url, isolation_level="AUTOCOMMIT", pool_size=READ_POOL_SIZE, max_overflow=READ_POOL_OVERFLOW)
 
 
 T = TypeVar("T")
@@ -198,10 +205,19 @@ def reads_on_the_loop() -> bool:
     return get_read_engine() is not get_engine()
 
 
-# Idle connections of ``fetch_all_async``, per event loop (a connection's waits belong to the loop
-# that made it) and database URL (tests switch databases within one process).
-_async_idle: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, list[Any]]] = weakref.WeakKeyDictionary()
-_ASYNC_IDLE_MAX = 10
+class _LoopConnections:
+    """``fetch_all_async``'s connections on one event loop to one database: the idle ones, and a
+    count of those in use (bounded as the read engine's pool is)."""
+
+    def __init__(self) -> None:
+        self.idle: list[Any] = []
+        self.slots = asyncio.Semaphore(READ_POOL_SIZE + READ_POOL_OVERFLOW)
+
+
+# Per event loop (a connection's waits belong to the loop that made it) and database URL (tests
+# switch databases within one process).
+_async_connections: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, _LoopConnections]] = \
+    weakref.WeakKeyDictionary()
 
 
 async def fetch_all_async(statement: Executable, params: dict[str, Any]) -> list[tuple[Any, ...]]:
@@ -212,16 +228,22 @@ async def fetch_all_async(statement: Executable, params: dict[str, Any]) -> list
     once more on a fresh one, as ``read_once`` does; a second loss raises SQLAlchemy's
     ``DBAPIError`` (a 503 from the HTTP edge). PostgreSQL only
     (``reads_on_the_loop``)."""
-    import psycopg
-
     engine = get_read_engine()
     sql, fixed = _compiled(statement, engine.dialect)
     url = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
-    idle = _async_idle.setdefault(asyncio.get_running_loop(), {}).setdefault(url, [])
+    connections = _async_connections.setdefault(asyncio.get_running_loop(), {}).setdefault(url, _LoopConnections())
+    async with connections.slots:
+        return await _fetch_all_async(engine, connections.idle, url, sql, {**fixed, **params})
+
+
+async def _fetch_all_async(engine: Engine, idle: list[Any], url: str, sql: str,
+                           params: dict[str, Any]) -> list[tuple[Any, ...]]:
+    import psycopg
+
     for attempt in (1, 2):
         connection = idle.pop() if idle else await psycopg.AsyncConnection.connect(url, autocommit=True)
         try:
-            cursor = await connection.execute(sql, {**fixed, **params}, prepare=True)
+            cursor = await connection.execute(sql, params, prepare=True)
             rows = await cursor.fetchall()
         except psycopg.Error as error:
             lost = engine.dialect.is_disconnect(error, connection, None)
@@ -235,7 +257,7 @@ async def fetch_all_async(statement: Executable, params: dict[str, Any]) -> list
         except BaseException:  # cancelled mid-statement: the connection's state is unknown
             await connection.close()
             raise
-        if len(idle) < _ASYNC_IDLE_MAX:
+        if len(idle) < READ_POOL_SIZE:
             idle.append(connection)
         else:
             await connection.close()

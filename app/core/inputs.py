@@ -90,11 +90,12 @@ def _find_nul(value: Any, where: str = "") -> str | None:
 
 
 # What must be in a body for ``check_json`` to refuse it: NaN or Infinity, a NUL escape, an
-# exponent (1e999 overflows) or a run of digits long enough to overflow a float or pass
-# Python's integer conversion limit. A body with none of them (nearly all: a deletion
-# request has no number) skips the second parse; one that has one outside a number (in a
-# string) is parsed, and passes.
-_MAY_REFUSE = re.compile(rb"NaN|Infinity|\\u0000|[0-9][eE]|[0-9]{300}")
+# exponent (1e999 overflows), a run of digits long enough to overflow a float or pass
+# Python's integer conversion limit, or any byte outside ASCII 1-127 (bytes that are not
+# UTF-8, or a NUL that makes the parser guess UTF-16 or -32). A body with none of them
+# (nearly all: a deletion request has no number) skips the second parse; one that has one
+# harmlessly (in a string, a valid accented name) is parsed, and passes.
+_MAY_REFUSE = re.compile(rb"NaN|Infinity|\\u0000|[0-9][eE]|[0-9]{300}|[^\x01-\x7f]")
 
 
 def check_json(body: bytes) -> None:

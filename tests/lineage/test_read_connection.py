@@ -143,6 +143,7 @@ def test_record_query_over_http_runs_on_the_event_loop_on_postgresql(env, api, m
 
 def test_a_read_on_the_event_loop_that_loses_its_connection_twice_is_unavailable(env):
     import asyncio
+    import concurrent.futures
 
     import psycopg
     from sqlalchemy import exc as sa_exc
@@ -166,9 +167,34 @@ def test_a_read_on_the_event_loop_that_loses_its_connection_twice_is_unavailable
         assert (await fetch_all_async(select(func.pg_backend_pid()), {}))[0][0] > 0
 
     try:
-        asyncio.run(reads())
+        # On a thread of its own: an earlier test in this process may have left an event loop
+        # running on the main thread (Playwright's sync API does), where asyncio.run refuses.
+        with concurrent.futures.ThreadPoolExecutor(1) as thread:
+            thread.submit(asyncio.run, reads()).result()
         with psycopg.connect(dsn, autocommit=True) as admin:
             assert admin.execute("SELECT last_value FROM attempts").fetchone()[0] == 2
     finally:  # the test database is reused only while its catalog is the template's
         with psycopg.connect(dsn, autocommit=True) as admin:
             admin.execute("DROP SEQUENCE attempts")
+
+
+def test_a_burst_of_reads_on_the_event_loop_waits_for_the_pools_bound(env):
+    """Sixty reads at once share at most the read engine's pool bound of connections (40): the
+    rest wait for one, where each would have opened its own (past max_connections under a burst)."""
+    import asyncio
+    import concurrent.futures
+
+    from sqlalchemy import func, select
+
+    from app.core.database import READ_POOL_OVERFLOW, READ_POOL_SIZE, fetch_all_async
+
+    held = select(func.pg_backend_pid(), func.pg_sleep(0.2))
+
+    async def burst() -> list[int]:
+        answers = await asyncio.gather(*(fetch_all_async(held, {}) for _ in range(60)))
+        return [rows[0][0] for rows in answers]
+
+    with concurrent.futures.ThreadPoolExecutor(1) as thread:
+        backends = thread.submit(asyncio.run, burst()).result()
+    assert len(backends) == 60
+    assert 1 < len(set(backends)) <= READ_POOL_SIZE + READ_POOL_OVERFLOW == 40
