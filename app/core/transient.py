@@ -13,7 +13,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from sqlalchemy import exc as sa_exc
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from app.core.inputs import send_problem
 from app.core.problems import RETRY_AFTER_SECONDS
@@ -83,36 +83,3 @@ def replaying(messages: list[Message], receive: Receive) -> Receive:
         return pending.pop(0) if pending else await receive()
 
     return replay
-
-
-class TransientDatabaseErrorMiddleware:
-    """``answer_retrying`` as a middleware of its own (the API's edge layer does the same).
-
-    Buffers the body (already bounded by the size limit outside it) so a retry can replay it.
-    """
-
-    def __init__(self, app: ASGIApp, retries: int = 1) -> None:
-        self.app = app
-        self.retries = retries
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        messages: list[Message] = []
-        more = scope["method"] in REPLAYED_METHODS
-        while more:
-            message = await receive()
-            messages.append(message)
-            more = message["type"] == "http.request" and message.get("more_body", False)
-        started = [False]
-
-        async def tracked(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                started[0] = True
-            await send(message)
-
-        def attempt() -> Awaitable[None]:
-            return self.app(scope, replaying(messages, receive), tracked)
-
-        await answer_retrying(attempt, scope, send, lambda: started[0], self.retries)

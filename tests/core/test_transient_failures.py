@@ -55,13 +55,13 @@ def _serialization_failure_app(engine, admin_dsn: str, failures: int):
     from fastapi import FastAPI
     from sqlalchemy import text
 
+    from app.api.edge import EdgeMiddleware
     from app.core.problems import install_problem_handlers
-    from app.core.transient import TransientDatabaseErrorMiddleware
 
     attempts = []
     app = FastAPI()
     install_problem_handlers(app)
-    app.add_middleware(TransientDatabaseErrorMiddleware)
+    app.add_middleware(EdgeMiddleware, max_bytes=1 << 20)  # the API's own edge: retry, replay, 503
 
     @app.post("/bump")
     def bump(body: dict) -> dict:
