@@ -368,6 +368,13 @@ def wait_for_outbox_relay(timeout: float = 60.0) -> None:
 
     for relayer in list(outbox._background):
         relayer.submit(lambda: None).result(timeout=timeout)  # one thread, in order: a barrier
+    # The webhook waker's debounce timer reads the database when it fires: a timer left from this
+    # test once read the defaults (embedded SQLite) while the next test's settings were swapped in,
+    # and its engine was cached for that test.
+    webhooks = sys.modules.get("app.webhooks.service")
+    timer = webhooks.request_dispatch.timer if webhooks is not None else None
+    if timer is not None:
+        timer.join(timeout=timeout)
 
 
 @pytest.fixture

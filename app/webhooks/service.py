@@ -284,6 +284,7 @@ class _Waker:
         self._lock = threading.Lock()
         self._last = 0.0
         self._scheduled = False
+        self.timer: threading.Timer | None = None
 
     def __call__(self) -> None:
         with self._lock:
@@ -292,9 +293,10 @@ class _Waker:
             wait = self._last + self.INTERVAL - time.monotonic()
             if wait > 0:
                 self._scheduled = True
-                timer = threading.Timer(wait, self._fire)
-                timer.daemon = True
-                timer.start()
+                # Kept, so that a test can wait for it before swapping the database under it.
+                self.timer = threading.Timer(wait, self._fire)
+                self.timer.daemon = True
+                self.timer.start()
                 return
             self._last = time.monotonic()
         _send_dispatch()
