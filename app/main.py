@@ -8,6 +8,7 @@ from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
 from app import __version__
+from app.api.direct import direct_answers
 from app.api.edge import EdgeMiddleware
 from app.audit.router import SealAfterResponse
 from app.audit.router import router as audit_router
@@ -60,6 +61,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         description="Deletion requests in; unlearned models and signed proofs out.",
         swagger_ui_parameters={"validatorUrl": None},
+        # The service exports Prometheus metrics and JSON logs of its own (app/core/metrics.py,
+        # app/core/logging.py); FastAPI's native OpenTelemetry hooks would otherwise look for
+        # providers on every request and wrap each in one more middleware.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     install_problem_handlers(app)
     install_problem_openapi(app)
@@ -68,7 +73,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(EdgeMiddleware, max_bytes=settings.max_body_bytes,
                        streamed={ARTIFACT_UPLOAD_PATH: settings.max_artifact_bytes},
                        larger={BATCH_PATH: settings.max_batch_body_bytes},
-                       on_response=observe_request, after_response=SealAfterResponse())
+                       on_response=observe_request, after_response=SealAfterResponse(),
+                       direct=lambda: direct_answers(app.router.routes))
     for router in ROUTERS:
         app.include_router(router)
     install_dashboard(app)

@@ -25,7 +25,7 @@ import sys
 import tempfile
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg
@@ -64,6 +64,13 @@ class Result:
     latencies_ms: list[float]
     processes: int = 1
     per_call: int = 1  # requests each HTTP call carries (a batch's items)
+    # CPU seconds over the whole drive (warm-up included) and the requests it completed:
+    # the server's processes, PostgreSQL's, and this load generator's.
+    cpu: dict[str, float] = field(default_factory=dict)
+    completed: int = 0
+
+    def cpu_ms_per_request(self, part: str) -> float:
+        return 1000 * self.cpu.get(part, float("nan")) / max(1, self.completed)
 
     @property
     def rps(self) -> float:
@@ -92,6 +99,7 @@ async def _client(port: int, make_request, stop_at: float, warm_until: float, re
         while (now := time.perf_counter()) < stop_at:
             status = await _exchange(reader, writer, make_request())
             done = time.perf_counter()
+            result.completed += result.per_call
             # Counted by completion inside the measured window: a bulk call started in the
             # warm-up and answered inside the window counts, one answered after it does not.
             if warm_until <= done <= stop_at:
@@ -185,6 +193,30 @@ def _rss_mb(pid: int) -> float:
         except OSError:
             pass
     return total / 1024
+
+
+def _cpu_seconds(server_pid: int) -> dict[str, float]:
+    """CPU seconds used so far by the server (its processes), PostgreSQL (every process of the
+    cluster: the bench database's backends, the WAL writer, checkpointer), and this process."""
+    tick = os.sysconf("SC_CLK_TCK")
+    parts = {"server": 0.0, "postgres": 0.0, "client": 0.0}
+    server = {server_pid, *_children(server_pid)}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            name = (entry / "comm").read_text().strip()
+        except OSError:
+            continue
+        pid, seconds = int(entry.name), (int(fields[11]) + int(fields[12])) / tick
+        if pid in server:
+            parts["server"] += seconds
+        elif pid == os.getpid():
+            parts["client"] += seconds
+        elif name.startswith("postgres") or name.startswith("postmaster"):
+            parts["postgres"] += seconds
+    return parts
 
 
 def _children(pid: int) -> list[int]:
@@ -294,8 +326,11 @@ def main() -> None:
                 server, port = _serve(target, env, log, processes)
                 try:
                     _ready(port, "/openapi.json" if target.startswith("intake") else "/healthz")
-                    results.append(asyncio.run(
-                        _drive(name, port, make_request, clients, seconds, warmup, processes, per_call)))
+                    before = _cpu_seconds(server.pid)
+                    result = asyncio.run(_drive(name, port, make_request, clients, seconds, warmup, processes, per_call))
+                    after = _cpu_seconds(server.pid)
+                    result.cpu = {part: after[part] - before.get(part, 0.0) for part in after}
+                    results.append(result)
                 finally:
                     server.terminate()
                     server.wait(timeout=30)
@@ -318,22 +353,28 @@ def _report(results: list[Result], clients: int, seconds: float, warmup: float, 
     print(f"\n{clients} concurrent clients, {seconds:.0f} s per endpoint after {warmup:.0f} s warm-up, PostgreSQL, "
           f"uvicorn with the same number of processes for each endpoint, load generator on the same machine; "
           f"bulk: {batch_size} requests per call, latency per call\n")
-    print("| endpoint | processes | requests | errors | req/s | p50 ms | p99 ms |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("| endpoint | processes | requests | errors | req/s | p50 ms | p99 ms | CPU ms per request: server / PostgreSQL / client |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
         print(f"| {r.name} | {r.processes} | {r.requests} | {r.errors} | {r.rps:.0f} | {r.percentile(0.5):.1f} "
-              f"| {r.percentile(0.99):.1f} |")
+              f"| {r.percentile(0.99):.1f} | {r.cpu_ms_per_request('server'):.2f} / "
+              f"{r.cpu_ms_per_request('postgres'):.2f} / {r.cpu_ms_per_request('client'):.2f} |")
     print("\n| ratio vs bare insert, same run | processes | value | target |\n|---|---:|---:|---:|")
     for processes in process_counts:
         by_name = {r.name: r for r in results if r.processes == processes}
-        if len(by_name) < 3:  # --only: no ratios without the three
+        bare, intake, bulk = (by_name.get(name) for name in ("bare insert", "intake", "bulk intake"))
+        if bare is None:  # --only without the yardstick: no ratios
             continue
-        bare, intake, bulk = by_name["bare insert"], by_name["intake"], by_name["bulk intake"]
-        print(f"| intake throughput | {processes} | {intake.rps / bare.rps:.2f} | >= 0.80 |")
-        print(f"| intake p99 latency | {processes} | {intake.percentile(0.99) / bare.percentile(0.99):.2f} | <= 1.50 |")
-        print(f"| intake median latency | {processes} | "
-              f"{statistics.median(intake.latencies_ms) / statistics.median(bare.latencies_ms):.2f} | |")
-        print(f"| bulk intake throughput | {processes} | {bulk.rps / bare.rps:.2f} | |")
+        if intake is not None:
+            print(f"| intake throughput | {processes} | {intake.rps / bare.rps:.2f} | >= 0.80 |")
+            print(f"| intake p99 latency | {processes} | {intake.percentile(0.99) / bare.percentile(0.99):.2f} "
+                  f"| <= 1.50 |")
+            print(f"| intake median latency | {processes} | "
+                  f"{statistics.median(intake.latencies_ms) / statistics.median(bare.latencies_ms):.2f} | |")
+            print(f"| intake server CPU per request | {processes} | "
+                  f"{intake.cpu_ms_per_request('server') / bare.cpu_ms_per_request('server'):.2f} | |")
+        if bulk is not None:
+            print(f"| bulk intake throughput | {processes} | {bulk.rps / bare.rps:.2f} | |")
     one = [r for r in results if r.name == "bulk intake" and r.processes == 1]
     if one:
         print(f"\n| bulk intake, one process | value | target |\n|---|---:|---:|\n"

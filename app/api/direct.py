@@ -1,22 +1,25 @@
-"""Routes whose common case skips FastAPI's request machinery (intake's hot path).
+"""Routes whose common case is answered at the HTTP edge, before Starlette's routing (intake's hot path).
 
 FastAPI solves an endpoint's dependencies, parses its JSON body and validates it afresh on
-every call; for a one-statement endpoint under load that was a quarter of the process's CPU
-(single intake: the session and bearer-key dependencies, header and body parameters, their
-cache keys). A ``direct_route`` answers the common case itself: a cached bearer key of a role
-the route allows, a JSON body that validates (``model_validate_json``: one parse, in Rust)
-and headers within their declared lengths. Its ``serve`` runs with a session in one
-worker-thread hop, as a sync endpoint would; a key whose client is not cached (every few
-seconds, ``auth_cache_seconds``) is looked up and its role checked in that same hop, raising
-what the declared dependencies raise (401, 403). Anything else (no bearer key, a secret that
-does not match a cached client, a wrong role, a body that does not validate, an overlong
-header) is handed to the route's FastAPI handler as declared, so every refusal is the one it
-always was, and the OpenAPI schema is the declared endpoint's.
+every call, and Starlette's router, exception middleware and request/response wrappers each
+wrap the call again; for a one-statement endpoint under load that was a third of the
+process's CPU (single intake: route matching against every route of the API alone was 7%).
+A ``direct_route`` is declared like any route (its OpenAPI entry, its FastAPI handler), and
+carries a ``DirectAnswer`` that the edge (app/api/edge.py) calls for the route's exact method
+and path: it answers the common case itself (a cached bearer key of a role the route allows,
+a JSON body that validates with ``model_validate_json``, one parse in Rust, and headers within
+their declared lengths) by running ``serve`` with a session in one worker-thread hop, as a
+sync endpoint would. A key whose client is not cached (every few seconds,
+``auth_cache_seconds``) is looked up and its role checked in that same hop, raising what the
+declared dependencies raise (401, 403). Anything else (no bearer key, a secret that does not
+match a cached client, a wrong role, a body that does not validate, an overlong header) goes
+through the app's router to the declared handler, so every refusal is the one it always was.
+A service error is answered with the same problem document the app's handler writes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from fastapi import Request, Response
@@ -24,47 +27,83 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
+from starlette.types import Message, Scope, Send
 
 from app.api.deps import check_role, end_session
 from app.core.auth import ApiClient, Role, authenticate, authenticate_cached
 from app.core.database import get_sessionmaker
-from app.core.errors import Unauthenticated
+from app.core.errors import Unauthenticated, UnlearndError
 from app.core.inputs import is_json_media_type
+from app.core.problems import domain_problem_response
 
 # serve(session, client, body, request, headers) -> the response; headers: each declared one's value or None.
 Serve = Callable[[Session, ApiClient, Any, Request, dict[str, str | None]], Response]
+Declared = Callable[[], Awaitable[None]]
+
+
+class DirectAnswer:
+    """A route's common case, answered without FastAPI's request machinery."""
+
+    def __init__(self, *, body: type[BaseModel], roles: tuple[Role, ...], serve: Serve,
+                 headers: dict[str, int] | None = None) -> None:
+        self.body, self.serve = body, serve
+        self.allowed = frozenset(roles)
+        # header name (lower case) -> the max_length its declared parameter enforces
+        self.limits = dict(headers or {})
+        self.route: APIRoute | None = None  # set when the route is built: its template labels metrics
+
+    async def __call__(self, scope: Scope, body: bytes, send: Send, declared: Declared) -> None:
+        """Answer the request whose whole body is ``body``, or run ``declared`` (the app's router)."""
+        authorization = content_type = None
+        for name, value in scope["headers"]:
+            if name == b"authorization" and authorization is None:
+                authorization = value.decode("latin-1")
+            elif name == b"content-type" and content_type is None:
+                content_type = value.decode("latin-1")
+        caller = _caller(authorization, self.allowed)
+        model = _model(body, content_type, self.body) if caller is not None else None
+        request = Request(scope)
+        values = {name: request.headers.get(name) for name in self.limits}
+        if model is None or any(v is not None and len(v) > self.limits[n] for n, v in values.items()):
+            await declared()
+            return
+        assert caller is not None
+        scope["route"] = self.route
+        try:
+            response = await run_in_threadpool(_in_session, self.serve, caller, self.allowed, model, request, values)
+        except UnlearndError as error:
+            response = domain_problem_response(request, error)
+        await response(scope, _nothing_more, send)
 
 
 def direct_route(
     *, body: type[BaseModel], roles: tuple[Role, ...], serve: Serve, headers: dict[str, int] | None = None,
 ) -> type[APIRoute]:
-    """An ``APIRoute`` class (``route_class_override``) answering with ``serve`` when it can.
-    ``headers``: header name (lower case) -> the max_length its declared parameter enforces."""
-    allowed = frozenset(roles)
-    limits = dict(headers or {})
+    """An ``APIRoute`` class (``route_class_override``) whose common case the edge answers with
+    ``serve``; ``headers``: header name (lower case) -> the max_length its declared parameter enforces."""
+    answer = DirectAnswer(body=body, roles=roles, serve=serve, headers=headers)
 
     class DirectRoute(APIRoute):
-        def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-            declared = super().get_route_handler()
+        direct = answer
 
-            async def handler(request: Request) -> Response:
-                caller = _caller(request, allowed)
-                model = await _body(request, body) if caller is not None else None
-                values = {name: request.headers.get(name) for name in limits}
-                if model is None or any(v is not None and len(v) > limits[n] for n, v in values.items()):
-                    return await declared(request)
-                assert caller is not None
-                return await run_in_threadpool(_in_session, serve, caller, allowed, model, request, values)
-
-            return handler
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            answer.route = self
 
     return DirectRoute
 
 
-def _caller(request: Request, allowed: frozenset[Role]) -> ApiClient | str | None:
+def direct_answers(routes: Iterable[Any]) -> dict[tuple[str, str], DirectAnswer]:
+    """(method, path) -> its direct answer, for every direct route among ``routes``."""
+    return {(method, route.path): route.direct
+            for route in routes if isinstance(getattr(route, "direct", None), DirectAnswer)
+            for method in route.methods}
+
+
+def _caller(authorization: str | None, allowed: frozenset[Role]) -> ApiClient | str | None:
     """The caller's cached client when its key checks out and its role is allowed; its bearer key
     when its client is not cached (looked up with the session); None for the declared path."""
-    scheme, _, key = (request.headers.get("authorization") or "").partition(" ")
+    scheme, _, key = (authorization or "").partition(" ")
     key = key.strip()
     if scheme.lower() != "bearer" or not key:
         return None
@@ -77,16 +116,18 @@ def _caller(request: Request, allowed: frozenset[Role]) -> ApiClient | str | Non
     return client if client.role_enum in allowed else None
 
 
-async def _body(request: Request, model: type[BaseModel]) -> BaseModel | None:
-    if not is_json_media_type(request.headers.get("content-type") or ""):
-        return None
-    raw = await request.body()
-    if not raw:
+def _model(raw: bytes, content_type: str | None, model: type[BaseModel]) -> BaseModel | None:
+    if not raw or not is_json_media_type(content_type or ""):
         return None
     try:
         return model.model_validate_json(raw)
     except ValidationError:
         return None
+
+
+async def _nothing_more() -> Message:
+    # The body was read whole at the edge; a response never asks for more.
+    return {"type": "http.disconnect"}
 
 
 def _in_session(serve: Serve, caller: ApiClient | str, allowed: frozenset[Role], model: BaseModel,

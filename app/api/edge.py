@@ -14,6 +14,7 @@ again, and under load their awaits and closures were a measurable share of intak
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 import uuid
@@ -22,6 +23,7 @@ from typing import Any, Protocol
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.api.direct import DirectAnswer
 from app.core.inputs import BODY_METHODS, body_refusal, path_refusal, send_problem
 from app.core.logging import request_id_var
 from app.core.transient import REPLAYED_METHODS, answer_retrying, replaying
@@ -46,8 +48,12 @@ class EdgeMiddleware:
         self, app: ASGIApp, *, max_bytes: int, streamed: dict[str, int] | None = None,
         larger: dict[str, int] | None = None, on_response: Callable[[Scope, int, float], None] | None = None,
         after_response: AfterResponse | None = None, retries: int = 1,
+        direct: Callable[[], dict[tuple[str, str], DirectAnswer]] | None = None,
     ) -> None:
         self.app = app
+        # (method, path) -> the route's answer without the router (app/api/direct.py); read
+        # from the app's routes once, at the first request, when every router is included.
+        self._direct_routes = direct
         self.max_bytes = max_bytes
         # path -> limit for endpoints that stream their body to disk (artifact uploads) and
         # enforce that limit themselves while streaming: no limit or guard here.
@@ -93,6 +99,10 @@ class EdgeMiddleware:
             if self.after_response is not None:
                 await self.after_response.end(pending)
 
+    @functools.cached_property
+    def direct(self) -> dict[tuple[str, str], DirectAnswer]:
+        return self._direct_routes() if self._direct_routes is not None else {}
+
     async def _serve(self, scope: Scope, receive: Receive, send: Send, started: Callable[[], bool]) -> None:
         path, method = scope["path"], scope["method"]
         streamed = path in self.streamed
@@ -123,6 +133,13 @@ class EdgeMiddleware:
 
         def attempt() -> Any:
             return self.app(scope, replaying(messages, receive), send)
+
+        direct = self.direct.get((method, path)) if messages else None
+        if direct is not None:
+            declared, body = attempt, b"".join(m.get("body", b"") for m in messages if m["type"] == "http.request")
+
+            def attempt() -> Any:
+                return direct(scope, body, send, declared)
 
         try:
             await answer_retrying(attempt, scope, send, started, self.retries)

@@ -45,6 +45,18 @@ def problem_response(
     return JSONResponse(body, status_code=status, media_type=PROBLEM_MEDIA_TYPE, headers=headers)
 
 
+def domain_problem_response(request: Request, exc: UnlearndError) -> JSONResponse:
+    """The answer to a service error, wherever it is caught (the app's handler, the edge's direct routes)."""
+    headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else {}
+    if exc.status == 503:
+        headers = {"Retry-After": str(RETRY_AFTER_SECONDS)}
+    headers.update(exc.headers)
+    return problem_response(
+        request, status=exc.status, slug=exc.slug, title=exc.title, detail=exc.detail,
+        headers=headers, **exc.extensions,
+    )
+
+
 def problem_document(exc: UnlearndError, *, instance: str) -> dict[str, Any]:
     """The RFC 9457 body for a service error: what the handler sends, and what a batch
     endpoint lists for each item it refused."""
@@ -76,14 +88,7 @@ def _allowed_methods(request: Request) -> list[str]:
 def install_problem_handlers(app: FastAPI) -> None:
     @app.exception_handler(UnlearndError)
     async def _domain(request: Request, exc: UnlearndError) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else {}
-        if exc.status == 503:
-            headers = {"Retry-After": str(RETRY_AFTER_SECONDS)}
-        headers.update(exc.headers)
-        return problem_response(
-            request, status=exc.status, slug=exc.slug, title=exc.title, detail=exc.detail,
-            headers=headers, **exc.extensions,
-        )
+        return domain_problem_response(request, exc)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
