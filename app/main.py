@@ -74,7 +74,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                        streamed={ARTIFACT_UPLOAD_PATH: settings.max_artifact_bytes},
                        larger={BATCH_PATH: settings.max_batch_body_bytes},
                        on_response=observe_request, after_response=SealAfterResponse(),
-                       direct=lambda: direct_answers(app.router.routes))
+                       direct=lambda: direct_answers(route for router in ROUTERS for route in router.routes))
     for router in ROUTERS:
         app.include_router(router)
     install_dashboard(app)

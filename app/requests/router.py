@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request, Response, status
@@ -18,8 +19,9 @@ from app.api.deps import (
     SessionDep,
     commit_now,
 )
-from app.api.direct import direct_route
+from app.api.direct import DirectCall, direct_route
 from app.core.auth import ApiClient
+from app.core.errors import UnlearndError
 from app.core.fields import BoundedDatetime
 from app.core.problems import problem_document
 from app.requests import service
@@ -68,6 +70,21 @@ def _submit(session: Session, client: ApiClient, body: DeletionRequestCreate, ht
         provenance=_provenance(http),
     )
     commit_now(session)
+    return _submitted(outcome)
+
+
+def _submit_together(session: Session, client: ApiClient, calls: Sequence[DirectCall]) -> list[Response | UnlearndError]:
+    """Single submissions of one client that arrived together, written in one transaction (group
+    commit, app/core/coalesce.py); each answered as ``_submit`` answers it alone."""
+    outcomes = service.submit_together(session, client=client, intakes=[
+        service.Intake(call.body, call.headers[IDEMPOTENCY_KEY], _provenance(call.request), call.received_at,
+                       getattr(call.request.state, "request_id", None))
+        for call in calls])
+    commit_now(session)
+    return [outcome if isinstance(outcome, UnlearndError) else _submitted(outcome) for outcome in outcomes]
+
+
+def _submitted(outcome: service.Submission) -> Response:
     response_headers = {"Location": f"{router.prefix}/{outcome.request.id}"}
     if outcome.replayed:
         response_headers["Idempotent-Replayed"] = "true"
@@ -78,12 +95,15 @@ def _submit(session: Session, client: ApiClient, body: DeletionRequestCreate, ht
                     headers=response_headers, media_type="application/json")
 
 
-# The hot path: answered by ``_submit`` directly when the key is cached and the body valid,
-# by FastAPI's handler of ``submit_request`` otherwise (see app/api/direct.py).
+# The hot path: answered at the edge when the key is cached and the body valid, by
+# ``_submit_together`` with whatever else that client sent meanwhile (group commit), or by
+# ``_submit`` when the key's client is not cached yet; by FastAPI's handler of
+# ``submit_request`` otherwise (see app/api/direct.py).
 router.add_api_route(
     "", submit_request, methods=["POST"], status_code=status.HTTP_202_ACCEPTED, response_model=DeletionRequestOut,
     responses={200: {"description": "an identical earlier submission, returned again"}},
     route_class_override=direct_route(body=DeletionRequestCreate, roles=SUBMITTER_ROLES, serve=_submit,
+                                      together=_submit_together,
                                       headers={IDEMPOTENCY_KEY: service.MAX_IDEMPOTENCY_KEY}),
 )
 

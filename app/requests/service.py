@@ -115,6 +115,7 @@ class _Planned:
     versions: list[lineage.AffectedVersion]
     # The submission answered as a replay of another one planned in the same batch.
     replays: list[int] = field(default_factory=list)
+    call_id: str | None = None  # Intake.call_id
 
 
 @dataclass
@@ -123,6 +124,8 @@ class _Prepared:
 
     submission: DeletionRequestCreate
     idempotency_key: str | None
+    provenance: Provenance
+    call_id: str | None
     identifiers: list[subjects.SubjectHashes]
     lookup: list[str]
     requested_at: datetime
@@ -151,22 +154,57 @@ def submit(
     Optimistic about replays: nearly every submission is new, so no earlier request is read
     first; the write's ON CONFLICT finds a repeat, and only then is the earlier request read
     (a replay, or a 409). The request costs three statements and one commit."""
-    (planned,) = _plan_all(session, client, [(submission, idempotency_key)], provenance, optimistic=True)
-    if isinstance(planned, UnlearndError):
-        raise planned
-    if isinstance(planned, Submission):
-        return planned
-    (outcome,) = _write(session, client, [planned])
+    (outcome,) = _submit_all(session, client, [Intake(submission, idempotency_key, provenance)], optimistic=True,
+                             entities=True)
     if isinstance(outcome, UnlearndError):
         raise outcome
     return outcome
 
 
+@dataclass(frozen=True)
+class Intake:
+    """One submission as it arrived: its body, its Idempotency-Key header, where it came from,
+    and when (None: now, when it is checked)."""
+
+    submission: DeletionRequestCreate
+    idempotency_key: str | None
+    provenance: Provenance
+    received_at: datetime | None = None
+    # The id of the HTTP call that carried it, for its log line: submissions written together
+    # are logged from one thread, whose own context names only the first call.
+    call_id: str | None = None
+
+
+def submit_together(session: Session, *, client: ApiClient, intakes: Sequence[Intake]) -> list[Submission | UnlearndError]:
+    """Submissions of one client that arrived together (group commit of single intakes), in one
+    transaction; each answered as ``submit`` would answer it alone (a refusal is returned, not
+    raised). A later one that repeats an earlier one's key is that one's replay, as it would be
+    had they come one after the other."""
+    return _submit_all(session, client, intakes, optimistic=True, entities=True)
+
+
+def _submit_all(session: Session, client: ApiClient, entries: Sequence[Intake | UnlearndError], *,
+                optimistic: bool, entities: bool) -> list[Submission | UnlearndError]:
+    """Plan every entry, write the planned ones, and answer each (a replay of an entry planned
+    before it in ``entries`` is answered as that one was)."""
+    answers = _plan_all(session, client, entries, optimistic=optimistic)
+    planned = [a for a in answers if isinstance(a, _Planned)]
+    written = dict(zip(map(id, planned), _write(session, client, planned, entities=entities), strict=True))
+    outcomes: list[Submission | UnlearndError] = []
+    for answer in answers:
+        if isinstance(answer, _Planned):
+            answer = written[id(answer)]
+        elif isinstance(answer, Submission) and isinstance(answer.request, _PlannedRef):
+            first = written[id(answer.request.planned)]
+            answer = Submission(request=first.request, replayed=True) if isinstance(first, Submission) else first
+        outcomes.append(answer)
+    return outcomes
+
+
 def _plan_all(
     session: Session,
     client: ApiClient,
-    entries: Sequence[tuple[DeletionRequestCreate, str | None] | UnlearndError],
-    provenance: Provenance,
+    entries: Sequence[Intake | UnlearndError],
     *,
     optimistic: bool = False,
 ) -> list[Submission | _Planned | UnlearndError]:
@@ -186,7 +224,7 @@ def _plan_all(
     for index, entry in enumerate(entries):
         if isinstance(entry, UnlearndError):
             continue
-        submission, key = entry
+        submission, key = entry.submission, entry.idempotency_key
         try:
             _check_idempotency_key(key)
             _check_kind(client, submission)
@@ -194,7 +232,7 @@ def _plan_all(
                 # The shared lineage lock (see ``_lock_lineage``) is taken in the same statement:
                 # resolution, a later statement, reads under it. One round trip for both.
                 schemes = subjects.schemes_in_use(session, first=lineage.lock_clause(session, exclusive=False))
-            prepared[index] = _prepare(submission, key, schemes or [])
+            prepared[index] = _prepare(entry, schemes or [])
         except UnlearndError as error:
             answers[index] = error
     if not prepared:
@@ -221,7 +259,7 @@ def _plan_all(
             except UnlearndError as conflict:
                 answers[index] = conflict
             continue
-        answers[index] = plan = _Planned(request=_new_request(client, provenance, p), steps=[], record_ids=[],
+        answers[index] = plan = _Planned(request=_new_request(client, p), steps=[], record_ids=[], call_id=p.call_id,
                                          versions=[])
         if p.idempotency_key is not None:
             planned.setdefault(("key", p.idempotency_key), plan)
@@ -244,15 +282,18 @@ def _plan_all(
     return answers
 
 
-def _prepare(submission: DeletionRequestCreate, key: str | None, schemes: list[subjects.HashScheme]) -> _Prepared:
+def _prepare(intake: Intake, schemes: list[subjects.HashScheme]) -> _Prepared:
+    submission = intake.submission
     identifiers = _hash_identifiers(submission, schemes)
     hashes = [identifier.current for identifier in identifiers]
-    received_at = utcnow()
+    received_at = intake.received_at or utcnow()
     requested_at = submission.requested_at or received_at
     if requested_at > received_at + CLOCK_SKEW:
         raise InvalidInput("requested_at is in the future", field="requested_at")
     return _Prepared(
-        submission=submission, idempotency_key=key, identifiers=identifiers,
+        submission=submission, idempotency_key=intake.idempotency_key, provenance=intake.provenance,
+        call_id=intake.call_id,
+        identifiers=identifiers,
         lookup=sorted({h for identifier in identifiers for h in identifier.lookup}),
         requested_at=requested_at, received_at=received_at, request_hash=_request_hash(submission, hashes),
     )
@@ -268,7 +309,7 @@ class _NewRequest(SimpleNamespace):
     # ``vars`` of it is the row ``_write`` inserts.
 
 
-def _new_request(client: ApiClient, provenance: Provenance, p: _Prepared) -> _NewRequest:
+def _new_request(client: ApiClient, p: _Prepared) -> _NewRequest:
     """The request row, built in memory and written with Core statements: no identity-map
     work on the hot path. ``_settle`` fills in what resolution found."""
     submission, scope_models = p.submission, p.scope_models
@@ -295,7 +336,7 @@ def _new_request(client: ApiClient, provenance: Provenance, p: _Prepared) -> _Ne
         extension_reason=None,
         completed_at=None,
         updated_at=p.received_at,
-        provenance=_provenance_document(client, provenance, submission),
+        provenance=_provenance_document(client, p.provenance, submission),
         affected={},
     )
 
@@ -383,7 +424,8 @@ def _write(session: Session, client: ApiClient, planned: list[_Planned], *,
         enqueue_now(session, TaskName.ISSUE_CERTIFICATE, request_ids=completed, background=True)
     if winners and log.isEnabledFor(logging.INFO):
         for p in winners:
-            log.info("deletion request received", extra={"deletion_request": p.request.id, "status": p.request.status})
+            log.info("deletion request received", extra={"deletion_request": p.request.id, "status": p.request.status,
+                                                         **({"request_id": p.call_id} if p.call_id else {})})
     return [outcomes[id(p)] for p in planned]
 
 
@@ -412,27 +454,17 @@ def submit_batch(
     if len(items) > MAX_BATCH:
         raise PayloadTooLarge(f"at most {MAX_BATCH} requests per batch; this one has {len(items)}",
                               field="requests", max_items=MAX_BATCH)
-    entries: list[tuple[DeletionRequestCreate, str | None] | UnlearndError] = []
+    entries: list[Intake | UnlearndError] = []
+    received_at = utcnow()
     for raw in items:
         try:
             item = _parse_batch_item(raw)
-            entries.append((item, item.idempotency_key))
+            entries.append(Intake(item, item.idempotency_key, provenance, received_at))
         except UnlearndError as error:
             entries.append(error)
-    answers = _plan_all(session, client, entries, provenance)
-    planned = [a for a in answers if isinstance(a, _Planned)]
-    written = dict(zip(map(id, planned), _write(session, client, planned, entities=False), strict=True))
-    results = []
-    for index, answer in enumerate(answers):
-        if isinstance(answer, _Planned):
-            answer = written[id(answer)]
-        elif isinstance(answer, Submission) and isinstance(answer.request, _PlannedRef):
-            # A replay of an item planned earlier in this batch: answer as that item was.
-            first = written[id(answer.request.planned)]
-            answer = Submission(request=first.request, replayed=True) if isinstance(first, Submission) else first
-        results.append(BatchResult(index=index, error=answer) if isinstance(answer, UnlearndError)
-                       else BatchResult(index=index, submission=answer))
-    return results
+    return [BatchResult(index=index, error=answer) if isinstance(answer, UnlearndError)
+            else BatchResult(index=index, submission=answer)
+            for index, answer in enumerate(_submit_all(session, client, entries, optimistic=False, entities=False))]
 
 
 def _parse_batch_item(raw: Any) -> DeletionRequestBatchItem:
