@@ -9,7 +9,6 @@ to surface as 500s deep in a service. Checking once here covers every route, eve
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
@@ -95,12 +94,23 @@ def _find_nul(value: Any, where: str = "") -> str | None:
 # UTF-8, or a NUL that makes the parser guess UTF-16 or -32). A body with none of them
 # (nearly all: a deletion request has no number) skips the second parse; one that has one
 # harmlessly (in a string, a valid accented name) is parsed, and passes.
-_MAY_REFUSE = re.compile(rb"NaN|Infinity|\\u0000|[0-9][eE]|[0-9]{300}|[^\x01-\x7f]")
+_DIGITS_AS_ZERO = bytes.maketrans(b"123456789", b"000000000")
+_LONG_NUMBER = b"0" * 300
+
+
+def _may_refuse(body: bytes) -> bool:
+    """Whether ``body`` holds any of the above. Substring tests and one ``translate`` (digits to
+    0, so that a digit before an exponent reads "0e" and a long number a run of "0"): a tenth of
+    the time one regular expression with these alternatives took (1.3 ms on a 100-item batch)."""
+    if not body.isascii() or b"\x00" in body or b"NaN" in body or b"Infinity" in body or b"\\u0000" in body:
+        return True
+    digits = body.translate(_DIGITS_AS_ZERO)
+    return b"0e" in digits or b"0E" in digits or _LONG_NUMBER in digits
 
 
 def check_json(body: bytes) -> None:
     """Raise ``NotJson`` for NaN, Infinity, overflowing numbers and NUL; leave syntax errors to FastAPI."""
-    if _MAY_REFUSE.search(body) is None:
+    if not _may_refuse(body):
         return
     try:
         parsed = json.loads(body, parse_constant=_refuse_constant, parse_float=_finite_float)
