@@ -29,6 +29,7 @@ from sqlalchemy import (
     literal_column,
     null,
     select,
+    text,
     union_all,
 )
 from sqlalchemy.dialects.postgresql import ARRAY
@@ -334,22 +335,85 @@ _SNAPSHOT = slice(_RECORD.stop, _RECORD.stop + len(_SNAPSHOT_COLUMNS) - 1)  # cr
 _TRAINED = slice(_RECORD.stop + len(_SNAPSHOT_COLUMNS), None)
 
 
+# PostgreSQL: the record, and a fingerprint of every row its dataset's part of the answer is read
+# from (the dataset, its snapshots and their temporary model sets, the versions and artifacts
+# trained on them, every registered model). A row's xmin and ctid change with every update, an
+# insert or delete changes the set, so two reads with the same fingerprint read the same rows;
+# what ``_RECORD_QUERY`` returned for that fingerprint is kept (``_LINEAGE_PARTS``) and later
+# queries of the dataset's records cost one short round trip (0.87 ms instead of 2.46 ms at
+# 1M x 50, measured with psycopg alone) and no decoding of its 150 rows.
+_RECORD_AND_FINGERPRINT = text("""
+SELECT r.id, r.dataset_id, d.name, r.record_key, r.row_index, r.state,
+  d.xmin::text || d.ctid::text || ':' || (SELECT coalesce(md5(string_agg(part, ',' ORDER BY part)), '') FROM (
+    SELECT 's' || s.xmin::text || s.ctid::text AS part FROM dataset_snapshots s WHERE s.dataset_id = d.id
+    UNION ALL SELECT 't' || t.xmin::text || t.ctid::text FROM temporary_model_sets t
+      JOIN dataset_snapshots s ON s.id = t.snapshot_id WHERE s.dataset_id = d.id
+    UNION ALL SELECT 'v' || v.xmin::text || v.ctid::text FROM model_versions v
+      JOIN dataset_snapshots s ON s.id = v.snapshot_id WHERE s.dataset_id = d.id
+    UNION ALL SELECT 'a' || a.xmin::text || a.ctid::text || v.xmin::text || v.ctid::text FROM model_artifacts a
+      JOIN model_versions v ON v.id = a.version_id JOIN dataset_snapshots s ON s.id = a.snapshot_id
+      WHERE s.dataset_id = d.id
+    UNION ALL SELECT 'm' || m.xmin::text || m.ctid::text FROM registered_models m) AS parts)
+FROM data_records r JOIN datasets d ON d.id = r.dataset_id
+WHERE d.status = 'ready' AND d.name = :dataset AND r.record_key = :key
+""")
+# (dataset name, fingerprint) -> its snapshots' rows and trained rows, as ``_RECORD_QUERY`` read them.
+_Parts = tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]
+_LINEAGE_PARTS: ImmutableCache[_Parts] = ImmutableCache(size=64)
+
+
 def record_lineage(session: Session, dataset_name: str, record_key: str) -> RecordLineage:
     """The same answer as ``_lineages`` for one record, in one round trip once the dataset's
-    bitmaps are cached (``_record_query``, through the cursor: ``fetch_all``). A second statement
-    reads temporary model sets, only where a snapshot holding the record has any."""
-    found = fetch_all(session, _RECORD_QUERY, {"dataset": dataset_name, "key": record_key})
-    row, snapshots = _record_rows(found, dataset_name, record_key)
+    bitmaps and its part of the answer are cached (through the cursor: ``fetch_all``; on
+    PostgreSQL the short ``_RECORD_AND_FINGERPRINT``, ``_RECORD_QUERY`` when the fingerprint is
+    new, elsewhere ``_RECORD_QUERY``). A second statement reads temporary model sets, only where
+    a snapshot holding the record has any."""
+    params = {"dataset": dataset_name, "key": record_key}
+    fingerprint = None
+    if session.get_bind().dialect.name == "postgresql":
+        row, fingerprint = _fingerprinted(fetch_all(session, _RECORD_AND_FINGERPRINT, params), dataset_name,
+                                          record_key)
+        parts = _LINEAGE_PARTS.get(fingerprint, lambda: _record_rows(
+            fetch_all(session, _RECORD_QUERY, params), dataset_name, record_key)[1])
+    else:
+        row, parts = _record_rows(fetch_all(session, _RECORD_QUERY, params), dataset_name, record_key)
+    snapshots, trained = parts
     holding = _holding(row, snapshots, snapshot_bitmaps.get_many(session, [sid for sid, *_ in snapshots]))
+    if fingerprint is not None and not any(temporary for *_, temporary in holding):
+        return _answer_by_fingerprint(fingerprint, row, holding, trained)
     temporary = _temporary_on(session, [sid for sid, _, _, temporary in holding if temporary])
-    return _record_answer(row, holding, (r[_TRAINED] for r in found if r[0] != 0), temporary)
+    return _record_answer(row, holding, trained, temporary)
 
 
-def _record_rows(found: list[tuple[Any, ...]], dataset_name: str, record_key: str) -> tuple[_Row, list[tuple[Any, ...]]]:
-    """The record and its dataset's snapshots (id, count, root, has temporary models) in ``_RECORD_QUERY``'s rows."""
+# (dataset name, fingerprint, the snapshots holding a record) -> the answer but for the record's
+# own fields: records held by the same snapshots share it (validating 150 refs was ~0.8 ms).
+_ANSWERS: ImmutableCache[RecordLineage] = ImmutableCache(size=1024)
+
+
+def _answer_by_fingerprint(fingerprint: tuple[str, str], row: _Row, holding: list[tuple[Any, ...]],
+                           trained: list[tuple[Any, ...]]) -> RecordLineage:
+    """``_record_answer`` for a record none of whose holding snapshots has temporary models,
+    from ``_ANSWERS``; the cached answer is copied, never changed."""
+    template = _ANSWERS.get((*fingerprint, tuple(sid for sid, *_ in holding)),
+                            lambda: _record_answer(row, holding, trained, []))
+    return template.model_copy(update={"record_id": row.id, "dataset": row.dataset, "record_key": row.record_key,
+                                       "state": row.state})
+
+
+def _fingerprinted(found: list[tuple[Any, ...]], dataset_name: str, record_key: str) -> tuple[_Row, tuple[str, str]]:
+    """The record and its ``_LINEAGE_PARTS`` key in ``_RECORD_AND_FINGERPRINT``'s row."""
+    if not found:
+        raise NotFound(f"no record '{record_key}' in a ready dataset named '{dataset_name}'")
+    return _Row(*found[0][:-1]), (dataset_name, found[0][-1])
+
+
+def _record_rows(found: list[tuple[Any, ...]], dataset_name: str, record_key: str) -> tuple[_Row, _Parts]:
+    """The record, its dataset's snapshots (id, count, root, has temporary models) and the rows of
+    versions and artifacts trained on them, in ``_RECORD_QUERY``'s rows."""
     if not found or found[0][0] != 0:
         raise NotFound(f"no record '{record_key}' in a ready dataset named '{dataset_name}'")
-    return _Row(*found[0][_RECORD]), [r[_SNAPSHOT] for r in found if r[0] == 0 and r[_SNAPSHOT.start] is not None]
+    return _Row(*found[0][_RECORD]), ([r[_SNAPSHOT] for r in found if r[0] == 0 and r[_SNAPSHOT.start] is not None],
+                                      [r[_TRAINED] for r in found if r[0] != 0])
 
 
 def _holding(row: _Row, snapshots: list[tuple[Any, ...]], bitmaps: dict[str, FrozenBitMap]) -> list[tuple[Any, ...]]:
@@ -403,17 +467,24 @@ async def read_record_lineage_async(dataset_name: str, record_key: str, session:
     query in a thread (in ``session``)."""
     if not reads_on_the_loop():
         return await to_thread.run_sync(read_record_lineage, dataset_name, record_key, session)
-    found = await fetch_all_async(_RECORD_QUERY, {"dataset": dataset_name, "key": record_key})
-    row, snapshots = _record_rows(found, dataset_name, record_key)
+    params = {"dataset": dataset_name, "key": record_key}
+    row, fingerprint = _fingerprinted(await fetch_all_async(_RECORD_AND_FINGERPRINT, params), dataset_name,
+                                      record_key)
+    parts = _LINEAGE_PARTS.cached([fingerprint]).get(fingerprint)
+    if parts is None:
+        parts = _record_rows(await fetch_all_async(_RECORD_QUERY, params), dataset_name, record_key)[1]
+        _LINEAGE_PARTS.get(fingerprint, lambda: parts)
+    snapshots, trained = parts
     ids = [sid for sid, *_ in snapshots]
     bitmaps = snapshot_bitmaps.cached(ids)
     if len(bitmaps) < len(ids):
         bitmaps = await to_thread.run_sync(read_once, lambda read: snapshot_bitmaps.get_many(read, ids))
     holding = _holding(row, snapshots, bitmaps)
-    temporary: list[TemporaryModelsRef] = []
-    if wanted := [sid for sid, _, _, has_temporary in holding if has_temporary]:
-        temporary = await to_thread.run_sync(read_once, lambda read: _temporary_on(read, wanted))
-    return _record_answer(row, holding, (r[_TRAINED] for r in found if r[0] != 0), temporary)
+    wanted = [sid for sid, _, _, has_temporary in holding if has_temporary]
+    if not wanted:
+        return _answer_by_fingerprint(fingerprint, row, holding, trained)
+    temporary = await to_thread.run_sync(read_once, lambda read: _temporary_on(read, wanted))
+    return _record_answer(row, holding, trained, temporary)
 
 
 def subject_lineage(session: Session, subject_hash: str, *, also: list[str] | None = None) -> SubjectLineage:
