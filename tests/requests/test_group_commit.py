@@ -96,7 +96,8 @@ def _send_while_held(api, held_group, first: tuple, others: list[tuple]) -> tupl
         return head.result(30), [f.result(30) for f in rest]
 
 
-def test_submissions_sent_meanwhile_are_written_together_each_answered_as_alone(api, make_client, held_group):
+def test_submissions_sent_meanwhile_are_written_together_each_answered_as_alone(backend, api, make_client,
+                                                                                 held_group):
     portal = make_client("portal")
     _cache(api, portal)
     keyed = {**portal.headers, "Idempotency-Key": "same-key"}
