@@ -120,7 +120,8 @@ PortalClient = Annotated[ApiClient, Depends(require_roles(*PORTAL_ROLES))]
 SUBMITTER_ROLES = (Role.PORTAL, Role.ML, Role.ADMIN)
 RequestSubmitter = Annotated[ApiClient, Depends(require_roles(*SUBMITTER_ROLES))]
 MLClient = Annotated[ApiClient, Depends(require_roles(Role.ML, Role.ADMIN))]
-ReaderClient = Annotated[ApiClient, Depends(require_roles(Role.ML, Role.AUDITOR, Role.ADMIN))]
+READER_ROLES = (Role.ML, Role.AUDITOR, Role.ADMIN)
+ReaderClient = Annotated[ApiClient, Depends(require_roles(*READER_ROLES))]
 AuditorClient = Annotated[ApiClient, Depends(require_roles(Role.AUDITOR, Role.ADMIN))]
 # Who may read deletion requests: portals and ml keys (their own: an ml key reads back the
 # selector removals it submitted), auditors and admins (all).

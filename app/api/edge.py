@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.api.direct import DirectAnswer
+from app.api.direct import DirectAnswer, DirectRead
 from app.core.inputs import BODY_METHODS, body_refusal, path_refusal, send_problem
 from app.core.logging import request_id_var
 from app.core.transient import REPLAYED_METHODS, answer_retrying, replaying
@@ -101,7 +101,19 @@ class EdgeMiddleware:
 
     @functools.cached_property
     def direct(self) -> dict[tuple[str, str], DirectAnswer]:
-        return self._direct_routes() if self._direct_routes is not None else {}
+        found = self._direct_routes() if self._direct_routes is not None else {}
+        return {key: answer for key, answer in found.items() if isinstance(answer, DirectAnswer)}
+
+    @functools.cached_property
+    def direct_reads(self) -> list[DirectRead]:
+        found = self._direct_routes() if self._direct_routes is not None else {}
+        return [answer for (method, _), answer in found.items() if method == "GET" and isinstance(answer, DirectRead)]
+
+    def _direct_read(self, path: str) -> tuple[DirectRead | None, dict[str, Any] | None]:
+        for read in self.direct_reads:
+            if (params := read.match(path)) is not None:
+                return read, params
+        return None, None
 
     async def _serve(self, scope: Scope, receive: Receive, send: Send, started: Callable[[], bool]) -> None:
         path, method = scope["path"], scope["method"]
@@ -133,6 +145,13 @@ class EdgeMiddleware:
 
         def attempt() -> Any:
             return self.app(scope, replaying(messages, receive), send)
+
+        read, params = self._direct_read(path) if method == "GET" else (None, None)
+        if read is not None:
+            declared_read = attempt
+
+            def attempt() -> Any:
+                return read(scope, params, send, declared_read)
 
         direct = self.direct.get((method, path)) if messages else None
         if direct is not None:

@@ -114,6 +114,5 @@ def test_record_query_follows_every_change_to_what_its_answer_is_read_from(env, 
     change("UPDATE registered_models SET name = 'renamed' WHERE name = 'm2'")
     assert [v.model for v in answer().model_versions][-1] == "renamed"
     change("UPDATE datasets SET status = 'failed' WHERE name = 'ds'")
-    with pytest.raises(NotFound):
-        with session_scope() as session:
-            lineage.record_lineage(session, "ds", "r00004")
+    with pytest.raises(NotFound), session_scope() as session:
+        lineage.record_lineage(session, "ds", "r00004")
