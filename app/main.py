@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import sys
 
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
@@ -49,6 +50,13 @@ def _tune_gc() -> None:
     if gc.get_threshold() != GC_THRESHOLDS:
         gc.freeze()
         gc.set_threshold(*GC_THRESHOLDS)
+    sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
+
+
+# How long a thread may hold the GIL while another waits for it (Python's default: 5 ms). The event
+# loop thread waits behind the worker threads that plan and write intake groups; at 5 ms a read
+# answered on the loop (the lineage record query) waited up to that long per hand-off under load.
+SWITCH_INTERVAL_SECONDS = 0.001
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
