@@ -145,7 +145,11 @@ def direct_route(
     ``serve``, or, given ``together``, with the calls of the same client that arrived meanwhile
     (group commit; ``serve`` then answers a caller whose client is not cached yet);
     ``headers``: header name (lower case) -> the max_length its declared parameter enforces."""
-    answer = DirectAnswer(body=body, roles=roles, serve=serve, together=together, headers=headers)
+    return _route_answered_by(DirectAnswer(body=body, roles=roles, serve=serve, together=together, headers=headers))
+
+
+def _route_answered_by(answer: DirectAnswer | DirectRead) -> type[APIRoute]:
+    """The route class carrying ``answer`` (found by ``direct_answers``), which learns its route when built."""
 
     class DirectRoute(APIRoute):
         direct = answer
@@ -202,16 +206,7 @@ class DirectRead:
 
 def direct_read(*, roles: tuple[Role, ...], read: Read) -> type[APIRoute]:
     """An ``APIRoute`` class (``route_class_override``) for a GET whose common case the edge answers with ``read``."""
-    answer = DirectRead(roles=roles, read=read)
-
-    class DirectReadRoute(APIRoute):
-        direct = answer
-
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            answer.route = self
-
-    return DirectReadRoute
+    return _route_answered_by(DirectRead(roles=roles, read=read))
 
 
 def direct_answers(routes: Iterable[Any]) -> dict[tuple[str, str], DirectAnswer | DirectRead]:

@@ -48,7 +48,7 @@ class EdgeMiddleware:
         self, app: ASGIApp, *, max_bytes: int, streamed: dict[str, int] | None = None,
         larger: dict[str, int] | None = None, on_response: Callable[[Scope, int, float], None] | None = None,
         after_response: AfterResponse | None = None, retries: int = 1,
-        direct: Callable[[], dict[tuple[str, str], DirectAnswer]] | None = None,
+        direct: Callable[[], dict[tuple[str, str], DirectAnswer | DirectRead]] | None = None,
     ) -> None:
         self.app = app
         # (method, path) -> the route's answer without the router (app/api/direct.py); read

@@ -25,6 +25,7 @@ Call = TypeVar("Call")
 class _Queue(Generic[Call]):
     waiting: list[tuple[Call, asyncio.Future[Any], contextvars.Context]] = field(default_factory=list)
     running: bool = False
+    drain: asyncio.Task[None] | None = None  # held here: the loop keeps only a weak reference to a task
 
 
 class GroupCommit(Generic[Call]):
@@ -42,7 +43,7 @@ class GroupCommit(Generic[Call]):
         queue.waiting.append((call, answer, contextvars.copy_context()))
         if not queue.running:
             queue.running = True
-            loop.create_task(self._drain(loop, key, queue))
+            queue.drain = loop.create_task(self._drain(loop, key, queue))
         return await answer
 
     async def _drain(self, loop: asyncio.AbstractEventLoop, key: Hashable, queue: _Queue[Call]) -> None:
