@@ -19,9 +19,10 @@ A service error is answered with the same problem document the app's handler wri
 A route given ``together`` (single intake) commits in groups: a cached client's calls that
 arrive while an earlier group of its is being written go together in the next one, one
 worker-thread hop and one transaction for all (app/core/coalesce.py), each still answered only
-once it is committed. Under 32 clients that took single intake from 0.58x to 2.35x a bare
-one-row insert endpoint's throughput (benchmarks/results/intake.md): the hop, the session,
-the round trips, the commit and the sealing that each request paid alone were most of its cost.
+once it is committed. Under 32 clients that took single intake from 0.47x to 1.9x a bare
+one-row insert endpoint's throughput (medians, benchmarks/results/intake.md): the hop, the
+session, the round trips, the commit and the sealing that each request paid alone were most of
+its cost.
 """
 
 from __future__ import annotations
