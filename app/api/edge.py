@@ -100,14 +100,17 @@ class EdgeMiddleware:
                 await self.after_response.end(pending)
 
     @functools.cached_property
+    def _found(self) -> dict[tuple[str, str], DirectAnswer | DirectRead]:
+        return self._direct_routes() if self._direct_routes is not None else {}
+
+    @functools.cached_property
     def direct(self) -> dict[tuple[str, str], DirectAnswer]:
-        found = self._direct_routes() if self._direct_routes is not None else {}
-        return {key: answer for key, answer in found.items() if isinstance(answer, DirectAnswer)}
+        return {key: answer for key, answer in self._found.items() if isinstance(answer, DirectAnswer)}
 
     @functools.cached_property
     def direct_reads(self) -> list[DirectRead]:
-        found = self._direct_routes() if self._direct_routes is not None else {}
-        return [answer for (method, _), answer in found.items() if method == "GET" and isinstance(answer, DirectRead)]
+        return [answer for (method, _), answer in self._found.items()
+                if method == "GET" and isinstance(answer, DirectRead)]
 
     def _direct_read(self, path: str) -> tuple[DirectRead | None, dict[str, Any] | None]:
         for read in self.direct_reads:

@@ -154,8 +154,7 @@ def submit(
     Optimistic about replays: nearly every submission is new, so no earlier request is read
     first; the write's ON CONFLICT finds a repeat, and only then is the earlier request read
     (a replay, or a 409). The request costs three statements and one commit."""
-    (outcome,) = _submit_all(session, client, [Intake(submission, idempotency_key, provenance)], optimistic=True,
-                             entities=True)
+    (outcome,) = submit_together(session, client=client, intakes=[Intake(submission, idempotency_key, provenance)])
     if isinstance(outcome, UnlearndError):
         raise outcome
     return outcome
