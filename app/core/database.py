@@ -206,12 +206,19 @@ def reads_on_the_loop() -> bool:
 
 
 class _LoopConnections:
-    """``fetch_all_async``'s connections on one event loop to one database: the idle ones, and a
-    count of those in use (bounded as the read engine's pool is)."""
+    """``fetch_all_async``'s connections on one event loop to one database: the idle ones, a count
+    of those in use (bounded as the read engine's pool is) and of the reads waiting for a slot."""
 
     def __init__(self) -> None:
         self.idle: list[Any] = []
         self.slots = asyncio.Semaphore(READ_POOL_SIZE + READ_POOL_OVERFLOW)
+        self.waiting = 0
+
+    def keeps(self) -> bool:
+        """Whether a connection given back stays open: up to the pool size, and beyond it while
+        reads wait for a slot. Each of those takes an idle one, where closing it would have made
+        the read open another."""
+        return len(self.idle) < max(READ_POOL_SIZE, self.waiting)
 
 
 # Per event loop (a connection's waits belong to the loop that made it) and database URL (tests
@@ -232,14 +239,22 @@ async def fetch_all_async(statement: Executable, params: dict[str, Any]) -> list
     sql, fixed = _compiled(statement, engine.dialect)
     url = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
     connections = _async_connections.setdefault(asyncio.get_running_loop(), {}).setdefault(url, _LoopConnections())
-    async with connections.slots:
-        return await _fetch_all_async(engine, connections.idle, url, sql, {**fixed, **params})
+    connections.waiting += 1
+    try:
+        await connections.slots.acquire()
+    finally:
+        connections.waiting -= 1
+    try:
+        return await _fetch_all_async(engine, connections, url, sql, {**fixed, **params})
+    finally:
+        connections.slots.release()
 
 
-async def _fetch_all_async(engine: Engine, idle: list[Any], url: str, sql: str,
+async def _fetch_all_async(engine: Engine, connections: _LoopConnections, url: str, sql: str,
                            params: dict[str, Any]) -> list[tuple[Any, ...]]:
     import psycopg
 
+    idle = connections.idle
     for attempt in (1, 2):
         connection = idle.pop() if idle else await psycopg.AsyncConnection.connect(url, autocommit=True)
         try:
@@ -257,7 +272,7 @@ async def _fetch_all_async(engine: Engine, idle: list[Any], url: str, sql: str,
         except BaseException:  # cancelled mid-statement: the connection's state is unknown
             await connection.close()
             raise
-        if len(idle) < READ_POOL_SIZE:
+        if connections.keeps():
             idle.append(connection)
         else:
             await connection.close()
