@@ -12,6 +12,7 @@ from app.registry.models import (
     DataRecord,
     Dataset,
     DatasetSnapshot,
+    LineageChange,
     ModelArtifact,
     ModelVersion,
     RegisteredModel,
@@ -22,6 +23,7 @@ from app.webhooks.models import WebhookAttempt, WebhookCursor, WebhookDelivery, 
 
 __all__ = [
     "ApiClient", "AuditEvent", "Base", "Certificate", "DashboardSession", "DataRecord", "Dataset", "DatasetSnapshot", "DrpAgent", "DrpCallback",
+    "LineageChange",
     "DeletionRequest", "JobRequest", "ModelArtifact", "ModelVersion", "OutboxMessage", "PendingAuditEvent",
     "RegisteredModel", "RequestModelVersion", "RequestRecord", "RequestTransition", "SigningKey", "TemporaryModelSet", "TreeHead",
     "UnlearningJob", "WebhookAttempt", "WebhookCursor", "WebhookDelivery", "WebhookEndpoint",

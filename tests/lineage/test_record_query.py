@@ -113,6 +113,16 @@ def test_record_query_follows_every_change_to_what_its_answer_is_read_from(env, 
     assert len(after.snapshots) == 3 and after.still_contained
     change("UPDATE registered_models SET name = 'renamed' WHERE name = 'm2'")
     assert [v.model for v in answer().model_versions][-1] == "renamed"
+    assert answer().temporary_models == []
+    change("INSERT INTO temporary_model_sets (id, model_id, snapshot_id, purpose, reference_id, storage, created_at)"
+           " SELECT 'tms-1', v.model_id, v.snapshot_id, 'qualification', 'study-1', 'memory', CURRENT_TIMESTAMP"
+           " FROM model_versions v JOIN registered_models m ON m.id = v.model_id WHERE m.name = 'renamed'")
+    assert [t.purpose for t in answer().temporary_models] == ["qualification"]
+    change("DELETE FROM temporary_model_sets")
+    assert answer().temporary_models == []
+    change("DELETE FROM model_artifacts WHERE version_id IN (SELECT v.id FROM model_versions v"
+           " JOIN registered_models m ON m.id = v.model_id WHERE m.name = 'renamed')")
+    assert len(answer().artifacts) == 2
     change("UPDATE datasets SET status = 'failed' WHERE name = 'ds'")
     with pytest.raises(NotFound), session_scope() as session:
         lineage.record_lineage(session, "ds", "r00004")
