@@ -126,3 +126,49 @@ def test_record_query_follows_every_change_to_what_its_answer_is_read_from(env, 
     change("UPDATE datasets SET status = 'failed' WHERE name = 'ds'")
     with pytest.raises(NotFound), session_scope() as session:
         lineage.record_lineage(session, "ds", "r00004")
+
+
+def test_folding_the_change_log_keeps_fingerprints_new_and_answers_fresh(env):
+    """PostgreSQL: each write to a dataset's lineage adds an entry to ``lineage_changes``; the
+    lineage sweep folds a dataset's entries past a bound into one. A fold gives a fingerprint no
+    earlier state had, and answers after it still follow every change."""
+    from sqlalchemy import text
+
+    from app.core.database import session_scope
+    from app.lineage import service as lineage
+    from tests.registry.factory import ingested, model_with_versions, rows
+    from workers.tasks.jobs import lineage_sweep
+
+    ingested("ds", rows(12))
+    model_with_versions("ds", "m", [[], ["r00003"]])
+
+    def fingerprint() -> str:
+        with session_scope() as session:
+            return session.execute(lineage._RECORD_AND_FINGERPRINT, {"dataset": "ds", "key": "r00004"}).one()[-1]
+
+    def entries() -> int:
+        with session_scope() as session:
+            return session.execute(text("SELECT count(*) FROM lineage_changes c JOIN datasets d ON d.id = c.dataset_id"
+                                        " WHERE d.name = 'ds'")).scalar_one()
+
+    seen = {fingerprint()}
+    for _ in range(3):
+        with session_scope() as session:
+            session.execute(text("UPDATE model_artifacts SET state = state"))
+        seen.add(fingerprint())
+    assert len(seen) == 4 and entries() >= 4  # every write, even one changing no value, is seen
+    with session_scope() as session:
+        assert lineage.compact_changes(session, most=entries() + 1) == 0  # under the bound: untouched
+        assert lineage.compact_changes(session, most=2) >= 3
+    assert entries() == 1 and fingerprint() not in seen
+
+    with session_scope() as session:
+        lineage.record_lineage(session, "ds", "r00004")  # cached under the folded fingerprint
+        session.execute(text("UPDATE model_versions SET state = 'purged' WHERE number = 1"))
+    with session_scope() as session:
+        assert [v.state for v in lineage.record_lineage(session, "ds", "r00004").model_versions][0] == "purged"
+    for _ in range(lineage.MOST_CHANGES_KEPT + 1):
+        with session_scope() as session:
+            session.execute(text("UPDATE model_artifacts SET state = state"))
+    lineage_sweep()  # the beat task's body folds them too
+    assert entries() == 1

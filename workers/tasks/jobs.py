@@ -11,6 +11,7 @@ import os
 from app.core.database import session_scope
 from app.core.queue import TaskName, get_celery
 from app.jobs import invariant, qualification, service
+from app.lineage import service as lineage
 
 celery = get_celery()
 
@@ -36,9 +37,13 @@ def schedule_batches() -> int:
 @celery.task(name=TaskName.LINEAGE_SWEEP, ignore_result=True)
 def lineage_sweep() -> int:
     """Check the lineage invariant over every live version; cover and report what it finds.
-    Returns how many violations it found (each is also an admin audit event)."""
+    Returns how many violations it found (each is also an admin audit event). Then fold the
+    lineage change log (its own transaction: a failure there leaves the sweep's work done)."""
     with session_scope() as session:
-        return len(invariant.sweep(session))
+        found = len(invariant.sweep(session))
+    with session_scope() as session:
+        lineage.compact_changes(session)
+    return found
 
 
 @celery.task(name=TaskName.QUALIFY_METHOD, acks_late=True, ignore_result=True)
