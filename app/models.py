@@ -8,11 +8,11 @@ from app.core.outbox import OutboxMessage
 from app.dashboard.models import DashboardSession
 from app.drp.models import DrpAgent, DrpCallback
 from app.jobs.models import JobRequest, UnlearningJob
+from app.lineage.models import LineageChange
 from app.registry.models import (
     DataRecord,
     Dataset,
     DatasetSnapshot,
-    LineageChange,
     ModelArtifact,
     ModelVersion,
     RegisteredModel,
@@ -23,8 +23,7 @@ from app.webhooks.models import WebhookAttempt, WebhookCursor, WebhookDelivery, 
 
 __all__ = [
     "ApiClient", "AuditEvent", "Base", "Certificate", "DashboardSession", "DataRecord", "Dataset", "DatasetSnapshot", "DrpAgent", "DrpCallback",
-    "LineageChange",
-    "DeletionRequest", "JobRequest", "ModelArtifact", "ModelVersion", "OutboxMessage", "PendingAuditEvent",
+    "DeletionRequest", "JobRequest", "LineageChange", "ModelArtifact", "ModelVersion", "OutboxMessage", "PendingAuditEvent",
     "RegisteredModel", "RequestModelVersion", "RequestRecord", "RequestTransition", "SigningKey", "TemporaryModelSet", "TreeHead",
     "UnlearningJob", "WebhookAttempt", "WebhookCursor", "WebhookDelivery", "WebhookEndpoint",
 ]

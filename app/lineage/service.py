@@ -338,12 +338,13 @@ _TRAINED = slice(_RECORD.stop + len(_SNAPSHOT_COLUMNS), None)
 # PostgreSQL: the record, and a fingerprint of every row its dataset's part of the answer is read
 # from (the dataset, its snapshots and their temporary model sets, the versions and artifacts
 # trained on them, every registered model): the dataset row's version (xmin and ctid change with
-# every update) and the count and sum of its entries in ``lineage_changes``, the append-only log
-# that triggers on the other tables write in the writer's own transaction (migration 0041). Any
-# committed write to those rows adds an entry, so two reads with the same fingerprint read the
-# same rows (``compact_changes`` keeps that true: see there); what ``_RECORD_QUERY`` returned for that fingerprint is kept (``_LINEAGE_PARTS``) and
-# later queries of the dataset's records cost one short round trip, an index-only read of the log
-# where hashing the ~150 lineage rows of a dataset at 50 snapshots took 0.87 ms.
+# every update) and the count, sum and maximum of its entries in ``lineage_changes``
+# (app/lineage/models.py), which triggers on the other tables write in the writer's own
+# transaction. Any committed write to those rows adds an entry, so two reads with the same
+# fingerprint read the same rows (``compact_changes`` keeps that true: see there). What
+# ``_RECORD_QUERY`` returned for a fingerprint is kept (``_LINEAGE_PARTS``), and later queries of
+# the dataset's records cost one short round trip, an index-only read of the log where hashing
+# the ~150 lineage rows of a dataset at 50 snapshots took 0.87 ms.
 _RECORD_AND_FINGERPRINT = text("""
 SELECT r.id, r.dataset_id, d.name, r.record_key, r.row_index, r.state,
   d.xmin::text || d.ctid::text || ':' || (

@@ -4,7 +4,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import BigInteger, ForeignKey, Identity, Index, Integer, LargeBinary, String, UniqueConstraint, text
+from sqlalchemy import BigInteger, ForeignKey, Index, Integer, LargeBinary, String, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.core.database import Base, new_id, utcnow
@@ -249,17 +249,3 @@ class TemporaryModelSet(Base):
     models: Mapped[dict[str, Any] | None] = mapped_column(default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     destroyed_at: Mapped[datetime | None] = mapped_column(default=None, index=True)
-
-
-class LineageChange(Base):
-    """One write's mark on a dataset's lineage: a statement that wrote its snapshots, temporary
-    model sets, versions or artifacts (or any registered model) added one, in its own
-    transaction, through PostgreSQL triggers (migration 0041). Only ever inserted, so a dataset's
-    count and sum of ``seq`` change with every committed write: the record query's cache key.
-    Never written on SQLite, whose record query reads everything each time."""
-
-    __tablename__ = "lineage_changes"
-    __table_args__ = (Index("ix_lineage_changes_dataset", "dataset_id", "seq"),)
-
-    seq: Mapped[int] = mapped_column(BigId, Identity(always=True), primary_key=True)
-    dataset_id: Mapped[str] = mapped_column(String(36))

@@ -2,15 +2,16 @@
 
 The record query keeps its dataset's part of the answer per fingerprint of the rows that part is
 read from. Hashing those rows (~150 at 50 snapshots) on every query cost 0.87 ms of PostgreSQL
-time; with this log the fingerprint is the dataset row's version and the count and sum of its
-entries here, an index-only read.
+time; with this log the fingerprint is the dataset row's version and the count, sum and maximum
+of its entries here, an index-only read.
 
 Each statement that writes snapshots, temporary model sets, model versions or artifacts adds
 one row per dataset whose lineage it touched, in its own transaction, so the entry becomes
 visible exactly when the change does. A change to registered models, or a TRUNCATE of any of
-these tables, adds one row for every dataset. Only inserts: no row is ever updated or deleted,
-and a sequence gives each a distinct number, so a dataset's (count, sum) changes with every
-committed write, whatever order writers commit in. Statement-level triggers with transition
+these tables, adds one row for every dataset. Only inserts (but for the lineage sweep's fold,
+``app.lineage.service.compact_changes``), and a sequence gives each a distinct number, so a
+dataset's (count, sum, maximum) changes with every committed write, whatever order writers
+commit in. Statement-level triggers with transition
 tables: one insert per statement, and no row that concurrent writers would queue on (a counter
 row updated per write would serialise ingestion, training registration and purges).
 
