@@ -81,12 +81,8 @@ class DirectAnswer:
 
     async def __call__(self, scope: Scope, body: bytes, send: Send, declared: Declared) -> None:
         """Answer the request whose whole body is ``body``, or run ``declared`` (the app's router)."""
-        authorization = content_type = None
-        for name, value in scope["headers"]:
-            if name == b"authorization" and authorization is None:
-                authorization = value.decode("latin-1")
-            elif name == b"content-type" and content_type is None:
-                content_type = value.decode("latin-1")
+        found = _first_headers(scope, (b"authorization", b"content-type"))
+        authorization, content_type = found.get(b"authorization"), found.get(b"content-type")
         caller = _caller(authorization, self.allowed)
         model = _model(body, content_type, self.body) if caller is not None else None
         request = Request(scope)
@@ -183,12 +179,7 @@ class DirectRead:
         return {name: self.route.param_convertors[name].convert(value) for name, value in found.groupdict().items()}
 
     async def __call__(self, scope: Scope, params: dict[str, Any], send: Send, declared: Declared) -> None:
-        authorization = None
-        for name, value in scope["headers"]:
-            if name == b"authorization":
-                authorization = value.decode("latin-1")
-                break
-        caller = _caller(authorization, self.allowed)
+        caller = _caller(_first_headers(scope, (b"authorization",)).get(b"authorization"), self.allowed)
         if not isinstance(caller, ApiClient):
             await declared()
             return
@@ -217,6 +208,16 @@ def direct_answers(routes: Iterable[Any]) -> dict[tuple[str, str], DirectAnswer 
     return {(method, route.path): route.direct
             for route in routes if isinstance(getattr(route, "direct", None), DirectAnswer | DirectRead)
             for method in route.methods}
+
+
+def _first_headers(scope: Scope, names: tuple[bytes, ...]) -> dict[bytes, str]:
+    """The first value of each of the named headers the request has (lower-case names), read
+    straight off the ASGI scope: a ``Request``'s header mapping is built for the whole list."""
+    found: dict[bytes, str] = {}
+    for name, value in scope["headers"]:
+        if name in names and name not in found:
+            found[name] = value.decode("latin-1")
+    return found
 
 
 def _caller(authorization: str | None, allowed: frozenset[Role]) -> ApiClient | str | None:
