@@ -2,7 +2,8 @@
 
 In order: a request id (taken from ``X-Request-ID`` when printable and at most 64 characters,
 else new) for logs, problems and the response header; the body size limit (413); the body
-read once and kept, so a retry can replay it; the input guard (NUL in path or query, a
+read once and kept, so a retry can replay it (an artifact upload's is not: it streams to its
+route as it arrives, under the same limit, and is not retried); the input guard (NUL in path or query, a
 non-JSON body, JSON that is not JSON: 415 / 422, see ``app.core.inputs``); the route, run
 again once after a deadlock or serialization failure, a 503 with ``Retry-After`` when the
 database is unavailable (``app.core.transient``); then the request's log line and metrics
@@ -55,8 +56,8 @@ class EdgeMiddleware:
         # from the app's routes once, at the first request, when every router is included.
         self._direct_routes = direct
         self.max_bytes = max_bytes
-        # path -> limit for endpoints that stream their body to disk (artifact uploads) and
-        # enforce that limit themselves while streaming: no limit or guard here.
+        # path -> limit for endpoints that stream their body to disk (artifact uploads): the
+        # body passes through unbuffered and unguarded, counted against the limit as it goes.
         self.streamed = dict(streamed or {})
         # path -> a larger limit enforced here (bulk intake's many requests in one body).
         self.larger = dict(larger or {})
@@ -121,18 +122,22 @@ class EdgeMiddleware:
     async def _serve(self, scope: Scope, receive: Receive, send: Send, started: Callable[[], bool]) -> None:
         path, method = scope["path"], scope["method"]
         streamed = path in self.streamed
-        limit = None if streamed else self.larger.get(path, self.max_bytes)
-        if limit is not None and _declared_length(scope) > limit:
+        limit = self.streamed[path] if streamed else self.larger.get(path, self.max_bytes)
+        if _declared_length(scope) > limit:
             await _too_large(scope, send, limit)
             return
         messages: list[Message] = []
-        if method in REPLAYED_METHODS:
+        # A streamed body goes to its route as it arrives: buffered here, a multi-GB upload would
+        # sit in memory whole, read before the route could refuse the caller. It cannot be
+        # replayed, so it is not retried (a transient failure is a 503; the upload is idempotent).
+        retries = 0 if streamed else self.retries
+        if method in REPLAYED_METHODS and not streamed:
             try:
                 messages = await _read_all(receive, limit)
             except BodyTooLarge:
-                await _too_large(scope, send, limit or 0)
+                await _too_large(scope, send, limit)
                 return
-        elif limit is not None:
+        else:
             receive = _counting(receive, limit)
         if not streamed:
             refusal = path_refusal(scope)
@@ -164,10 +169,10 @@ class EdgeMiddleware:
                 return direct(scope, body, send, declared)
 
         try:
-            await answer_retrying(attempt, scope, send, started, self.retries)
+            await answer_retrying(attempt, scope, send, started, retries)
         except BodyTooLarge:  # a body the route read itself (not buffered here) ran over
             if not started():
-                await _too_large(scope, send, limit or 0)
+                await _too_large(scope, send, limit)
 
 
 def _declared_length(scope: Scope) -> int:
