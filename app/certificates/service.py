@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import exists, func, select
+from sqlalchemy import exists, select
 from sqlalchemy.orm import Session
 
 from app import __version__
@@ -89,7 +89,7 @@ def issue_certificates(session: Session, request_ids: Sequence[str], *, actor: s
     existing = {c.request_id: c for c in session.scalars(select(Certificate).where(Certificate.request_id.in_(wanted)))}
     missing = [rid for rid in wanted if rid not in existing]
     if missing:
-        found = {r.id: r for r in session.scalars(select(DeletionRequest).where(DeletionRequest.id.in_(missing)))}
+        found = requests.requests_by_id(session, missing)
         for request_id in missing:
             request = found.get(request_id)
             if request is None:
@@ -123,7 +123,7 @@ def _issue(session: Session, requests_: list[DeletionRequest], actor: str) -> di
     head = sign_tree_head(session)
     published = published_head(head)
     proofs = inclusion_proofs(session, [event.seq for event in events], head.tree_size)
-    issued = {}
+    issued, now = {}, utcnow()
     for request, document, event, proof in zip(requests_, documents, events, proofs, strict=True):
         document["anchor"] = {
             "event": published_event(event),
@@ -133,10 +133,11 @@ def _issue(session: Session, requests_: list[DeletionRequest], actor: str) -> di
         }
         issued[request.id] = Certificate(
             id=certificate_ids[request.id], request_id=request.id, document=document,
-            signature=signer.sign(canonical_json(document)), key_id=signer.key_id, issued_at=utcnow(),
+            signature=signer.sign(canonical_json(document)), key_id=signer.key_id, issued_at=now,
         )
     session.add_all(issued.values())
     session.flush()
+    requests.mark_certified(session, list(issued), now)
     return issued
 
 
@@ -163,7 +164,9 @@ def waits_for_erasure(session: Session, request_id: str) -> bool:
 
 
 def requests_missing_certificates(session: Session, *, limit: int = 100) -> list[str]:
-    return requests.completed_excluding(session, select(Certificate.request_id), limit=limit)
+    """Completed requests still without a certificate and not waiting for an erasure, oldest
+    completion first: what the sweep issues."""
+    return requests.uncertified(session, limit=limit)
 
 
 # Certificates issued in one transaction at most: the chain lock is held while their evidence
@@ -217,20 +220,9 @@ TAKE_ALONG_SECONDS = 5.0
 
 def awaiting_certificates(session: Session, request_ids: Sequence[str], *, limit: int) -> list[str]:
     """Completed requests without a certificate that completed no earlier than the first of
-    ``request_ids`` did and at most ``TAKE_ALONG_SECONDS`` after, oldest completion first
-    (ix_deletion_requests_completed_at)."""
-    since = session.scalar(select(func.min(DeletionRequest.completed_at))
-                           .where(DeletionRequest.id.in_(list(request_ids))))
-    if since is None:
-        return []
-    return list(session.scalars(
-        select(DeletionRequest.id)
-        .where(DeletionRequest.status == RequestStatus.COMPLETED, DeletionRequest.completed_at >= since,
-               DeletionRequest.completed_at <= since + timedelta(seconds=TAKE_ALONG_SECONDS),
-               ~exists().where(Certificate.request_id == DeletionRequest.id))
-        .order_by(DeletionRequest.completed_at, DeletionRequest.id)
-        .limit(limit)
-    ))
+    ``request_ids`` did and at most ``TAKE_ALONG_SECONDS`` after, oldest completion first."""
+    return requests.uncertified_completed_after(session, request_ids, within=timedelta(seconds=TAKE_ALONG_SECONDS),
+                                                limit=limit)
 
 
 def order_batch(session: Session, request_ids: Sequence[str], *, along: bool = True,

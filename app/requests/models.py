@@ -56,6 +56,9 @@ def weakest(guarantees: list[str | None]) -> str | None:
     return max(known, key=order.index).value if known else None
 
 
+UNCERTIFIED = "status = 'completed' AND certified_at IS NULL"
+
+
 class DeletionRequest(Base):
     __tablename__ = "deletion_requests"
     __table_args__ = (
@@ -64,10 +67,12 @@ class DeletionRequest(Base):
         Index("ix_deletion_requests_status_due_at", "status", "due_at"),
         # Keyset pagination walks (received_at, id) newest first, per portal or overall.
         Index("ix_deletion_requests_client_id_received_at", "client_id", "received_at", "id"),
-        # The certificate order takes along the completions that follow its own, in order
-        # (certificates.service.awaiting_certificates); without it that is a scan of every request.
-        Index("ix_deletion_requests_completed_at", "completed_at", "id",
-              postgresql_where=text("status = 'completed'"), sqlite_where=text("status = 'completed'")),
+        # The completed requests still waiting for their certificate, in completion order: the
+        # sweep (``uncertified``) and the orders' take-along (``uncertified_completed_after``)
+        # read only these, however many were ever certified. It replaces 0040's index over
+        # every completed request.
+        Index("ix_deletion_requests_uncertified", "completed_at", "id",
+              postgresql_where=text(UNCERTIFIED), sqlite_where=text(UNCERTIFIED)),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
@@ -99,6 +104,8 @@ class DeletionRequest(Base):
     # resolved lineage: records and model versions affected, filled at resolution.
     affected: Mapped[dict[str, Any]] = mapped_column(default=dict)
     completed_at: Mapped[datetime | None] = mapped_column(default=None)
+    # When its certificate was issued (stamped by issuance, in the certificate's transaction).
+    certified_at: Mapped[datetime | None] = mapped_column(default=None)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
 

@@ -15,7 +15,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import Select, or_, select
+from sqlalchemy import Select, func, or_, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from app.audit import service as audit
@@ -334,6 +334,7 @@ def _new_request(client: ApiClient, p: _Prepared) -> _NewRequest:
         extended_at=None,
         extension_reason=None,
         completed_at=None,
+        certified_at=None,
         updated_at=p.received_at,
         provenance=_provenance_document(client, p.provenance, submission),
         affected={},
@@ -1139,13 +1140,73 @@ def version_ids_of_each(session: Session, request_ids: Sequence[str]) -> dict[st
     return found
 
 
-def completed_excluding(session: Session, excluding: Select[Any], *, limit: int) -> list[str]:
-    """Completed requests that ``excluding`` (a select of request ids) leaves out, oldest
-    completion first."""
+def requests_by_id(session: Session, request_ids: Sequence[str]) -> dict[str, DeletionRequest]:
+    """The requests with these ids (those that exist), by id."""
+    ids = list(dict.fromkeys(request_ids))
+    found: dict[str, DeletionRequest] = {}
+    for start in range(0, len(ids), 1000):
+        found.update((r.id, r) for r in session.scalars(
+            select(DeletionRequest).where(DeletionRequest.id.in_(ids[start : start + 1000]))))
+    return found
+
+
+def mark_certified(session: Session, request_ids: Sequence[str], at: datetime) -> None:
+    """Stamp the requests' certificates as issued at ``at``, in the certificates' transaction, so
+    those still waiting for one are read off ``ix_deletion_requests_uncertified``. Not a change
+    of the request itself: ``updated_at`` stays."""
+    ids = list(dict.fromkeys(request_ids))
+    for start in range(0, len(ids), 1000):
+        session.execute(
+            update(DeletionRequest)
+            .where(DeletionRequest.id.in_(ids[start : start + 1000]), DeletionRequest.certified_at.is_(None))
+            .values(certified_at=at, updated_at=DeletionRequest.updated_at)
+        )
+
+
+# Rows of the uncertified index read per statement by ``uncertified``.
+_UNCERTIFIED_PAGE = 500
+
+
+def _uncertified() -> Select[Any]:
+    # Both conditions as the partial index states them, so the planner reads that index.
+    return select(DeletionRequest.id, DeletionRequest.completed_at).where(
+        DeletionRequest.status == S.COMPLETED, DeletionRequest.certified_at.is_(None))
+
+
+def uncertified(session: Session, *, limit: int) -> list[str]:
+    """Completed requests still without a certificate and not waiting for an erasure
+    (``awaiting_erasure``), oldest completion first, at most ``limit``. Read page by page off
+    the uncertified index: many requests held back by erasures do not hide those after them,
+    and certified requests, however many, are never read."""
+    found: list[str] = []
+    after: tuple[datetime, str] | None = None
+    while len(found) < limit:
+        query = _uncertified()
+        if after is not None:
+            query = query.where(tuple_(DeletionRequest.completed_at, DeletionRequest.id) > tuple_(*after))
+        page = session.execute(query.order_by(DeletionRequest.completed_at, DeletionRequest.id)
+                               .limit(_UNCERTIFIED_PAGE)).all()
+        waiting = awaiting_erasure(session, [row.id for row in page])
+        found += [row.id for row in page if row.id not in waiting]
+        if len(page) < _UNCERTIFIED_PAGE:
+            break
+        after = (page[-1].completed_at, page[-1].id)
+    return found[:limit]
+
+
+def uncertified_completed_after(session: Session, request_ids: Sequence[str], *, within: timedelta,
+                                limit: int) -> list[str]:
+    """Completed requests without a certificate that completed no earlier than the first of
+    ``request_ids`` did and at most ``within`` after it, oldest completion first (read off the
+    uncertified index: a bound on both sides keeps the read to that span whatever the table's
+    statistics say)."""
+    since = session.scalar(select(func.min(DeletionRequest.completed_at))
+                           .where(DeletionRequest.id.in_(list(request_ids))))
+    if since is None:
+        return []
     return list(session.scalars(
-        select(DeletionRequest.id)
-        .where(DeletionRequest.status == S.COMPLETED, DeletionRequest.id.not_in(excluding))
-        .order_by(DeletionRequest.completed_at).limit(limit)
+        _uncertified().where(DeletionRequest.completed_at >= since, DeletionRequest.completed_at <= since + within)
+        .order_by(DeletionRequest.completed_at, DeletionRequest.id).limit(limit)
     ))
 
 

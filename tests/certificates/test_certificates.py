@@ -484,3 +484,41 @@ def test_a_request_taken_along_that_cannot_be_certified_does_not_hold_back_the_o
         assert session.scalar(events) == 1
     with pytest.raises(KeyError):
         issue(damaged)
+
+
+def test_the_sweep_reads_only_the_requests_still_waiting_for_a_certificate(env, completed_request, backend, monkeypatch):
+    """The sweep walks the uncertified requests oldest first, page by page: certified ones are
+    never read (issuance stamps ``certified_at``, leaving ``updated_at`` alone), and requests
+    held back by an erasure, more than a page of them, do not hide those after them."""
+    from sqlalchemy import select, update
+
+    from app.certificates.models import Certificate
+    from app.certificates.service import issue_certificates, requests_missing_certificates
+    from app.registry.models import DataRecord
+    from app.requests import service as requests_service
+    from app.requests.models import DeletionRequest, RequestRecord
+    from workers.tasks.certificates import issue_missing
+
+    monkeypatch.setattr(requests_service, "_UNCERTIFIED_PAGE", 2)
+    waiting = [completed_request() for _ in range(3)]
+    with session_scope() as session:  # their forgotten rows are still in the dataset file
+        session.execute(update(DataRecord).where(DataRecord.id.in_(
+            select(RequestRecord.record_id).where(RequestRecord.request_id.in_(waiting)))).values(state="forgotten"))
+    ready = [completed_request(found=False) for _ in range(5)]
+    with session_scope() as session:
+        assert requests_missing_certificates(session, limit=10) == ready
+        before = dict(session.execute(select(DeletionRequest.id, DeletionRequest.updated_at)).tuples().all())
+        issue_certificates(session, [ready[1], ready[3]])
+    with session_scope() as session:
+        assert requests_missing_certificates(session, limit=10) == [ready[0], ready[2], ready[4]]
+        assert requests_missing_certificates(session, limit=2) == [ready[0], ready[2]]
+        stamped = dict(session.execute(select(DeletionRequest.id, DeletionRequest.certified_at)
+                                       .where(DeletionRequest.certified_at.is_not(None))).tuples().all())
+        issued = dict(session.execute(select(Certificate.request_id, Certificate.issued_at)).tuples().all())
+        assert stamped == issued and set(stamped) == {ready[1], ready[3]}
+        assert dict(session.execute(select(DeletionRequest.id, DeletionRequest.updated_at)).tuples().all()) == before
+    assert issue_missing(limit=2) == 2
+    assert issue_missing(limit=100) == 1
+    with session_scope() as session:
+        assert requests_missing_certificates(session, limit=10) == []
+        assert set(session.scalars(select(DeletionRequest.id).where(DeletionRequest.certified_at.is_(None)))) == set(waiting)

@@ -11,7 +11,6 @@ from app.certificates.service import (
     certificate_ids_of,
     issue_certificates,
     order_batch,
-    ready_to_issue,
     requests_missing_certificates,
 )
 from app.core.database import session_scope
@@ -59,7 +58,7 @@ def _issue_chunk(chunk: list[str], *, along: bool) -> dict[str, str]:
 @celery.task(name=TaskName.ISSUE_MISSING_CERTIFICATES, ignore_result=True)
 def issue_missing(limit: int = 100) -> int:
     with session_scope() as session:
-        pending = ready_to_issue(session, requests_missing_certificates(session, limit=limit))
+        pending = requests_missing_certificates(session, limit=limit)
     for start in range(0, len(pending), ISSUE_BATCH):
         with session_scope() as session:
             issue_certificates(session, pending[start : start + ISSUE_BATCH])
