@@ -19,6 +19,7 @@ from sqlalchemy import (
     Engine,
     LargeBinary,
     MetaData,
+    Select,
     String,
     Table,
     TextClause,
@@ -26,6 +27,7 @@ from sqlalchemy import (
     bindparam,
     create_engine,
     event,
+    exists,
     insert,
     text,
 )
@@ -311,6 +313,16 @@ def one_of(session: Session, column: Any, values: Sequence[Any]) -> ColumnElemen
     if session.get_bind().dialect.name == "postgresql":
         return column == any_(bindparam(None, list(values), type_=ARRAY(column.type)))
     return column.in_(list(values))
+
+
+def not_among(column: Any, ids: Select[Any]) -> ColumnElement[bool]:
+    """``column NOT IN (ids)``, written as a correlated NOT EXISTS. PostgreSQL hashes a NOT IN
+    subquery only while its rows fit in ``work_mem``; past that it scans them again for every
+    outer row (NOT IN's rule for NULLs keeps it from an anti-join): leaving out every request a
+    model's jobs ever held took 3.7 s for 50 requests at 300,000 held. NOT EXISTS is planned as
+    an anti-join. The answer is the same for ids that are never NULL (keys, as here)."""
+    selected = ids.subquery()
+    return ~exists().where(selected.c[0] == column)
 
 
 def insert_rows(

@@ -46,7 +46,7 @@ from sqlalchemy.orm import Session
 
 from app.audit import service as audit
 from app.core.config import get_settings
-from app.core.database import session_scope, utcnow
+from app.core.database import not_among, session_scope, utcnow
 from app.core.errors import InvalidInput
 from app.core.outbox import enqueue
 from app.core.queue import TaskName
@@ -465,7 +465,7 @@ def waiting_datasets(session: Session) -> list[tuple[str, datetime | None]]:
     ready = select(Dataset.id).where(Dataset.status == DatasetStatus.READY)
     rows = session.execute(select(DataRecord.dataset_id, func.min(DataRecord.forgotten_at)).where(
         DataRecord.state != RecordState.ACTIVE, DataRecord.erasure_id.is_(None), DataRecord.dataset_id.in_(ready),
-        DataRecord.dataset_id.not_in(busy)).group_by(DataRecord.dataset_id).order_by(DataRecord.dataset_id))
+        not_among(DataRecord.dataset_id, busy)).group_by(DataRecord.dataset_id).order_by(DataRecord.dataset_id))
     return [(dataset_id, oldest) for dataset_id, oldest in rows.tuples()]
 
 

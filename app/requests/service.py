@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 from app.audit import service as audit
 from app.core.auth import ApiClient
 from app.core.config import get_settings
-from app.core.database import insert_linked, new_id, one_of, utcnow
+from app.core.database import insert_linked, new_id, not_among, one_of, utcnow
 from app.core.errors import (
     Conflict,
     Forbidden,
@@ -1002,7 +1002,7 @@ def awaiting_for_model(
     )
     query = select(DeletionRequest).where(DeletionRequest.status.in_(AWAITING_UNLEARNING), touches.exists())
     if excluding is not None:
-        query = query.where(DeletionRequest.id.not_in(excluding))
+        query = query.where(not_among(DeletionRequest.id, excluding))
     return list(session.scalars(query.limit(limit)))
 
 
@@ -1014,7 +1014,7 @@ def awaiting_among(
     query = select(DeletionRequest.id).where(DeletionRequest.status.in_(AWAITING_UNLEARNING),
                                              DeletionRequest.id.in_(among))
     if excluding is not None:
-        query = query.where(DeletionRequest.id.not_in(excluding))
+        query = query.where(not_among(DeletionRequest.id, excluding))
     return list(session.scalars(query.order_by(DeletionRequest.due_at, DeletionRequest.id).limit(limit)))
 
 
