@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import exists, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app import __version__
@@ -28,7 +28,7 @@ from app.core.database import new_id, utcnow
 from app.core.errors import Conflict, Forbidden, NotFound
 from app.core.hashing import canonical_json
 from app.core.signing import jws_sign
-from app.jobs.models import JobRequest, JobStatus, UnlearningJob
+from app.jobs import service as jobs
 from app.requests import service as requests
 from app.requests.models import DeletionRequest, RequestStatus
 
@@ -193,21 +193,8 @@ def issue_batch_for(session: Session, request_id: str, *, limit: int = ISSUE_BAT
     that still lack a certificate: completed together, so certified together (their own
     certificate orders then find their certificates issued). Those waiting for an erasure
     are left out, the given request included."""
-    siblings = session.scalars(
-        select(DeletionRequest.id)
-        .join(JobRequest, JobRequest.request_id == DeletionRequest.id)
-        .where(
-            JobRequest.job_id.in_(
-                select(JobRequest.job_id).join(UnlearningJob, UnlearningJob.id == JobRequest.job_id)
-                .where(JobRequest.request_id == request_id, UnlearningJob.status == JobStatus.SUCCEEDED)
-            ),
-            DeletionRequest.id != request_id,
-            DeletionRequest.status == RequestStatus.COMPLETED,
-            ~exists().where(Certificate.request_id == DeletionRequest.id),
-        )
-        .order_by(DeletionRequest.completed_at, DeletionRequest.id)
-        .limit(limit - 1)
-    )
+    unlearned_with = requests.uncertified_among(session, jobs.requests_unlearned_with(request_id), limit=limit)
+    siblings = [one for one in unlearned_with if one != request_id][: limit - 1]
     return ready_to_issue(session, [request_id, *dict.fromkeys(siblings)])
 
 

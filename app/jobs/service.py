@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
 from app.audit import service as audit
@@ -143,6 +144,14 @@ def methods_used_for_request(session: Session, request_id: str) -> list[str]:
         .where(JobRequest.request_id == request_id, UnlearningJob.status == JobStatus.SUCCEEDED)
     )
     return [method for method in session.scalars(query) if method]
+
+
+def requests_unlearned_with(request_id: str) -> Select[Any]:
+    """Ids of the requests that a succeeded job unlearned together with this one (itself
+    included), as a select for another room's read to filter."""
+    return select(JobRequest.request_id).where(JobRequest.job_id.in_(
+        select(JobRequest.job_id).join(UnlearningJob, UnlearningJob.id == JobRequest.job_id)
+        .where(JobRequest.request_id == request_id, UnlearningJob.status == JobStatus.SUCCEEDED)))
 
 
 def retry_job(session: Session, job_id: str, *, actor: str) -> UnlearningJob:

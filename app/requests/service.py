@@ -1194,6 +1194,15 @@ def uncertified(session: Session, *, limit: int) -> list[str]:
     return found[:limit]
 
 
+def uncertified_among(session: Session, among: Select[Any], *, limit: int) -> list[str]:
+    """Completed requests without a certificate among those ``among`` selects (another room's
+    select of request ids), oldest completion first."""
+    return list(session.scalars(
+        _uncertified().where(DeletionRequest.id.in_(among))
+        .order_by(DeletionRequest.completed_at, DeletionRequest.id).limit(limit)
+    ))
+
+
 def uncertified_completed_after(session: Session, request_ids: Sequence[str], *, within: timedelta,
                                 limit: int) -> list[str]:
     """Completed requests without a certificate that completed no earlier than the first of
