@@ -9,11 +9,14 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from app.core.config import get_settings
 from app.core.roles import Role
+
+if TYPE_CHECKING:
+    from app.core.config import Settings
 
 # Hosts `unlearnd run` lets webhooks reach over plain http (a receiver on this machine).
 LOOPBACK_HOSTS = ["127.0.0.1", "::1", "localhost"]
@@ -65,7 +68,17 @@ def _locate_data_dir(path: tuple[str, ...]) -> None:
         raise click.ClickException(
             "no data dir: set UNLEARND_DATA_DIR, or run this inside the folder where `unlearnd run` made var/")
     os.environ["UNLEARND_DATA_DIR"] = str(found)
-    get_settings.cache_clear()
+    _settings(fresh=True)
+
+
+def _settings(*, fresh: bool = False) -> Settings:
+    """The settings, loaded when a command needs them: `--help` never loads pydantic-settings
+    (on a slow machine, more than half of its time). ``fresh``: read the environment again."""
+    from app.core.config import get_settings
+
+    if fresh:
+        get_settings.cache_clear()
+    return get_settings()
 
 
 class _Main(click.Group):
@@ -218,7 +231,7 @@ def _worker_command(*, beat: bool, concurrency: int = 1) -> list[str]:
         "--loglevel", "INFO", "--concurrency", str(concurrency), "--without-gossip", "--without-mingle",
     ]
     if beat:
-        settings = get_settings()
+        settings = _settings()
         command += ["--beat", "--schedule", str(settings.data_dir / "beat-schedule")]
     return command
 
@@ -234,7 +247,7 @@ def worker(concurrency: int, beat: bool) -> None:
 @main.command()
 def beat() -> None:
     """Run the periodic scheduler (exactly one per deployment)."""
-    settings = get_settings()
+    settings = _settings()
     os.execv(
         sys.executable,
         [sys.executable, "-m", "celery", "-A", "workers.celery_app", "beat", "--loglevel", "INFO",
@@ -249,7 +262,7 @@ def _share_metrics(*, fresh: bool) -> None:
     whole deployment, and samples of an earlier run's processes would be summed too."""
     import shutil
 
-    folder = get_settings().data_dir / "metrics"
+    folder = _settings().data_dir / "metrics"
     if fresh and folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -289,10 +302,10 @@ def run(host: str, port: int, demo: bool, new_admin_key: bool) -> None:
     from app.main import create_app
 
     # A local receiver is the usual first webhook endpoint; production allow-lists nothing.
-    if "UNLEARND_WEBHOOK_ALLOWED_HOSTS" not in os.environ:
+    fresh = "UNLEARND_WEBHOOK_ALLOWED_HOSTS" not in os.environ
+    if fresh:
         os.environ["UNLEARND_WEBHOOK_ALLOWED_HOSTS"] = json.dumps(LOOPBACK_HOSTS)
-        get_settings.cache_clear()
-    settings = get_settings()
+    settings = _settings(fresh=fresh)
     settings.artifacts_dir.mkdir(parents=True, exist_ok=True)
     migrate.upgrade()
     key, reused = _admin_key(settings.secrets_dir / ADMIN_KEY_FILE, fresh=new_admin_key)

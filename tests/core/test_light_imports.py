@@ -39,6 +39,14 @@ def test_cli_commands_do_not_load_torch(env, args):
         assert "Usage:" in finished.stdout
 
 
+def test_cli_help_loads_neither_settings_nor_the_database_layer(env):
+    """`unlearnd --help` lists every command without loading what the commands run on: most
+    of its time was pydantic-settings, which the settings object loads."""
+    _run("import sys\nfrom app.cli import main\nassert main(['--help'], standalone_mode=False) in (0, None)\n"
+         "loaded = [n for n in ('pydantic_settings', 'sqlalchemy', 'app.core.config') if n in sys.modules]\n"
+         "assert not loaded, loaded\n")
+
+
 @pytest.mark.slow  # a process that imports torch
 def test_the_engine_still_loads_torch_where_it_fits(env):
     """The check above can fail: the worker path still reaches torch through the same doorway."""
