@@ -10,19 +10,20 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import or_, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.certificates.models import Certificate
 from app.core import merkle
 from app.core.errors import Conflict
 from app.core.hashing import json_safe
-from app.jobs.models import JobRequest, JobStatus, UnlearningJob
+from app.jobs import service as unlearning_jobs
+from app.jobs.models import UnlearningJob
 from app.lineage import proofs
 from app.lineage import service as lineage
 from app.registry import service as registry
 from app.registry.leaves import leaf_hash
-from app.registry.models import DatasetSnapshot, ModelArtifact, ModelVersion, RegisteredModel, VersionState
+from app.registry.models import ModelArtifact, ModelVersion, RegisteredModel, VersionState
 from app.requests import service as requests
 from app.requests.models import DeletionRequest, RequestOutcome
 
@@ -64,29 +65,14 @@ def gather(session: Session, request_ids: Sequence[str]) -> Gathered:
     ids = list(request_ids)
     records = requests.records_of_each(session, ids)
     version_ids = requests.version_ids_of_each(session, ids)
-    jobs: dict[str, list[UnlearningJob]] = {request_id: [] for request_id in ids}
-    links = session.execute(select(JobRequest.request_id, JobRequest.job_id).where(JobRequest.request_id.in_(ids)))
-    linked: dict[str, list[str]] = defaultdict(list)
-    for request_id, job_id in links.tuples():
-        linked[job_id].append(request_id)
-    # By key, apart from the links: a join would let a stale row estimate start from the status.
-    for job in session.scalars(select(UnlearningJob).where(UnlearningJob.id.in_(sorted(linked)),
-                                                           UnlearningJob.status == JobStatus.SUCCEEDED)):
-        for request_id in linked[job.id]:
-            jobs[request_id].append(job)
+    jobs = unlearning_jobs.succeeded_jobs_of_each(session, ids)
     wanted = {v for found in version_ids.values() for v in found}
     for found in jobs.values():
         wanted |= {v for job in found for v in (job.base_version_id, job.result_version_id) if v}
-    versions = {v.id: v for v in session.scalars(select(ModelVersion).where(ModelVersion.id.in_(sorted(wanted))))}
+    versions = registry.versions_by_id(session, wanted)
     model_ids = {v.model_id for v in versions.values()} | {job.model_id for found in jobs.values() for job in found}
-    models_ = {m.id: m for m in session.scalars(select(RegisteredModel).where(RegisteredModel.id.in_(sorted(model_ids))))}
-    affected = sorted({v for found in version_ids.values() for v in found})
-    purged: dict[str, list[ModelArtifact]] = defaultdict(list)
-    for artifact in session.scalars(select(ModelArtifact).where(
-        ModelArtifact.version_id.in_(affected),
-        or_(ModelArtifact.state == VersionState.PURGED, ModelArtifact.purged_at.is_not(None)),
-    )):
-        purged[artifact.version_id].append(artifact)
+    models_ = registry.models_by_id(session, model_ids)
+    purged = registry.purged_artifacts_of(session, {v for found in version_ids.values() for v in found})
     erasures = registry.erasures_of_each(
         session, {request_id: [record_id for record_id, _, _ in found] for request_id, found in records.items()}
     )
@@ -165,7 +151,7 @@ def _proof_block(session: Session, snapshot_id: str, part: dict[str, Any], keys:
     found = lineage.membership_proofs(session, snapshot_id, keys) if keys else []
     if any(p["kind"] != proofs.NON_INCLUSION for p in found):
         raise Conflict(f"snapshot {snapshot_id} still includes a record of this request: no certificate")
-    snapshot = session.get(DatasetSnapshot, snapshot_id)
+    snapshot = registry.get_snapshot(session, snapshot_id)
     return {
         "part": part, "snapshot_id": snapshot_id, "merkle_root": snapshot.merkle_root,
         "tree_size": found[0]["tree_size"] if found else snapshot.record_count,
@@ -182,15 +168,16 @@ def lineage_proofs(session: Session, request_id: str, base: ModelVersion | None,
     live = result or base
     if live is None or live.snapshot_id is None:
         return []
-    dataset_id = session.get(DatasetSnapshot, live.snapshot_id).dataset_id
+    dataset_id = registry.get_snapshot(session, live.snapshot_id).dataset_id
     keys = _request_keys(session, request_id, dataset_id)
     blocks = [_proof_block(session, live.snapshot_id, {"kind": "version", "number": live.number}, keys)]
     if result is None or base is None:
         return blocks
-    inherited = set(session.scalars(select(ModelArtifact.snapshot_id).where(ModelArtifact.version_id == base.id)))
+    inherited = {part.snapshot_id for part in registry.version_artifacts(session, base)}
     seen = {live.snapshot_id}
-    parts = session.scalars(select(ModelArtifact).where(ModelArtifact.version_id == result.id)
-                            .order_by(ModelArtifact.shard, ModelArtifact.slice, ModelArtifact.kind))
+    # Shard, then slice (a whole-model part, with neither, last), then kind: on either database.
+    parts = sorted(registry.version_artifacts(session, result), key=lambda part: (
+        part.shard is None, part.shard or 0, part.slice is None, part.slice or 0, part.kind))
     for part in parts:
         if part.snapshot_id is None or part.snapshot_id in inherited or part.snapshot_id in seen:
             continue
@@ -276,10 +263,7 @@ def non_inclusion(session: Session, gathered: Gathered, request: DeletionRequest
     if gathered.snapshots is None:
         gathered.snapshots = [
             {"snapshot_id": id_, "dataset_id": dataset_id, "record_count": count, "merkle_root": root}
-            for id_, dataset_id, count, root in session.execute(
-                select(DatasetSnapshot.id, DatasetSnapshot.dataset_id, DatasetSnapshot.record_count,
-                       DatasetSnapshot.merkle_root).order_by(DatasetSnapshot.created_at, DatasetSnapshot.id)
-            ).tuples()
+            for id_, dataset_id, count, root in registry.snapshot_summaries(session)
         ]
     # Requests received before identifiers_checked was recorded checked version 1 only.
     checked = request.affected.get("identifiers_checked") or {"types": [], "canonicaliser_versions": [1]}

@@ -7,6 +7,8 @@ whether (and when) the task should try again.
 from __future__ import annotations
 
 import logging
+from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -144,6 +146,21 @@ def methods_used_for_request(session: Session, request_id: str) -> list[str]:
         .where(JobRequest.request_id == request_id, UnlearningJob.status == JobStatus.SUCCEEDED)
     )
     return [method for method in session.scalars(query) if method]
+
+
+def succeeded_jobs_of_each(session: Session, request_ids: Sequence[str]) -> dict[str, list[UnlearningJob]]:
+    """Each request's succeeded unlearning jobs (every request named, with none if it has none)."""
+    jobs: dict[str, list[UnlearningJob]] = {request_id: [] for request_id in request_ids}
+    linked: dict[str, list[str]] = defaultdict(list)
+    for request_id, job_id in session.execute(select(JobRequest.request_id, JobRequest.job_id)
+                                              .where(JobRequest.request_id.in_(list(request_ids)))).tuples():
+        linked[job_id].append(request_id)
+    # By key, apart from the links: a join would let a stale row estimate start from the status.
+    for job in session.scalars(select(UnlearningJob).where(UnlearningJob.id.in_(sorted(linked)),
+                                                           UnlearningJob.status == JobStatus.SUCCEEDED)):
+        for request_id in linked[job.id]:
+            jobs[request_id].append(job)
+    return jobs
 
 
 def requests_unlearned_with(request_id: str) -> Select[Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import AsyncIterator, Iterable
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -359,6 +360,37 @@ def version_artifacts(session: Session, version: ModelVersion) -> list[ModelArti
             ModelArtifact.kind, ModelArtifact.shard, ModelArtifact.slice, ModelArtifact.id
         )
     ))
+
+
+def versions_by_id(session: Session, version_ids: Iterable[str]) -> dict[str, ModelVersion]:
+    """The versions with these ids (those that exist), by id."""
+    return {v.id: v for v in session.scalars(select(ModelVersion).where(ModelVersion.id.in_(sorted(set(version_ids)))))}
+
+
+def models_by_id(session: Session, model_ids: Iterable[str]) -> dict[str, RegisteredModel]:
+    """The registered models with these ids (those that exist), by id."""
+    return {m.id: m for m in session.scalars(
+        select(RegisteredModel).where(RegisteredModel.id.in_(sorted(set(model_ids)))))}
+
+
+def purged_artifacts_of(session: Session, version_ids: Iterable[str]) -> dict[str, list[ModelArtifact]]:
+    """Each version's artifacts that were purged (by the version's purge or on their own)."""
+    purged: dict[str, list[ModelArtifact]] = defaultdict(list)
+    for artifact in session.scalars(select(ModelArtifact).where(
+        ModelArtifact.version_id.in_(sorted(set(version_ids))),
+        or_(ModelArtifact.state == VersionState.PURGED, ModelArtifact.purged_at.is_not(None)),
+    )):
+        purged[artifact.version_id].append(artifact)
+    return purged
+
+
+def snapshot_summaries(session: Session) -> list[tuple[str, str, int, str]]:
+    """Every dataset snapshot as (id, dataset id, record count, Merkle root), oldest first,
+    without its member bitmap."""
+    return list(session.execute(
+        select(DatasetSnapshot.id, DatasetSnapshot.dataset_id, DatasetSnapshot.record_count,
+               DatasetSnapshot.merkle_root).order_by(DatasetSnapshot.created_at, DatasetSnapshot.id)
+    ).tuples())
 
 
 def _check_artifact(session: Session, spec: ArtifactSpec, model: RegisteredModel, position: int) -> ArtifactKind:
