@@ -236,7 +236,7 @@ def follow_up(session: Session, violation: Violation, *, actor: str) -> Unlearni
     reason = {"version_id": violation.version_id, "forgotten_records": violation.forgotten_records,
               "requests": list(violation.job_requests)}
     if job is None:
-        model = session.get(RegisteredModel, violation.model_id)
+        model = registry.model_by_id(session, violation.model_id)
         job = UnlearningJob(kind=JobKind.UNLEARN, model_id=model.id,
                             method=registry.model_policy(model).method, created_by=actor,
                             report={"plan": {"reason": "lineage: a live version holds records at stake"}})

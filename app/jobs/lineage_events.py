@@ -27,7 +27,7 @@ from app.core.config import Settings, get_settings
 from app.core.database import session_scope
 from app.jobs.models import JobKind, JobStatus, UnlearningJob
 from app.registry import service as registry
-from app.registry.models import Dataset, ModelVersion, RegisteredModel
+from app.registry.models import Dataset, ModelVersion
 
 if TYPE_CHECKING:
     from openlineage.client import OpenLineageClient
@@ -173,15 +173,15 @@ def build_event(session: Session, job: UnlearningJob, state: str, settings: Sett
 
     settings = settings or get_settings()
     namespace = settings.openlineage_namespace
-    model = session.get(RegisteredModel, job.model_id)
-    dataset = session.get(Dataset, model.dataset_id)
+    model = registry.model_by_id(session, job.model_id)
+    dataset = registry.dataset_by_id(session, model.dataset_id)
     training = job.kind == JobKind.TRAIN
-    result = session.get(ModelVersion, job.result_version_id) if job.result_version_id else None
+    result = registry.version_by_id(session, job.result_version_id) if job.result_version_id else None
     inputs, outputs = [], []
     if training:
         inputs.append(_snapshot_dataset(session, namespace, dataset, result.snapshot_id if result else None))
     else:
-        base = session.get(ModelVersion, job.base_version_id) if job.base_version_id else None
+        base = registry.version_by_id(session, job.base_version_id) if job.base_version_id else None
         if base is not None:
             inputs.append(_snapshot_dataset(session, namespace, dataset, base.snapshot_id))
             from openlineage.client.event_v2 import InputDataset

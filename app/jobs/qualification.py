@@ -39,7 +39,7 @@ from app.core.queue import TaskName
 from app.jobs import engine, storage
 from app.jobs.models import MethodQualification, QualificationStatus
 from app.registry import service as registry
-from app.registry.models import Dataset, ModelVersion, RegisteredModel, VersionState
+from app.registry.models import ModelVersion, VersionState
 
 log = logging.getLogger("unlearnd.jobs")
 
@@ -106,7 +106,7 @@ def _ancestry(session: Session, version: ModelVersion) -> list[str]:
     cursor: ModelVersion | None = version
     while cursor is not None:
         lineage_ids.append(cursor.id)
-        cursor = session.get(ModelVersion, cursor.parent_id) if cursor.parent_id else None
+        cursor = registry.version_by_id(session, cursor.parent_id) if cursor.parent_id else None
     return lineage_ids
 
 
@@ -168,7 +168,7 @@ def lapsed(session: Session) -> list[Lapsed]:
             if study.version_id not in covered and not any(
                     s.version_id in covered and s.method == method and s.band_min <= low and s.band_max >= high
                     for s in studies):
-                version = session.get(ModelVersion, study.version_id)
+                version = registry.version_by_id(session, study.version_id)
                 found.append(Lapsed(model=model.name, method=method, band_min=low, band_max=high,
                                     qualified_on_version=version.number,
                                     active_version=active.number if active is not None else None,
@@ -195,9 +195,9 @@ def run(qualification_id: str) -> None:
         study = session.get(MethodQualification, qualification_id)
         if study is None or study.status != QualificationStatus.RUNNING:
             return
-        model = session.get(RegisteredModel, study.model_id)
-        version = session.get(ModelVersion, study.version_id)
-        dataset = session.get(Dataset, model.dataset_id)
+        model = registry.model_by_id(session, study.model_id)
+        version = registry.version_by_id(session, study.version_id)
+        dataset = registry.dataset_by_id(session, model.dataset_id)
         snapshot = registry.get_snapshot(session, version.snapshot_id)
         trained_keys = registry.snapshot_record_keys(session, snapshot)
         records = storage.dataset_records(session, dataset.id)

@@ -19,7 +19,7 @@ from app.jobs import engine, lifecycle, storage
 from app.jobs.models import JobKind, JobStage, JobStatus, UnlearningJob
 from app.registry import artifacts
 from app.registry import service as registry
-from app.registry.models import Dataset, DatasetStatus, RegisteredModel
+from app.registry.models import DatasetStatus
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ def start_training(
         engine.check_recipe(model.adapter, dict(model.hyperparameters))
     except engine.EngineInputError as exc:
         raise InvalidInput(str(exc), field="hyperparameters") from None
-    dataset = session.get(Dataset, model.dataset_id)
+    dataset = registry.dataset_by_id(session, model.dataset_id)
     if dataset.status != DatasetStatus.READY:
         raise Conflict(f"dataset '{dataset.name}' is {dataset.status}, not ready", field="dataset")
     job = UnlearningJob(kind=JobKind.TRAIN, model_id=model.id, method="train", created_by=actor,
@@ -73,7 +73,7 @@ class _Setup:
 
 
 def _setup(session: Session, job: UnlearningJob) -> _Setup:
-    model = session.get(RegisteredModel, job.model_id)
+    model = registry.model_by_id(session, job.model_id)
     dataset = registry.dataset_for_reading(session, model.dataset_id)
     policy = registry.model_policy(model).policy
     hyperparameters = engine.recipe_under_policy(model.adapter, dict(model.hyperparameters),
@@ -214,7 +214,7 @@ def _register(job_id: str, worker: str, setup: _Setup, fitted: Any, train: Any, 
     stored = storage.store_parts(engine.artifact_parts(fitted, train.keys))
     with session_scope() as session:
         job = lifecycle.owned_job(session, job_id, worker)
-        model = session.get(RegisteredModel, job.model_id)
+        model = registry.model_by_id(session, job.model_id)
         version = storage.register_version(
             session, model=model, stored=stored, records=setup.records, parent=None, origin="trained",
             metrics=metrics, actor=worker, snapshot_id=snapshot_id,

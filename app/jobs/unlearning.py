@@ -29,7 +29,6 @@ from app.registry.models import (
     DatasetSnapshot,
     ModelArtifact,
     ModelVersion,
-    RegisteredModel,
     VersionState,
 )
 from app.registry.policy import StoredPolicy
@@ -71,7 +70,7 @@ def active_version(session: Session, model_id: str) -> ModelVersion | None:
 
 
 def _inputs(session: Session, job: UnlearningJob) -> Inputs:
-    model = session.get(RegisteredModel, job.model_id)
+    model = registry.model_by_id(session, job.model_id)
     base = active_version(session, model.id)
     if base is None or base.artifact_uri is None or base.snapshot_id is None:
         raise Conflict(f"model '{model.name}' has no active version with a stored model to unlearn from")
@@ -139,8 +138,8 @@ def run(job_id: str, worker: str, lease: lifecycle.Lease) -> None:
               "ignored_thresholds": inputs.policy.ignored_thresholds}
     with session_scope() as session:
         job = lifecycle.owned_job(session, job_id, worker)
-        model = session.get(RegisteredModel, job.model_id)
-        base = session.get(ModelVersion, inputs.base_version_id)
+        model = registry.model_by_id(session, job.model_id)
+        base = registry.version_by_id(session, inputs.base_version_id)
         lineage.lock_lineage(session, exclusive=True)
         stale = _versions_holding(session, model.id, doomed_ids)
         version = storage.register_version(
@@ -200,7 +199,7 @@ def purge_and_complete(job_id: str, worker: str) -> None:
     for version_id in stale:
         with session_scope() as session:
             lifecycle.owned_job(session, job_id, worker)
-            version = session.get(ModelVersion, version_id)
+            version = registry.version_by_id(session, version_id)
             if version.state == VersionState.ACTIVE:
                 registry.set_version_state(session, version, VersionState.SUPERSEDED, worker)
             registry.purge_version(session, version, worker)

@@ -362,6 +362,27 @@ def version_artifacts(session: Session, version: ModelVersion) -> list[ModelArti
     ))
 
 
+def model_by_id(session: Session, model_id: str) -> RegisteredModel:
+    model = session.get(RegisteredModel, model_id)
+    if model is None:
+        raise NotFound(f"no registered model {model_id}")
+    return model
+
+
+def version_by_id(session: Session, version_id: str) -> ModelVersion:
+    version = session.get(ModelVersion, version_id)
+    if version is None:
+        raise NotFound(f"no model version {version_id}")
+    return version
+
+
+def dataset_by_id(session: Session, dataset_id: str) -> Dataset:
+    dataset = session.get(Dataset, dataset_id)
+    if dataset is None:
+        raise NotFound(f"no dataset {dataset_id}")
+    return dataset
+
+
 def versions_by_id(session: Session, version_ids: Iterable[str]) -> dict[str, ModelVersion]:
     """The versions with these ids (those that exist), by id."""
     return {v.id: v for v in session.scalars(select(ModelVersion).where(ModelVersion.id.in_(sorted(set(version_ids)))))}
