@@ -6,7 +6,7 @@ from collections import defaultdict
 from collections.abc import AsyncIterator, Iterable
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import ValidationError
 from pyroaring import BitMap
@@ -44,6 +44,8 @@ from app.registry.schemas import (
 
 if TYPE_CHECKING:
     from app.registry.erasure import FilesInUse
+
+T = TypeVar("T")
 
 # A version may move forward only; purged is final.
 _VERSION_MOVES = {
@@ -265,11 +267,15 @@ def create_snapshot(
     return snapshot
 
 
+def _by_id(session: Session, entity: type[T], entity_id: str, what: str) -> T:
+    found = session.get(entity, entity_id)
+    if found is None:
+        raise NotFound(f"no {what} {entity_id}")
+    return found
+
+
 def get_snapshot(session: Session, snapshot_id: str) -> DatasetSnapshot:
-    snapshot = session.get(DatasetSnapshot, snapshot_id)
-    if snapshot is None:
-        raise NotFound(f"no snapshot {snapshot_id}")
-    return snapshot
+    return _by_id(session, DatasetSnapshot, snapshot_id, "snapshot")
 
 
 def snapshot_leaves(session: Session, snapshot: DatasetSnapshot) -> SnapshotLeaves:
@@ -363,24 +369,15 @@ def version_artifacts(session: Session, version: ModelVersion) -> list[ModelArti
 
 
 def model_by_id(session: Session, model_id: str) -> RegisteredModel:
-    model = session.get(RegisteredModel, model_id)
-    if model is None:
-        raise NotFound(f"no registered model {model_id}")
-    return model
+    return _by_id(session, RegisteredModel, model_id, "registered model")
 
 
 def version_by_id(session: Session, version_id: str) -> ModelVersion:
-    version = session.get(ModelVersion, version_id)
-    if version is None:
-        raise NotFound(f"no model version {version_id}")
-    return version
+    return _by_id(session, ModelVersion, version_id, "model version")
 
 
 def dataset_by_id(session: Session, dataset_id: str) -> Dataset:
-    dataset = session.get(Dataset, dataset_id)
-    if dataset is None:
-        raise NotFound(f"no dataset {dataset_id}")
-    return dataset
+    return _by_id(session, Dataset, dataset_id, "dataset")
 
 
 def versions_by_id(session: Session, version_ids: Iterable[str]) -> dict[str, ModelVersion]:
