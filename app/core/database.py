@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
+import os
+import threading
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -55,7 +56,42 @@ def utcnow() -> datetime:
 
 
 def new_id() -> str:
-    return str(uuid.uuid4())
+    """A random (version 4) UUID as text. Its 122 random bits come from the OS's CSPRNG, as
+    ``uuid.uuid4``'s do, but read 256 ids at a time per thread: ``os.urandom`` releases the GIL
+    for its syscall, and under load every release hands the GIL to another thread and waits to
+    get it back, so one read per id stalled a bulk intake's thread a hundred times a batch."""
+    source = _ID_SOURCE
+    if source.offset >= _ID_BUFFER or source.generation != _fork_generation:
+        source.buffer, source.offset, source.generation = bytearray(os.urandom(_ID_BUFFER)), 0, _fork_generation
+    start = source.offset
+    source.offset = start + 16
+    raw = source.buffer[start:start + 16]
+    raw[6] = (raw[6] & 0x0F) | 0x40  # version 4
+    raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 9562 variant
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+_ID_BUFFER = 16 * 256
+
+
+class _IdSource(threading.local):
+    buffer = bytearray()
+    offset = _ID_BUFFER
+    generation = -1
+
+
+_ID_SOURCE = _IdSource()
+# A forked child (a Celery prefork worker) must not hand out the ids left in its parent's buffer.
+_fork_generation = 0
+
+
+def _after_fork() -> None:
+    global _fork_generation
+    _fork_generation += 1
+
+
+os.register_at_fork(after_in_child=_after_fork)
 
 
 class UTCDateTime(TypeDecorator[datetime]):
