@@ -20,10 +20,9 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from pyroaring import BitMap
-from sqlalchemy import Integer, String, cast, null, select, union_all
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.audit import service as audit
@@ -34,36 +33,18 @@ from app.jobs import lifecycle
 from app.jobs.models import JobKind, JobRequest, JobStatus, UnlearningJob
 from app.lineage import service as lineage
 from app.registry import service as registry
-from app.registry.models import (
-    DataRecord,
-    DatasetSnapshot,
-    ModelArtifact,
-    ModelVersion,
-    RecordState,
-    RegisteredModel,
-    VersionState,
-)
+from app.registry.models import ModelVersion
 from app.requests import service as requests
 from app.requests.models import RequestStatus
 
 log = logging.getLogger("unlearnd.jobs.invariant")
 
-LIVE = lineage.LIVE_STATES
 # Requests a job may carry; the others (received, pending approval, failed) wait on a person.
 CARRIABLE = requests.AWAITING_UNLEARNING
 
 
-@dataclass
-class Holding:
-    """At-stake records one live version's parts hold."""
-
-    version_id: str
-    model_id: str
-    model: str
-    number: int
-    state: str
-    forgotten: set[int] = field(default_factory=set)
-    requests: dict[str, set[int]] = field(default_factory=dict)  # open request -> its records held
+# At-stake records one live version's parts hold (computed by the lineage room).
+Holding = lineage.Holding
 
 
 @dataclass(frozen=True)
@@ -84,73 +65,11 @@ class Violation:
                 f"{len(self.uncarried_requests)} attached but not carried by any job")
 
 
-def _str() -> object:
-    return cast(null(), String)
-
-
-def _int() -> object:
-    return cast(null(), Integer)
-
-
 def holdings(session: Session, version_ids: list[str] | None = None) -> list[Holding]:
-    """Every live version holding an at-stake record, from one query: the live parts' and
-    versions' snapshots (``model_versions.state`` index) UNION the forgotten records (partial
-    index) UNION the open requests' records (``deletion_requests`` status index). Membership
-    is then tested against the cached snapshot bitmaps."""
-    scope = [ModelVersion.id.in_(version_ids)] if version_ids is not None else []
-    version_columns = (ModelVersion.id, RegisteredModel.id, RegisteredModel.name, ModelVersion.number,
-                       ModelVersion.state)
-    by_part = (
-        select(*version_columns, ModelArtifact.snapshot_id, DatasetSnapshot.dataset_id, _int(), _int(), _str())
-        .join(ModelVersion, ModelVersion.id == ModelArtifact.version_id)
-        .join(RegisteredModel, RegisteredModel.id == ModelVersion.model_id)
-        .join(DatasetSnapshot, DatasetSnapshot.id == ModelArtifact.snapshot_id)
-        .where(ModelVersion.state.in_(LIVE), ModelArtifact.state != VersionState.PURGED, *scope)
-    )
-    by_version = (
-        select(*version_columns, ModelVersion.snapshot_id, DatasetSnapshot.dataset_id, _int(), _int(), _str())
-        .join(RegisteredModel, RegisteredModel.id == ModelVersion.model_id)
-        .join(DatasetSnapshot, DatasetSnapshot.id == ModelVersion.snapshot_id)
-        .where(ModelVersion.state.in_(LIVE), *scope)
-    )
-    nothing = (_str(), _str(), _str(), _int(), _str(), _str())
-    forgotten = select(*nothing, DataRecord.dataset_id, DataRecord.id, DataRecord.row_index, _str()).where(
-        DataRecord.state == RecordState.FORGOTTEN)
-    stake = requests.records_at_stake().subquery()
-    requested = (
-        select(*nothing, DataRecord.dataset_id, DataRecord.id, DataRecord.row_index, stake.c.request_id)
-        .select_from(stake).join(DataRecord, DataRecord.id == stake.c.record_id)
-    )
-    versions: dict[str, Holding] = {}
-    snapshots: dict[str, set[tuple[str, str]]] = defaultdict(set)  # version -> (snapshot, dataset)
-    rows: dict[str, dict[int, tuple[int, set[str]]]] = defaultdict(dict)  # dataset -> row -> (record, requests)
-    for vid, model_id, model, number, state, sid, dataset_id, record_id, row_index, request_id in session.execute(
-        union_all(by_part, by_version, forgotten, requested)
-    ).tuples():
-        if vid is not None:
-            versions.setdefault(vid, Holding(vid, model_id, model, number, state))
-            snapshots[vid].add((sid, dataset_id))
-            continue
-        _, owners = rows[dataset_id].setdefault(row_index, (record_id, set()))
-        if request_id is not None:
-            owners.add(request_id)
-    at_stake = {dataset_id: BitMap(by_row) for dataset_id, by_row in rows.items()}
-    bitmaps = lineage.snapshot_bitmaps.get_many(
-        session, sorted({sid for pairs in snapshots.values() for sid, dataset_id in pairs if dataset_id in at_stake}))
-    found = []
-    for vid, holding in versions.items():
-        for sid, dataset_id in snapshots[vid]:
-            if dataset_id not in at_stake:
-                continue
-            for row_index in bitmaps[sid] & at_stake[dataset_id]:
-                record_id, owners = rows[dataset_id][row_index]
-                if not owners:
-                    holding.forgotten.add(record_id)
-                for request_id in owners:
-                    holding.requests.setdefault(request_id, set()).add(record_id)
-        if holding.forgotten or holding.requests:
-            found.append(holding)
-    return sorted(found, key=lambda h: (h.model, h.number))
+    """Every live version (of ``version_ids``, or all) holding a forgotten record or a record of
+    a request not yet terminal: the lineage room's one-statement read, given the requests
+    room's at-stake records."""
+    return lineage.live_holdings(session, requests.records_at_stake(), version_ids)
 
 
 def _covers(job: UnlearningJob, version_id: str) -> bool:

@@ -35,7 +35,6 @@ from app.jobs.models import (
 )
 from app.lineage import service as lineage
 from app.registry import service as registry
-from app.registry.models import DataRecord, RegisteredModel
 from app.requests import service as requests
 from app.requests.models import Guarantee, RequestStatus, weakest
 
@@ -231,11 +230,10 @@ def completion_check(session: Session, record_ids: list[int]) -> dict[str, Any]:
     that may have read them before the request arrived is still under way (its version is
     checked when it registers, and attaches the request)."""
     holders = lineage.live_versions_holding(session, record_ids) if record_ids else []
-    datasets = set(session.scalars(select(DataRecord.dataset_id).where(DataRecord.id.in_(record_ids)))) \
-        if record_ids else set()
+    datasets = registry.datasets_of_records(session, record_ids)
     training = list(session.scalars(
-        select(UnlearningJob.id).join(RegisteredModel, RegisteredModel.id == UnlearningJob.model_id).where(
-            RegisteredModel.dataset_id.in_(datasets), UnlearningJob.kind == JobKind.TRAIN,
+        select(UnlearningJob.id).where(
+            UnlearningJob.model_id.in_(registry.models_on_datasets(datasets)), UnlearningJob.kind == JobKind.TRAIN,
             (UnlearningJob.status == JobStatus.RUNNING)
             | ((UnlearningJob.status == JobStatus.QUEUED) & UnlearningJob.stage.is_not(None)),
         ).order_by(UnlearningJob.id))) if datasets else []
@@ -286,11 +284,7 @@ def _erase_training_rows(session: Session, record_ids: list[int], request_id: st
     file too (or its external owner is asked to redact them): registry ``schedule_erasure``.
     The erasure certifies every completed request whose rows it takes out, not only this one:
     a batch's requests complete one by one and only the last finds the dataset free."""
-    datasets = set()
-    for start in range(0, len(record_ids), 1000):
-        datasets |= set(session.scalars(select(DataRecord.dataset_id).where(
-            DataRecord.id.in_(record_ids[start : start + 1000]))))
-    for dataset_id in sorted(datasets):
+    for dataset_id in sorted(registry.datasets_of_records(session, record_ids)):
         if not requests.dataset_has_open_requests(session, dataset_id):
             waiting = requests.completed_with_unerased_records(session, dataset_id)
             registry.schedule_erasure(session, dataset_id, [request_id, *waiting], actor=actor)
@@ -320,11 +314,11 @@ def dataset_files_in_use(session: Session) -> set[str]:
     # A qualification study notes nothing: every file its dataset had since the study began
     # may be the one it loaded.
     studies = session.execute(
-        select(RegisteredModel.dataset_id, MethodQualification.created_at)
-        .join(RegisteredModel, RegisteredModel.id == MethodQualification.model_id)
+        select(MethodQualification.model_id, MethodQualification.created_at)
         .where(MethodQualification.status == QualificationStatus.RUNNING)).tuples().all()
-    for dataset_id, since in studies:
-        files |= registry.files_replaced_since(session, dataset_id, since)
+    models = registry.models_by_id(session, [model_id for model_id, _ in studies])
+    for model_id, since in studies:
+        files |= registry.files_replaced_since(session, models[model_id].dataset_id, since)
     return files
 
 

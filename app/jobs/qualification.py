@@ -39,7 +39,7 @@ from app.core.queue import TaskName
 from app.jobs import engine, storage
 from app.jobs.models import MethodQualification, QualificationStatus
 from app.registry import service as registry
-from app.registry.models import ModelVersion, VersionState
+from app.registry.models import ModelVersion
 
 log = logging.getLogger("unlearnd.jobs")
 
@@ -69,8 +69,7 @@ def start(session: Session, model_name: str, *, method: str, band_min: int, band
         raise InvalidInput(f"runs must be between 2 and {MAX_RUNS}", field="runs")
     if not 1 <= forget_sets <= MAX_FORGET_SETS:
         raise InvalidInput(f"forget_sets must be between 1 and {MAX_FORGET_SETS}", field="forget_sets")
-    version = session.scalar(select(ModelVersion).where(
-        ModelVersion.model_id == model.id, ModelVersion.state == VersionState.ACTIVE))
+    version = registry.active_version(session, model.id)
     if version is None or version.snapshot_id is None:
         raise InvalidInput(f"model '{model_name}' has no active trained version to qualify on", field="name")
     study = MethodQualification(model_id=model.id, version_id=version.id, method=method, band_min=band_min,
@@ -158,8 +157,7 @@ def lapsed(session: Session) -> list[Lapsed]:
         ).order_by(MethodQualification.finished_at.desc())))
         if not studies:
             continue
-        active = session.scalar(select(ModelVersion).where(
-            ModelVersion.model_id == model.id, ModelVersion.state == VersionState.ACTIVE))
+        active = registry.active_version(session, model.id)
         covered = set(_ancestry(session, active)) if active is not None else set()
         newest: dict[tuple[str, int, int], MethodQualification] = {}
         for study in studies:

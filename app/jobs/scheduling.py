@@ -23,7 +23,6 @@ from app.core.queue import TaskName
 from app.jobs import engine, lifecycle
 from app.jobs.models import JobKind, JobRequest, JobStatus, UnlearningJob
 from app.jobs.planner import BatchPolicy, CostModel, Decision, PendingDeletion, decide, retrains_per_request
-from app.jobs.unlearning import active_version
 from app.lineage import service as lineage
 from app.registry import service as registry
 from app.registry.models import ModelVersion, RegisteredModel
@@ -116,11 +115,8 @@ def learned_cost(session: Session, model_id: str) -> CostModel:
 
 def plan_model(session: Session, model: RegisteredModel, *, now: datetime, actor: str,
                force: bool = False) -> BatchOutcome:
-    if session.get_bind().dialect.name == "postgresql":
-        # One planner per model at a time: a beat tick and an admin's "run now" must not
-        # both take the same requests.
-        session.execute(select(RegisteredModel.id).where(RegisteredModel.id == model.id).with_for_update())
-    base = active_version(session, model.id)
+    registry.lock_model(session, model.id)
+    base = registry.active_version(session, model.id)
     if base is None:
         return BatchOutcome(model.name, Decision(run=False, reason="no active version yet"), None)
     pending_rows = _pending(session, model.id)
@@ -179,7 +175,7 @@ def _method_for(session: Session, model: RegisteredModel, forget_count: int) -> 
     """The policy's method, unless the batch forgets at least the policy's fraction of the
     active version's training data: then the exact method, directly (and the plan says why)."""
     policy = registry.model_policy(model)
-    base = active_version(session, model.id)
+    base = registry.active_version(session, model.id)
     trained = registry.get_snapshot(session, base.snapshot_id).record_count if base and base.snapshot_id else 0
     if not trained or forget_count / trained < policy.policy.large_removal_fraction:
         return policy.method, None

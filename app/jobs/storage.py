@@ -8,7 +8,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.jobs import invariant
@@ -16,7 +15,7 @@ from app.jobs.engine import ArtifactPart
 from app.lineage import service as lineage
 from app.registry import artifacts
 from app.registry import service as registry
-from app.registry.models import DataRecord, ModelArtifact, ModelVersion, RecordState, RegisteredModel
+from app.registry.models import ModelVersion, RecordState, RegisteredModel
 from app.registry.schemas import ArtifactSpec
 from app.requests import service as requests
 
@@ -40,9 +39,7 @@ class DatasetRecords:
 
 
 def dataset_records(session: Session, dataset_id: str) -> DatasetRecords:
-    rows = session.execute(
-        select(DataRecord.record_key, DataRecord.id, DataRecord.state).where(DataRecord.dataset_id == dataset_id)
-    ).tuples().all()
+    rows = registry.record_states(session, dataset_id)
     return DatasetRecords(ids={key: rid for key, rid, _ in rows},
                           active=frozenset(key for key, _, state in rows if state == RecordState.ACTIVE))
 
@@ -82,9 +79,8 @@ def register_version(
     lineage.lock_lineage(session, exclusive=True)
     inherited: dict[str, str] = {}
     if parent is not None:
-        inherited = {sha: sid for sha, sid in session.execute(
-            select(ModelArtifact.sha256, ModelArtifact.snapshot_id).where(ModelArtifact.version_id == parent.id)
-        ).tuples() if sid is not None}
+        inherited = {part.sha256: part.snapshot_id for part in registry.version_artifacts(session, parent)
+                     if part.snapshot_id is not None}
     whole = next(s for s in stored if s.part.kind == "model")
     version_snapshot = snapshot_id or snapshot_of(session, model.dataset_id, records, whole.part.keys, actor)
     specs = []

@@ -12,8 +12,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from pyroaring import BitMap
-from sqlalchemy import select, union
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.core.database import session_scope
@@ -24,13 +23,7 @@ from app.jobs.models import JobRequest, JobStage, UnlearningJob
 from app.lineage import service as lineage
 from app.registry import artifacts
 from app.registry import service as registry
-from app.registry.models import (
-    DataRecord,
-    DatasetSnapshot,
-    ModelArtifact,
-    ModelVersion,
-    VersionState,
-)
+from app.registry.models import VersionState
 from app.registry.policy import StoredPolicy
 from app.requests import service as requests
 from app.requests.models import Guarantee
@@ -64,14 +57,9 @@ class Inputs:
                 for rid, keys in sorted(self.request_keys.items())}
 
 
-def active_version(session: Session, model_id: str) -> ModelVersion | None:
-    return session.scalar(select(ModelVersion).where(
-        ModelVersion.model_id == model_id, ModelVersion.state == VersionState.ACTIVE))
-
-
 def _inputs(session: Session, job: UnlearningJob) -> Inputs:
     model = registry.model_by_id(session, job.model_id)
-    base = active_version(session, model.id)
+    base = registry.active_version(session, model.id)
     if base is None or base.artifact_uri is None or base.snapshot_id is None:
         raise Conflict(f"model '{model.name}' has no active version with a stored model to unlearn from")
     dataset = registry.dataset_for_reading(session, model.dataset_id)
@@ -141,7 +129,7 @@ def run(job_id: str, worker: str, lease: lifecycle.Lease) -> None:
         model = registry.model_by_id(session, job.model_id)
         base = registry.version_by_id(session, inputs.base_version_id)
         lineage.lock_lineage(session, exclusive=True)
-        stale = _versions_holding(session, model.id, doomed_ids)
+        stale = lineage.model_versions_holding(session, model.id, doomed_ids)
         version = storage.register_version(
             session, model=model, stored=stored, records=inputs.records, parent=base, origin="unlearned",
             metrics={"seed": inputs.seed, "heldout_fraction": inputs.heldout_fraction, **inputs.lineage_metrics,
@@ -174,23 +162,6 @@ def _sampling_audit(job_id: str, worker: str, inputs: Inputs, outcome: engine.Un
     return audited
 
 
-def _versions_holding(session: Session, model_id: str, record_ids: list[int]) -> list[str]:
-    """Non-purged versions of the model whose snapshot (or any part's) holds one of the records."""
-    rows = BitMap(session.scalars(select(DataRecord.row_index).where(DataRecord.id.in_(record_ids))))
-    live = (ModelVersion.model_id == model_id, ModelVersion.state != VersionState.PURGED)
-    snapshots = union(
-        select(ModelVersion.id, ModelVersion.snapshot_id).where(*live, ModelVersion.snapshot_id.is_not(None)),
-        select(ModelVersion.id, ModelArtifact.snapshot_id).join(ModelArtifact, ModelArtifact.version_id == ModelVersion.id)
-        .where(*live, ModelArtifact.snapshot_id.is_not(None)),
-    ).subquery()
-    candidates = session.execute(
-        select(snapshots.c[0], DatasetSnapshot.members).join(DatasetSnapshot, DatasetSnapshot.id == snapshots.c[1])
-    ).tuples()
-    holding = {vid for vid, members in candidates if BitMap.deserialize(members).intersection_cardinality(rows)}
-    numbers = dict(session.execute(select(ModelVersion.id, ModelVersion.number).where(ModelVersion.id.in_(holding))).tuples().all())
-    return sorted(holding, key=numbers.__getitem__)
-
-
 def purge_and_complete(job_id: str, worker: str) -> None:
     """Destroy what still remembers (one version per transaction, each idempotent), then
     complete the job and whichever of its requests have now been forgotten by every model."""
@@ -218,7 +189,7 @@ def _finish_unchanged(job_id: str, worker: str, records_by_request: dict[str, di
     with session_scope() as session:
         job = lifecycle.owned_job(session, job_id, worker)
         job.cost_units, job.forget_count = 0, 0
-        stale = _versions_holding(session, job.model_id, doomed_ids)
+        stale = lineage.model_versions_holding(session, job.model_id, doomed_ids)
         job.report = {**job.report, "method_used": None, "guarantee": Guarantee.EXACT.value,
                       "records_by_request": records_by_request,
                       "reason": "no record of the batch is in the active version", "purge_version_ids": stale}

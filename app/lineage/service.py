@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
@@ -20,6 +20,8 @@ from pyroaring import BitMap, FrozenBitMap
 from sqlalchemy import (
     BigInteger,
     ColumnElement,
+    Integer,
+    Select,
     String,
     any_,
     bindparam,
@@ -30,6 +32,7 @@ from sqlalchemy import (
     null,
     select,
     text,
+    union,
     union_all,
 )
 from sqlalchemy.dialects.postgresql import ARRAY
@@ -68,6 +71,7 @@ from app.registry.models import (
     DatasetStatus,
     ModelArtifact,
     ModelVersion,
+    RecordState,
     RegisteredModel,
     TemporaryModelSet,
     VersionState,
@@ -676,6 +680,111 @@ def live_versions_holding(session: Session, record_ids: list[int]) -> list[Versi
     live_parts = {(a.model, a.version) for a in trained.artifacts if a.state != VersionState.PURGED}
     return [ref for ref, _, via in trained.versions if ref.state in LIVE_STATES and (
         ref.snapshot_id in via or (ref.model, ref.number) in live_parts)]
+
+
+@dataclass
+class Holding:
+    """At-stake records one live version's parts hold."""
+
+    version_id: str
+    model_id: str
+    model: str
+    number: int
+    state: str
+    forgotten: set[int] = field(default_factory=set)
+    requests: dict[str, set[int]] = field(default_factory=dict)  # open request -> its records held
+
+
+def _null_str() -> Any:
+    return cast(null(), String)
+
+
+def _null_int() -> Any:
+    return cast(null(), Integer)
+
+
+def live_holdings(session: Session, at_stake: Select[Any], version_ids: list[str] | None = None) -> list[Holding]:
+    """Every live version (of ``version_ids``, or all) whose parts' snapshots hold a forgotten
+    record or one of ``at_stake``'s (request id, record id) rows, by model and number.
+
+    One statement, so that every part is read from the same snapshot of the database: the
+    live parts' and versions' snapshots (``model_versions.state`` index) UNION the forgotten
+    records (partial index) UNION the at-stake records. Membership is then tested against the
+    cached snapshot bitmaps."""
+    scope = [ModelVersion.id.in_(version_ids)] if version_ids is not None else []
+    version_columns = (ModelVersion.id, RegisteredModel.id, RegisteredModel.name, ModelVersion.number,
+                       ModelVersion.state)
+    no_record = (_null_int(), _null_int(), _null_str())
+    by_part = (
+        select(*version_columns, ModelArtifact.snapshot_id, DatasetSnapshot.dataset_id, *no_record)
+        .join(ModelVersion, ModelVersion.id == ModelArtifact.version_id)
+        .join(RegisteredModel, RegisteredModel.id == ModelVersion.model_id)
+        .join(DatasetSnapshot, DatasetSnapshot.id == ModelArtifact.snapshot_id)
+        .where(ModelVersion.state.in_(LIVE_STATES), ModelArtifact.state != VersionState.PURGED, *scope)
+    )
+    by_version = (
+        select(*version_columns, ModelVersion.snapshot_id, DatasetSnapshot.dataset_id, *no_record)
+        .join(RegisteredModel, RegisteredModel.id == ModelVersion.model_id)
+        .join(DatasetSnapshot, DatasetSnapshot.id == ModelVersion.snapshot_id)
+        .where(ModelVersion.state.in_(LIVE_STATES), *scope)
+    )
+    no_version = (_null_str(), _null_str(), _null_str(), _null_int(), _null_str(), _null_str())
+    forgotten = select(*no_version, DataRecord.dataset_id, DataRecord.id, DataRecord.row_index, _null_str()).where(
+        DataRecord.state == RecordState.FORGOTTEN)
+    stake = at_stake.subquery()
+    requested = (
+        select(*no_version, DataRecord.dataset_id, DataRecord.id, DataRecord.row_index, stake.c[0])
+        .select_from(stake).join(DataRecord, DataRecord.id == stake.c[1])
+    )
+    versions: dict[str, Holding] = {}
+    snapshots: dict[str, set[tuple[str, str]]] = defaultdict(set)  # version -> (snapshot, dataset)
+    rows: dict[str, dict[int, tuple[int, set[str]]]] = defaultdict(dict)  # dataset -> row -> (record, requests)
+    for vid, model_id, model, number, state, sid, dataset_id, record_id, row_index, request_id in session.execute(
+        union_all(by_part, by_version, forgotten, requested)
+    ).tuples():
+        if vid is not None:
+            versions.setdefault(vid, Holding(vid, model_id, model, number, state))
+            snapshots[vid].add((sid, dataset_id))
+            continue
+        _, owners = rows[dataset_id].setdefault(row_index, (record_id, set()))
+        if request_id is not None:
+            owners.add(request_id)
+    at_stake_rows = {dataset_id: BitMap(by_row) for dataset_id, by_row in rows.items()}
+    bitmaps = snapshot_bitmaps.get_many(session, sorted(
+        {sid for pairs in snapshots.values() for sid, dataset_id in pairs if dataset_id in at_stake_rows}))
+    found = []
+    for vid, holding in versions.items():
+        for sid, dataset_id in snapshots[vid]:
+            if dataset_id not in at_stake_rows:
+                continue
+            for row_index in bitmaps[sid] & at_stake_rows[dataset_id]:
+                record_id, owners = rows[dataset_id][row_index]
+                if not owners:
+                    holding.forgotten.add(record_id)
+                for request_id in owners:
+                    holding.requests.setdefault(request_id, set()).add(record_id)
+        if holding.forgotten or holding.requests:
+            found.append(holding)
+    return sorted(found, key=lambda h: (h.model, h.number))
+
+
+def model_versions_holding(session: Session, model_id: str, record_ids: list[int]) -> list[str]:
+    """The model's non-purged versions whose snapshot, or any part's (purged parts too: the
+    stricter reading, since what is purged next must include whatever may have held them),
+    holds one of the records, by version number: what an unlearning job purges."""
+    rows = BitMap(session.scalars(select(DataRecord.row_index).where(DataRecord.id.in_(record_ids))))
+    live = (ModelVersion.model_id == model_id, ModelVersion.state != VersionState.PURGED)
+    snapshots = union(
+        select(ModelVersion.id, ModelVersion.snapshot_id).where(*live, ModelVersion.snapshot_id.is_not(None)),
+        select(ModelVersion.id, ModelArtifact.snapshot_id).join(ModelArtifact, ModelArtifact.version_id == ModelVersion.id)
+        .where(*live, ModelArtifact.snapshot_id.is_not(None)),
+    ).subquery()
+    candidates = session.execute(
+        select(snapshots.c[0], DatasetSnapshot.members).join(DatasetSnapshot, DatasetSnapshot.id == snapshots.c[1])
+    ).tuples()
+    holding = {vid for vid, members in candidates if BitMap.deserialize(members).intersection_cardinality(rows)}
+    numbers = dict(session.execute(select(ModelVersion.id, ModelVersion.number).where(ModelVersion.id.in_(holding))).tuples().all())
+    return sorted(holding, key=numbers.__getitem__)
 
 
 def _version_ref(version: ModelVersion, model_name: str) -> VersionRef:

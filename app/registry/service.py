@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import ValidationError
 from pyroaring import BitMap
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import Select, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from app.audit import service as audit
@@ -358,6 +358,46 @@ def list_versions(session: Session, model: RegisteredModel) -> list[ModelVersion
     return list(session.scalars(
         select(ModelVersion).where(ModelVersion.model_id == model.id).order_by(ModelVersion.number)
     ))
+
+
+def active_version(session: Session, model_id: str) -> ModelVersion | None:
+    """The model's active version; None before its first training run registers one."""
+    return session.scalar(select(ModelVersion).where(
+        ModelVersion.model_id == model_id, ModelVersion.state == VersionState.ACTIVE))
+
+
+def lock_model(session: Session, model_id: str) -> None:
+    """Hold the model's row until the transaction ends (PostgreSQL; SQLite has one writer at a
+    time anyway): one planner per model, so a beat tick and an admin's "run now" do not both
+    take the same requests."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(select(RegisteredModel.id).where(RegisteredModel.id == model_id).with_for_update())
+
+
+def models_on_datasets(dataset_ids: Iterable[str]) -> Select[Any]:
+    """The ids of the models trained on any of these datasets, as a subquery for the caller's
+    statement."""
+    return select(RegisteredModel.id).where(RegisteredModel.dataset_id.in_(sorted(set(dataset_ids))))
+
+
+def datasets_of_records(session: Session, record_ids: Sequence[int]) -> set[str]:
+    """The datasets the records belong to."""
+    found: set[str] = set()
+    for start in range(0, len(record_ids), _ID_CHUNK):
+        found |= set(session.scalars(select(DataRecord.dataset_id).where(
+            DataRecord.id.in_(record_ids[start : start + _ID_CHUNK]))).all())
+    return found
+
+
+# Ids per statement when a list of record ids may be long: SQLite caps a statement's parameters.
+_ID_CHUNK = 1000
+
+
+def record_states(session: Session, dataset_id: str) -> list[tuple[str, int, str]]:
+    """Every record of the dataset as (record_key, id, state)."""
+    return list(session.execute(
+        select(DataRecord.record_key, DataRecord.id, DataRecord.state).where(DataRecord.dataset_id == dataset_id)
+    ).tuples())
 
 
 def version_artifacts(session: Session, version: ModelVersion) -> list[ModelArtifact]:

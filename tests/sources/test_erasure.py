@@ -277,7 +277,6 @@ def test_a_running_qualification_study_keeps_every_file_replaced_since_it_began(
     from app.core.database import session_scope
     from app.jobs import lifecycle
     from app.jobs.models import MethodQualification
-    from app.jobs.unlearning import active_version
     from app.registry import erasure
     from app.registry import service as registry
     from tests.jobs.conftest import TINY_MLP, run_inline
@@ -293,7 +292,7 @@ def test_a_running_qualification_study_keeps_every_file_replaced_since_it_began(
     assert run_inline(trained)["status"] == "succeeded"  # a finished job holds no file
     with session_scope() as session:
         model = registry.get_model(session, "studied")
-        study = MethodQualification(model_id=model.id, version_id=active_version(session, model.id).id,
+        study = MethodQualification(model_id=model.id, version_id=registry.active_version(session, model.id).id,
                                     method="finetune", band_min=1, band_max=10, settings={"runs": 2})
         session.add(study)
         session.flush()
