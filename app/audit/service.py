@@ -232,12 +232,13 @@ def seal_if_free(limit: int = 5000) -> int:
     return _seal_pass(limit) or 0
 
 
-def _seal_pass(limit: int = 5000) -> int | None:
-    """``seal_if_free``; None when another sealer held the lock."""
+def _seal_pass(limit: int = 5000, on_read: Callable[[int], None] | None = None) -> int | None:
+    """``seal_if_free``; None when another sealer held the lock. ``on_read`` is told how many
+    pending events the pass took, before it chains them."""
     with get_sessionmaker()() as session:
         if not _try_lock_chain(session):
             return None
-        sealed = _seal(session, limit)
+        sealed = _seal(session, limit, on_read)
         session.commit()
     if sealed:
         _notify_sealed()
@@ -250,13 +251,15 @@ _CHAIN_END = (select(_EVENTS.c.seq).order_by(_EVENTS.c.seq.desc()).limit(1).scal
               select(_EVENTS.c.hash).order_by(_EVENTS.c.seq.desc()).limit(1).scalar_subquery())
 
 
-def _seal(session: Session, limit: int) -> int:
+def _seal(session: Session, limit: int, on_read: Callable[[int], None] | None = None) -> int:
     """Chain the oldest pending events. Three statements under the lock, with no ORM object:
     one reads the pending events and the chain's end, one the tree's frontier, and one writes
     the chained events and tree nodes and deletes the pending rows."""
     pending = session.execute(
         select(_PENDING.c.id, _PENDING.c.occurred_at, _PENDING.c.actor, _PENDING.c.action, _PENDING.c.entity_type,
                _PENDING.c.entity_id, _PENDING.c.payload, *_CHAIN_END).order_by(_PENDING.c.id).limit(limit)).all()
+    if on_read is not None:
+        on_read(len(pending))
     if not pending:
         return 0
     size, prev_hash = pending[0][-2] or 0, pending[0][-1] or GENESIS_HASH
@@ -300,12 +303,21 @@ def _chained(
 class _Coalescer:
     """One sealer per process at a time. A commit that finds one running leaves it a note to
     make another pass instead of queueing on the lock, so under load one transaction seals
-    the events of many requests, while a lone request still sees its event chained at once."""
+    the events of many requests, while a lone request still sees its event chained at once.
+
+    A pass that seals a full page (``SEAL_PAGE``) leaves events behind it, and the sealer keeps
+    going until a pass finds fewer. Meanwhile intake waits (``wait_while_behind``) before it
+    writes more: the sealer is one thread among every request's, and under bulk load its share
+    of the GIL sealed a few hundred events a second while intake committed thousands, so the
+    chain (and the webhooks that follow it) fell behind by tens of thousands of events and
+    stayed behind for as long as the load lasted."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        self._settled = threading.Condition(self._lock)
         self._running = False
         self._again = False
+        self._behind = False
 
     def note(self) -> bool:
         """Leave a running sealer a note to make another pass; False when none is running (the
@@ -315,6 +327,21 @@ class _Coalescer:
                 self._again = True
             return self._running
 
+    def wait_while_behind(self, timeout: float) -> bool:
+        """Block while this process's sealer is working through a backlog (its last pass sealed
+        a full page), at most ``timeout`` seconds; True when it had to wait."""
+        with self._lock:
+            if not (self._running and self._behind):
+                return False
+            self._settled.wait_for(lambda: not (self._running and self._behind), timeout)
+            return True
+
+    def _took(self, count: int) -> None:
+        # Known as soon as the pass has read its page: intake starts waiting now, not once the
+        # pass (slow under load, for want of the GIL) has finished.
+        with self._lock:
+            self._behind = count >= SEAL_PAGE
+
     def run(self) -> None:
         with self._lock:
             if self._running:
@@ -323,14 +350,17 @@ class _Coalescer:
             self._running = True
         try:
             while True:
-                taken = _seal_pass() is None
+                sealed = _seal_pass(SEAL_PAGE, self._took)
                 with self._lock:
                     # Another process's sealer holds the chain: stop rather than try again at once.
                     # Under load every commit leaves a note, so retrying made each process spin
                     # on the lock (a transaction per try) while the other sealed; what is left
                     # pending goes with the holder's next pass, this process's next commit, or
                     # the periodic sealer.
-                    if taken or not self._again:
+                    self._behind = sealed is not None and sealed >= SEAL_PAGE
+                    if not self._behind:
+                        self._settled.notify_all()
+                    if sealed is None or not (self._again or self._behind):
                         self._again = False
                         return
                     self._again = False
@@ -338,7 +368,15 @@ class _Coalescer:
             log.exception("sealing audit events after commit failed")
         finally:
             with self._lock:
-                self._running = False
+                self._running = self._behind = False
+                self._settled.notify_all()
+
+
+# Events one sealing pass chains; a pass that finds this many has more behind it.
+SEAL_PAGE = 5000
+# How long intake waits at most for this process's sealer to work through a backlog (it then
+# goes ahead: the events are committed as pending either way, and nothing is refused for it).
+SEALER_PATIENCE_SECONDS = 30.0
 
 
 _coalescer = _Coalescer()
@@ -355,6 +393,13 @@ deferred_sealing: ContextVar[list[bool] | None] = ContextVar("unlearnd_audit_def
 def seal_committed() -> None:
     """Seal what this process's commits left pending (one coalesced pass; failures are logged)."""
     _coalescer.run()
+
+
+def wait_while_sealing_behind() -> bool:
+    """Called by intake before it writes: wait while this process's sealer has a backlog to
+    work through (see ``_Coalescer``), so that under sustained load the chain keeps up with
+    what is committed; True when it waited."""
+    return _coalescer.wait_while_behind(SEALER_PATIENCE_SECONDS)
 
 
 def noted_to_sealer() -> bool:

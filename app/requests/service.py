@@ -185,7 +185,9 @@ def submit_together(session: Session, *, client: ApiClient, intakes: Sequence[In
 def _submit_all(session: Session, client: ApiClient, entries: Sequence[Intake | UnlearndError], *,
                 optimistic: bool, entities: bool) -> list[Submission | UnlearndError]:
     """Plan every entry, write the planned ones, and answer each (a replay of an entry planned
-    before it in ``entries`` is answered as that one was)."""
+    before it in ``entries`` is answered as that one was). Waits first while this process's
+    audit sealer works through a backlog, so sustained intake never outruns the chain."""
+    audit.wait_while_sealing_behind()
     answers = _plan_all(session, client, entries, optimistic=optimistic)
     planned = [a for a in answers if isinstance(a, _Planned)]
     written = dict(zip(map(id, planned), _write(session, client, planned, entities=entities), strict=True))
