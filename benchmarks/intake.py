@@ -9,7 +9,10 @@ Every server runs under uvicorn (production settings) with the same number of pr
 keep-alive client, so it costs as little CPU as possible on a machine it shares with the
 server and PostgreSQL. Each intake request is a valid GDPR request with a distinct
 Idempotency-Key and subject; bulk intake sends batches of such requests (each item with its
-own idempotency_key) to POST /v1/deletion-requests/batch and counts items.
+own idempotency_key) to POST /v1/deletion-requests/batch and counts items. Answered is not
+done: each request's audit event must also be chained (sealed) by the API's sealer, so the
+audit log is read at the window's start and close, and polled afterwards until nothing is
+pending; bulk intake's figure is the lower of the answered and the chained rates.
 """
 
 from __future__ import annotations
@@ -68,6 +71,16 @@ class Result:
     # the server's processes, PostgreSQL's, and this load generator's.
     cpu: dict[str, float] = field(default_factory=dict)
     completed: int = 0
+    # The audit chain (intake and bulk: one event per request): events chained inside the
+    # window, events still pending when it closed, and how long after its close the API's
+    # sealer had chained every one of them.
+    chained: int | None = None
+    pending_at_stop: int | None = None
+    caught_up_after: float | None = None
+
+    @property
+    def chained_per_second(self) -> float | None:
+        return None if self.chained is None else self.chained / self.seconds
 
     def cpu_ms_per_request(self, part: str) -> float:
         return 1000 * self.cpu.get(part, float("nan")) / max(1, self.completed)
@@ -112,13 +125,37 @@ async def _client(port: int, make_request, stop_at: float, warm_until: float, re
 
 
 async def _drive(name: str, port: int, make_request, clients: int, seconds: float, warmup: float,
-                 processes: int, per_call: int) -> Result:
+                 processes: int, per_call: int, chain_dsn: str | None = None) -> Result:
+    """``chain_dsn``: the API's database, whose audit chain is read at the window's start and
+    end and then polled until every pending event is chained (see ``Result.chained``)."""
     result = Result(name, 0, 0, seconds, [], processes, per_call)
     start = time.perf_counter()
-    await asyncio.gather(*(
+    clients_done = asyncio.gather(*(
         _client(port, make_request, start + warmup + seconds, start + warmup, result) for _ in range(clients)
     ))
+    if chain_dsn is None:
+        await clients_done
+        return result
+    await asyncio.sleep(max(0.0, start + warmup - time.perf_counter()))
+    first, _ = await asyncio.to_thread(_chain_state, chain_dsn)
+    await asyncio.sleep(max(0.0, start + warmup + seconds - time.perf_counter()))
+    last, result.pending_at_stop = await asyncio.to_thread(_chain_state, chain_dsn)
+    stopped = time.perf_counter()
+    result.chained = last - first
+    await clients_done
+    while (pending := (await asyncio.to_thread(_chain_state, chain_dsn))[1]) and time.perf_counter() - stopped < 300:
+        await asyncio.sleep(0.1)
+    result.caught_up_after = time.perf_counter() - stopped if not pending else float("inf")
     return result
+
+
+def _chain_state(dsn: str) -> tuple[int, int]:
+    """(events chained, events pending) in the audit log."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        chained, pending = conn.execute(
+            "SELECT (SELECT coalesce(max(seq), 0) FROM audit_events), (SELECT count(*) FROM audit_pending_events)"
+        ).fetchone()
+    return int(chained), int(pending)
 
 
 def _post(path: str, body: dict, headers: dict[str, str]) -> bytes:
@@ -290,7 +327,8 @@ def main() -> None:
         from app.core.database import session_scope
 
         migrate.upgrade(url)
-        with psycopg.connect(PG_ADMIN.rsplit("/", 1)[0] + f"/{dbname}", autocommit=True) as conn:
+        chain_dsn = PG_ADMIN.rsplit("/", 1)[0] + f"/{dbname}"
+        with psycopg.connect(chain_dsn, autocommit=True) as conn:
             conn.execute(f"CREATE TABLE {BARE_TABLE} (id varchar(36) PRIMARY KEY, body json, created_at timestamptz)")
         with session_scope() as session:
             key = create_client(session, name="bench-portal", role="portal").api_key
@@ -327,7 +365,8 @@ def main() -> None:
                 try:
                     _ready(port, "/openapi.json" if target.startswith("intake") else "/healthz")
                     before = _cpu_seconds(server.pid)
-                    result = asyncio.run(_drive(name, port, make_request, clients, seconds, warmup, processes, per_call))
+                    result = asyncio.run(_drive(name, port, make_request, clients, seconds, warmup, processes, per_call,
+                                                None if name == "bare insert" else chain_dsn))
                     after = _cpu_seconds(server.pid)
                     result.cpu = {part: after[part] - before.get(part, 0.0) for part in after}
                     results.append(result)
@@ -359,6 +398,13 @@ def _report(results: list[Result], clients: int, seconds: float, warmup: float, 
         print(f"| {r.name} | {r.processes} | {r.requests} | {r.errors} | {r.rps:.0f} | {r.percentile(0.5):.1f} "
               f"| {r.percentile(0.99):.1f} | {r.cpu_ms_per_request('server'):.2f} / "
               f"{r.cpu_ms_per_request('postgres'):.2f} / {r.cpu_ms_per_request('client'):.2f} |")
+    chained = [r for r in results if r.chained is not None]
+    if chained:
+        print("\n| audit chain (one event per request) | processes | chained/s in the window | pending at its close "
+              "| all chained after its close (s) |\n|---|---:|---:|---:|---:|")
+        for r in chained:
+            print(f"| {r.name} | {r.processes} | {r.chained_per_second:.0f} | {r.pending_at_stop} "
+                  f"| {r.caught_up_after:.1f} |")
     print("\n| ratio vs bare insert, same run | processes | value | target |\n|---|---:|---:|---:|")
     for processes in process_counts:
         by_name = {r.name: r for r in results if r.processes == processes}
@@ -377,8 +423,12 @@ def _report(results: list[Result], clients: int, seconds: float, warmup: float, 
             print(f"| bulk intake throughput | {processes} | {bulk.rps / bare.rps:.2f} | |")
     one = [r for r in results if r.name == "bulk intake" and r.processes == 1]
     if one:
+        # Answered is not done: each request's audit event must be chained too. The lower of the
+        # two rates is what the process sustains.
         print(f"\n| bulk intake, one process | value | target |\n|---|---:|---:|\n"
-              f"| requests/s | {one[0].rps:.0f} | >= 5000 |")
+              f"| requests/s answered | {one[0].rps:.0f} | |\n"
+              f"| requests/s chained in the audit log | {one[0].chained_per_second:.0f} | |\n"
+              f"| requests/s sustained (the lower) | {min(one[0].rps, one[0].chained_per_second):.0f} | >= 5000 |")
 
 
 if __name__ == "__main__":
