@@ -31,6 +31,21 @@ def _counts() -> tuple[int, int]:
                 session.scalar(select(func.count()).select_from(PendingAuditEvent)))
 
 
+def _hold_the_sealer_after_its_first_page(monkeypatch) -> tuple[threading.Event, threading.Event]:
+    """(set once the sealer has read its first page, set it to let the sealer go on)."""
+    took_full_page, release = threading.Event(), threading.Event()
+    took = audit._Coalescer._took
+
+    def held_after_first_page(self: audit._Coalescer, count: int) -> None:
+        took(self, count)
+        if not took_full_page.is_set():
+            took_full_page.set()
+            assert release.wait(timeout=30)
+
+    monkeypatch.setattr(audit._Coalescer, "_took", held_after_first_page)
+    return took_full_page, release
+
+
 def test_a_backlog_longer_than_a_page_is_chained_in_one_run(backend, env):
     # More than a page, committed in one transaction (as a bulk intake's or a burst's are).
     count = audit.SEAL_PAGE + 7
@@ -52,16 +67,7 @@ def test_a_backlog_longer_than_a_page_is_chained_in_one_run(backend, env):
 def test_intake_waits_while_the_sealer_is_behind(env, monkeypatch):
     monkeypatch.setattr(audit, "SEAL_PAGE", 2)
     _pending_events(6)
-    took_full_page, release = threading.Event(), threading.Event()
-    took = audit._Coalescer._took
-
-    def held_after_first_page(self: audit._Coalescer, count: int) -> None:
-        took(self, count)
-        if not took_full_page.is_set():
-            took_full_page.set()
-            assert release.wait(timeout=30)
-
-    monkeypatch.setattr(audit._Coalescer, "_took", held_after_first_page)
+    took_full_page, release = _hold_the_sealer_after_its_first_page(monkeypatch)
     assert audit.wait_while_sealing_behind() is False  # no sealer running: nothing to wait for
     sealer = threading.Thread(target=audit.seal_committed)
     sealer.start()
@@ -88,15 +94,7 @@ def test_intake_goes_ahead_after_its_patience_runs_out(env, monkeypatch):
     monkeypatch.setattr(audit, "SEAL_PAGE", 2)
     monkeypatch.setattr(audit, "SEALER_PATIENCE_SECONDS", 0.2)
     _pending_events(4)
-    took_full_page, release = threading.Event(), threading.Event()
-    took = audit._Coalescer._took
-
-    def held(self: audit._Coalescer, count: int) -> None:
-        took(self, count)
-        took_full_page.set()
-        release.wait(timeout=30)
-
-    monkeypatch.setattr(audit._Coalescer, "_took", held)
+    took_full_page, release = _hold_the_sealer_after_its_first_page(monkeypatch)
     sealer = threading.Thread(target=audit.seal_committed)
     sealer.start()
     try:
