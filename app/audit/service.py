@@ -221,18 +221,22 @@ def append_many(session: Session, entries: Sequence[dict[str, Any]]) -> list[Aud
     return items
 
 
-def seal_pending(session: Session, *, limit: int = 5000) -> int:
+# Events one sealing pass chains; a pass that finds this many has more behind it.
+SEAL_PAGE = 5000
+
+
+def seal_pending(session: Session, *, limit: int = SEAL_PAGE) -> int:
     """Move committed pending events into the chain; the caller holds (or takes) the lock."""
     lock_chain(session)
     return _seal(session, limit)
 
 
-def seal_if_free(limit: int = 5000) -> int:
+def seal_if_free(limit: int = SEAL_PAGE) -> int:
     """Seal in a transaction of its own, unless another sealer holds the lock right now."""
     return _seal_pass(limit) or 0
 
 
-def _seal_pass(limit: int = 5000, on_read: Callable[[int], None] | None = None) -> int | None:
+def _seal_pass(limit: int = SEAL_PAGE, on_read: Callable[[int], None] | None = None) -> int | None:
     """``seal_if_free``; None when another sealer held the lock. ``on_read`` is told how many
     pending events the pass took, before it chains them."""
     with get_sessionmaker()() as session:
@@ -372,8 +376,6 @@ class _Coalescer:
                 self._settled.notify_all()
 
 
-# Events one sealing pass chains; a pass that finds this many has more behind it.
-SEAL_PAGE = 5000
 # How long intake waits at most for this process's sealer to work through a backlog (it then
 # goes ahead: the events are committed as pending either way, and nothing is refused for it).
 SEALER_PATIENCE_SECONDS = 30.0

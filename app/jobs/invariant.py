@@ -43,10 +43,6 @@ log = logging.getLogger("unlearnd.jobs.invariant")
 CARRIABLE = requests.AWAITING_UNLEARNING
 
 
-# At-stake records one live version's parts hold (computed by the lineage room).
-Holding = lineage.Holding
-
-
 @dataclass(frozen=True)
 class Violation:
     version_id: str
@@ -65,7 +61,7 @@ class Violation:
                 f"{len(self.uncarried_requests)} attached but not carried by any job")
 
 
-def holdings(session: Session, version_ids: list[str] | None = None) -> list[Holding]:
+def holdings(session: Session, version_ids: list[str] | None = None) -> list[lineage.Holding]:
     """Every live version (of ``version_ids``, or all) holding a forgotten record or a record of
     a request not yet terminal: the lineage room's one-statement read, given the requests
     room's at-stake records."""
@@ -82,7 +78,7 @@ def _covers(job: UnlearningJob, version_id: str) -> bool:
     return job.status == JobStatus.QUEUED or (job.status == JobStatus.RUNNING and job.base_version_id == version_id)
 
 
-def violations(session: Session, found: list[Holding]) -> list[Violation]:
+def violations(session: Session, found: list[lineage.Holding]) -> list[Violation]:
     """Which holdings nothing covers (see the module's docstring)."""
     if not found:
         return []
@@ -122,13 +118,13 @@ def violations(session: Session, found: list[Holding]) -> list[Violation]:
     return result
 
 
-def check(session: Session) -> tuple[list[Holding], list[Violation]]:
+def check(session: Session) -> tuple[list[lineage.Holding], list[Violation]]:
     """Read-only: every live version holding an at-stake record, and those nothing covers."""
     found = holdings(session)
     return found, violations(session, found)
 
 
-def reconcile(session: Session, found: list[Holding], *, actor: str) -> list[Violation]:
+def reconcile(session: Session, found: list[lineage.Holding], *, actor: str) -> list[Violation]:
     """Cover every violation among ``found``: attach the requests to the version and put what
     nothing would unlearn on a follow-up job of the model. The caller holds the exclusive
     lineage lock. Returns the violations it found."""

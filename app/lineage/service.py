@@ -779,10 +779,9 @@ def model_versions_holding(session: Session, model_id: str, record_ids: list[int
         select(ModelVersion.id, ModelArtifact.snapshot_id).join(ModelArtifact, ModelArtifact.version_id == ModelVersion.id)
         .where(*live, ModelArtifact.snapshot_id.is_not(None)),
     ).subquery()
-    candidates = session.execute(
-        select(snapshots.c[0], DatasetSnapshot.members).join(DatasetSnapshot, DatasetSnapshot.id == snapshots.c[1])
-    ).tuples()
-    holding = {vid for vid, members in candidates if BitMap.deserialize(members).intersection_cardinality(rows)}
+    candidates = session.execute(select(snapshots.c[0], snapshots.c[1])).tuples().all()
+    bitmaps = snapshot_bitmaps.get_many(session, sorted({sid for _, sid in candidates}))
+    holding = {vid for vid, sid in candidates if bitmaps[sid].intersection_cardinality(rows)}
     numbers = dict(session.execute(select(ModelVersion.id, ModelVersion.number).where(ModelVersion.id.in_(holding))).tuples().all())
     return sorted(holding, key=numbers.__getitem__)
 
