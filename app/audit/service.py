@@ -37,7 +37,7 @@ from sqlalchemy.orm import Session
 from app.audit import nodes
 from app.audit.models import AuditEvent, AuditTreeNode, PendingAuditEvent
 from app.core.database import get_sessionmaker, insert_rows, utcnow, write_together
-from app.core.hashing import canonical_json, sha256_hex
+from app.core.hashing import canonical_json, canonical_json_strict, sha256_hex
 
 GENESIS_HASH = "0" * 64
 # Arbitrary constant naming the audit-chain lock among PostgreSQL advisory locks.
@@ -160,6 +160,45 @@ def pending_rows(session: Session, events: list[Event]) -> tuple[Table, list[dic
     ]
 
 
+def append_events(session: Session, events: Sequence[Event]) -> None:
+    """Chain ``events`` in the caller's transaction now, with no ORM object and no pending row:
+    ``append`` for a bulk intake's thousand events, which as pending rows were written, read
+    back, decoded and written again by the sealer, a sealer that under bulk load got too little
+    of the process to keep up. The caller holds the chain lock from here until its transaction
+    ends, so it calls this last, just before it commits.
+
+    Hashed from the events as given (as ``append`` does), so their payloads must be of JSON's own
+    types: each event's body is encoded before the lock is taken, and only the chain's
+    sequential part (its number and the previous hash) is added under it."""
+    if not events:
+        return
+    occurred_at = utcnow()
+    stamp = occurred_at.astimezone(UTC).isoformat()
+    heads = [_body_head(stamp, e) for e in events]
+    # Events committed before these keep their place: the pending ones are sealed first, as
+    # ``append`` does, and the sealer (which only tries the lock) is not left behind under load.
+    seal_pending(session)
+    size, prev_hash = session.execute(select(*_CHAIN_END)).one()
+    size, prev_hash = size or 0, prev_hash or GENESIS_HASH
+    rows: list[dict[str, Any]] = []
+    for seq, (e, head) in enumerate(zip(events, heads, strict=True), start=size + 1):
+        hashed = sha256_hex(bytes.fromhex(prev_hash) + head + b',"seq":%d}' % seq)
+        rows.append({"seq": seq, "occurred_at": occurred_at, "actor": e.actor, "action": e.action,
+                     "entity_type": e.entity_type, "entity_id": str(e.entity_id), "payload": e.payload,
+                     "prev_hash": prev_hash, "hash": hashed})
+        prev_hash = hashed
+    _write_chained(session, size, rows)
+    _notify_when_committed(session)
+
+
+def _body_head(stamp: str, e: Event) -> bytes:
+    """``canonical_json(_body(seq, e))`` up to where the sequence number goes: with sorted keys
+    ``seq`` comes last (after ``payload``), so the whole body is this, ``,"seq":N`` and ``}``."""
+    return canonical_json_strict({"occurred_at": stamp, "actor": e.actor, "action": e.action,
+                                  "entity_type": e.entity_type, "entity_id": str(e.entity_id),
+                                  "payload": e.payload})[:-1]
+
+
 def _seal_when_committed(session: Session) -> None:
     # Read by ``_seal_after_commit``, registered once on every session (see outbox's listeners).
     session.info[_SEAL_AFTER_COMMIT] = True
@@ -202,10 +241,7 @@ def append_many(session: Session, entries: Sequence[dict[str, Any]]) -> list[Aud
     lock, one read of the chain's end, one multi-row insert and one extension of the tree."""
     lock_chain(session)
     seal_pending(session)
-    if not session.info.get(_NOTIFY_AFTER_COMMIT):
-        session.info[_NOTIFY_AFTER_COMMIT] = True
-        event.listen(session, "after_commit", _notify_after_commit, once=True)
-        event.listen(session, "after_rollback", _forget_notify, once=True)
+    _notify_when_committed(session)
     last = _last(session)
     size = last.seq if last else 0
     items: list[AuditEvent] = []
@@ -274,16 +310,23 @@ def _seal(session: Session, limit: int, on_read: Callable[[int], None] | None = 
                      "entity_type": item.entity_type, "entity_id": item.entity_id, "payload": item.payload,
                      "prev_hash": prev_hash, "hash": hashed})
         prev_hash = hashed
+    _write_chained(session, size, rows, [p.id for p in pending])
+    return len(pending)
+
+
+def _write_chained(session: Session, size: int, rows: list[dict[str, Any]], sealed: Sequence[Any] = ()) -> None:
+    """Write chained events ``size + 1 ..`` with the tree nodes they complete, and delete the
+    pending rows ``sealed`` they were; one statement on PostgreSQL in the usual case."""
     hashes = [row["hash"] for row in rows]
     tree = nodes.completed_rows(session, size, hashes)
     if tree is None:  # the stored tree lags the chain: caught up the slow way, then extended
         insert_rows(session, _EVENTS, rows)
         nodes.extend(session, size, hashes)
-        session.execute(delete(PendingAuditEvent).where(PendingAuditEvent.id.in_([p.id for p in pending])))
+        if sealed:
+            session.execute(delete(PendingAuditEvent).where(PendingAuditEvent.id.in_(list(sealed))))
     else:
         write_together(session, [(_EVENTS, rows), (AuditTreeNode.__table__, tree)],
-                       delete=(_PENDING, "id", [p.id for p in pending]))
-    return len(pending)
+                       delete=(_PENDING, "id", sealed) if sealed else None)
 
 
 def _last(session: Session) -> AuditEvent | None:
@@ -420,6 +463,13 @@ def _seal_after_commit(session: Session) -> None:
         waiting[0] = True
         return
     _coalescer.run()
+
+
+def _notify_when_committed(session: Session) -> None:
+    if not session.info.get(_NOTIFY_AFTER_COMMIT):
+        session.info[_NOTIFY_AFTER_COMMIT] = True
+        event.listen(session, "after_commit", _notify_after_commit, once=True)
+        event.listen(session, "after_rollback", _forget_notify, once=True)
 
 
 def _notify_after_commit(session: Session) -> None:

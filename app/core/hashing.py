@@ -151,6 +151,17 @@ def canonical_json(document: Any) -> bytes:
     return _CANONICAL.encode(document).encode()
 
 
+# For a document hashed before it is stored (and verified from what was stored): a value JSON
+# does not hold as it is (a datetime, NaN) is refused, where ``canonical_json`` would hash its
+# ``str`` while the database kept another form of it.
+_CANONICAL_STRICT = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def canonical_json_strict(document: Any) -> bytes:
+    """``canonical_json`` of a document of JSON's own types only; TypeError or ValueError otherwise."""
+    return _CANONICAL_STRICT.encode(document).encode()
+
+
 def json_safe(value: Any) -> Any:
     """JSON has no NaN or infinity (an empty group's accuracy, say): they are stated as null."""
     if isinstance(value, float) and not math.isfinite(value):

@@ -8,6 +8,7 @@ written together or not at all. ``transition`` is the one place a status changes
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -179,18 +180,19 @@ def submit_together(session: Session, *, client: ApiClient, intakes: Sequence[In
     transaction; each answered as ``submit`` would answer it alone (a refusal is returned, not
     raised). A later one that repeats an earlier one's key is that one's replay, as it would be
     had they come one after the other."""
-    return _submit_all(session, client, intakes, optimistic=True, entities=True)
+    return _submit_all(session, client, intakes, entities=True)
 
 
 def _submit_all(session: Session, client: ApiClient, entries: Sequence[Intake | UnlearndError], *,
-                optimistic: bool, entities: bool) -> list[Submission | UnlearndError]:
+                entities: bool, chain_now: bool = False) -> list[Submission | UnlearndError]:
     """Plan every entry, write the planned ones, and answer each (a replay of an entry planned
     before it in ``entries`` is answered as that one was). Waits first while this process's
     audit sealer works through a backlog, so sustained intake never outruns the chain."""
     audit.wait_while_sealing_behind()
-    answers = _plan_all(session, client, entries, optimistic=optimistic)
+    answers = _plan_all(session, client, entries, entities=entities)
     planned = [a for a in answers if isinstance(a, _Planned)]
-    written = dict(zip(map(id, planned), _write(session, client, planned, entities=entities), strict=True))
+    written = dict(zip(map(id, planned), _write(session, client, planned, entities=entities, chain_now=chain_now),
+                       strict=True))
     outcomes: list[Submission | UnlearndError] = []
     for answer in answers:
         if isinstance(answer, _Planned):
@@ -207,18 +209,21 @@ def _plan_all(
     client: ApiClient,
     entries: Sequence[Intake | UnlearndError],
     *,
-    optimistic: bool = False,
+    entities: bool = True,
 ) -> list[Submission | _Planned | UnlearndError]:
     """Every check and every read of the submissions, in order; no write. What it returns is
     written by ``_write``, so a submission is written whole or not at all without a savepoint.
-    The reads are set-based: one statement finds every earlier request the items name, one
-    the scope models, one the datasets, and ``lineage.resolve_many`` resolves them together,
-    so a batch of a thousand costs the round trips of one. Later items see earlier planned
-    ones as if written (a repeat is a replay of it, or a 409).
+    The reads are set-based: one statement reads the scope models, one the datasets, and
+    ``lineage.resolve_many`` resolves them together, so a batch of a thousand costs the round
+    trips of one. Later items see earlier planned ones as if written (a repeat is a replay of
+    it, or a 409).
 
-    ``optimistic``: earlier requests are not read up front (``_write`` answers a submission
-    that loses on its key as a replay); a submission refused by a check still reads its
-    earlier request first, so a replay is answered as one whatever the checks say now."""
+    Optimistic about replays: nearly every submission is new, so earlier requests are not read
+    up front; ``_write`` answers one that loses on its key as a replay. The submissions refused
+    by a check do have their earlier requests read (one statement for all), so a replay is
+    answered as one whatever the checks say now. ``entities``: those are read as ORM objects
+    (a single intake answers with the whole request), else as the few columns a batch's answer
+    reads."""
     answers: list[Any] = list(entries)
     prepared: dict[int, _Prepared] = {}
     schemes: list[subjects.HashScheme] | None = None
@@ -238,27 +243,22 @@ def _plan_all(
             answers[index] = error
     if not prepared:
         return answers
-    by_key, by_ref = ({}, {}) if optimistic else _earlier_requests(session, client.id, prepared.values(),
-                                                                   entities=False)
     known_models = _known(session, RegisteredModel.name, {m for p in prepared.values() for m in p.scope_models or ()})
     known_datasets = _known(session, Dataset.name, {d for p in prepared.values() for d in _datasets_named(p.submission)})
     planned: dict[tuple[str, str], _Planned] = {}
     fresh: list[tuple[int, _Prepared]] = []
+    refused: list[tuple[int, _Prepared]] = []
     for index, p in prepared.items():
         try:
-            earlier = _earlier(p.idempotency_key, p.submission.external_ref, by_key, by_ref, planned)
+            earlier = _earlier(p.idempotency_key, p.submission.external_ref, {}, {}, planned)
             if earlier is not None:
                 answers[index] = _replay(earlier, p.request_hash, p.idempotency_key)
                 continue
             _check_scope_models(p.scope_models, known_models)
             _check_known_datasets(p.submission, known_datasets)
         except UnlearndError as error:
-            earlier = _find_earlier(session, client.id, p.idempotency_key, p.submission.external_ref) \
-                if optimistic else None
-            try:
-                answers[index] = error if earlier is None else _replay(earlier, p.request_hash, p.idempotency_key)
-            except UnlearndError as conflict:
-                answers[index] = conflict
+            answers[index] = error
+            refused.append((index, p))
             continue
         answers[index] = plan = _Planned(request=_new_request(client, p), steps=[], record_ids=[], call_id=p.call_id,
                                          versions=[])
@@ -267,6 +267,17 @@ def _plan_all(
         if p.submission.external_ref is not None:
             planned.setdefault(("ref", p.submission.external_ref), plan)
         fresh.append((index, p))
+    if refused:
+        # A refused submission that repeats a written request is that request's replay, whatever
+        # the checks say now: one read for all of them.
+        by_key, by_ref = _earlier_requests(session, client.id, [p for _, p in refused], entities=entities)
+        for index, p in refused:
+            earlier = _earlier(p.idempotency_key, p.submission.external_ref, by_key, by_ref, {})
+            try:
+                if earlier is not None:
+                    answers[index] = _replay(earlier, p.request_hash, p.idempotency_key)
+            except UnlearndError as conflict:
+                answers[index] = conflict
     if not fresh:
         return answers
     # Resolution runs under the shared lineage lock (see ``_lock_lineage``), taken once: with the
@@ -366,7 +377,7 @@ def _settle(session: Session, client: ApiClient, planned: _Planned, p: _Prepared
 
 
 def _write(session: Session, client: ApiClient, planned: list[_Planned], *,
-           entities: bool = True) -> list[Submission | UnlearndError]:
+           entities: bool = True, chain_now: bool = False) -> list[Submission | UnlearndError]:
     """Write planned submissions (on PostgreSQL one statement for every table, elsewhere one per
     table). The request rows go in with ON CONFLICT DO NOTHING: one that lost a race to a
     concurrent submission with the same key or external_ref writes nothing more and is answered
@@ -375,8 +386,10 @@ def _write(session: Session, client: ApiClient, planned: list[_Planned], *,
         return []
     # One statement writes every request row that wins its key (ON CONFLICT DO NOTHING) with its
     # history, resolved records and versions, and its audit event (one per request, naming
-    # every status it passed through); a row that lost a race writes nothing more.
-    events = audit.pending_rows(session, [
+    # every status it passed through) as a pending row for the sealer; a row that lost a race
+    # writes nothing more. ``chain_now`` (a batch): the winners' events are chained instead, by
+    # this transaction, just before it commits (``audit.append_events``).
+    events = [
         audit.Event(
             actor=client.id, action="request.received", entity_type="deletion_request", entity_id=p.request.id,
             payload={
@@ -389,7 +402,8 @@ def _write(session: Session, client: ApiClient, planned: list[_Planned], *,
             },
         )
         for p in planned
-    ])
+    ]
+    pending = [] if chain_now else [(*audit.pending_rows(session, events), "entity_id")]
     inserted = set(insert_linked(
         session, DeletionRequest.__table__, [vars(p.request) for p in planned], key="id", children=[
             (RequestTransition.__table__, [step.row() for p in planned for step in p.steps],
@@ -398,7 +412,7 @@ def _write(session: Session, client: ApiClient, planned: list[_Planned], *,
                                        for p in planned for rid in p.record_ids], "request_id"),
             (RequestModelVersion.__table__, [{"request_id": p.request.id, "version_id": v.id, "model_id": v.model_id}
                                              for p in planned for v in p.versions], "request_id"),
-            (*events, "entity_id"),
+            *pending,
         ]))
     outcomes: dict[int, Submission | UnlearndError] = {}
     winners = [p for p in planned if p.request.id in inserted]
@@ -428,12 +442,23 @@ def _write(session: Session, client: ApiClient, planned: list[_Planned], *,
         for p in winners:
             log.info("deletion request received", extra={"deletion_request": p.request.id, "status": p.request.status,
                                                          **({"request_id": p.call_id} if p.call_id else {})})
+    if chain_now:  # last: from here the chain lock is held until commit
+        audit.append_events(session, [e for e in events if e.entity_id in inserted])
     return [outcomes[id(p)] for p in planned]
 
 
 # --- bulk intake ------------------------------------------------------------------------------
 
 MAX_BATCH = 1000
+# Batches a process plans and writes at once; the others wait their turn. A batch is a quarter
+# second of Python per thousand items, and one process has one core for Python: batches running
+# together only slowed each other, and the one holding the chain lock (``audit.append_events``,
+# until its commit) waited its turn for the interpreter behind thirty others, which all then
+# waited for that lock. Two keep the database busy with one while the other computes; measured
+# against three and unlimited in benchmarks/results/intake.md.
+BATCHES_AT_ONCE = 2
+BATCH_TURN_SECONDS = 60.0
+_batch_turns = threading.BoundedSemaphore(BATCHES_AT_ONCE)
 
 
 @dataclass(frozen=True)
@@ -464,9 +489,16 @@ def submit_batch(
             entries.append(Intake(item, item.idempotency_key, provenance, received_at))
         except UnlearndError as error:
             entries.append(error)
+    if not _batch_turns.acquire(timeout=BATCH_TURN_SECONDS):
+        raise ServiceUnavailable(f"more batches are waiting than this process writes in {BATCH_TURN_SECONDS:.0f} s; "
+                                 "retry")
+    try:
+        answers = _submit_all(session, client, entries, entities=False, chain_now=True)
+    finally:
+        _batch_turns.release()
     return [BatchResult(index=index, error=answer) if isinstance(answer, UnlearndError)
             else BatchResult(index=index, submission=answer)
-            for index, answer in enumerate(_submit_all(session, client, entries, optimistic=False, entities=False))]
+            for index, answer in enumerate(answers)]
 
 
 def _parse_batch_item(raw: Any) -> DeletionRequestBatchItem:
@@ -572,13 +604,6 @@ class _PlannedRef:
     @property
     def idempotency_key(self) -> str | None:
         return self.planned.request.idempotency_key
-
-
-def _find_earlier(session: Session, client_id: str, idempotency_key: str | None, external_ref: str | None) -> Any:
-    """The client's written request with this key or external_ref (the key decides when both
-    match different requests)."""
-    by_key, by_ref = _earlier_requests(session, client_id, [(idempotency_key, external_ref)])
-    return _earlier(idempotency_key, external_ref, by_key, by_ref, {})
 
 
 _REPLAY_COLUMNS = (DeletionRequest.id, DeletionRequest.idempotency_key, DeletionRequest.external_ref,

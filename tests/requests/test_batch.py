@@ -210,3 +210,110 @@ def test_a_connection_killed_mid_batch_leaves_every_item_whole_or_absent(api, ma
     assert after["deletion_requests"] - before["deletion_requests"] == 6
     assert after["deletion_request_history"] - before["deletion_request_history"] == 12
     assert after["received_events"] - before["received_events"] == 6
+
+
+def test_items_refused_by_a_check_now_are_still_replays_of_what_was_written(api, make_client, seed_model, backend):
+    """Earlier requests are not read up front (nearly every item is new); the items a check
+    refuses have theirs read afterwards, so a resent batch is answered as replays even after
+    a model it named was renamed. An item that is new and names the old name is refused."""
+    from sqlalchemy import update
+
+    from app.core.database import session_scope
+    from app.registry.models import RegisteredModel
+
+    seeded = seed_model({"r1": ("email", "known@example.org")})
+    portal = make_client("portal")
+    scoped = [_item(f"scoped-{n}", scope={"models": [seeded.model_name]}) for n in range(3)]
+    first = api.post(BATCH, json={"requests": scoped}, headers=portal.headers).json()
+    assert first["created"] == 3
+    with session_scope() as session:
+        session.execute(update(RegisteredModel).where(RegisteredModel.id == seeded.model_id).values(name="renamed"))
+    written = _counts()
+    again = api.post(BATCH, json={"requests": [*scoped, _item("scoped-new", scope={"models": [seeded.model_name]})]},
+                     headers=portal.headers).json()
+    assert [r["outcome"] for r in again["results"]] == ["replayed"] * 3 + ["refused"]
+    assert [r["id"] for r in again["results"][:3]] == [r["id"] for r in first["results"]]
+    assert again["results"][3]["problem"]["status"] == 422
+    assert _counts() == written
+
+
+def test_a_batchs_events_are_chained_by_its_own_commit(api, make_client, backend):
+    """No pending events for the sealer to read back: the batch's transaction chains them, and
+    the log verifies."""
+    from app.audit.models import PendingAuditEvent
+    from app.audit.verify import verify_log
+    from app.core.database import session_scope
+
+    portal = make_client("portal")
+    response = api.post(BATCH, json={"requests": [_item(f"chained-{n}") for n in range(25)]}, headers=portal.headers)
+    assert response.json()["created"] == 25
+    with session_scope() as session:
+        assert session.scalar(select(func.count()).select_from(PendingAuditEvent)
+                              .where(PendingAuditEvent.action == "request.received")) == 0
+        assert verify_log(session).ok
+    assert _counts()["received_events"] == 25
+
+
+def test_batches_take_turns_and_a_batch_that_waits_too_long_is_a_503(api, make_client, monkeypatch):
+    """At most ``BATCHES_AT_ONCE`` batches are planned and written at once in a process; one that
+    gets no turn within ``BATCH_TURN_SECONDS`` is answered 503 with Retry-After, nothing written."""
+    import threading
+
+    from app.core.database import get_sessionmaker
+    from app.requests import service
+
+    portal = make_client("portal")
+    monkeypatch.setattr(service, "BATCH_TURN_SECONDS", 0.2)
+    for _ in range(service.BATCHES_AT_ONCE):
+        assert service._batch_turns.acquire(timeout=1)
+    try:
+        before = _counts()
+        response = api.post(BATCH, json={"requests": [_item("waited")]}, headers=portal.headers)
+        problem = assert_problem(response, 503)
+        assert int(response.headers["Retry-After"]) >= 1 and "retry" in problem["detail"]
+        assert _counts() == before
+    finally:
+        for _ in range(service.BATCHES_AT_ONCE):
+            service._batch_turns.release()
+    assert api.post(BATCH, json={"requests": [_item("waited")]}, headers=portal.headers).json()["created"] == 1
+
+    # Six batches sent at once run at most BATCHES_AT_ONCE at a time.
+    running, most = 0, 0
+    guard = threading.Lock()
+    submit_all = service._submit_all
+
+    def counted(*args, **kwargs):
+        nonlocal running, most
+        with guard:
+            running += 1
+            most = max(most, running)
+        try:
+            time.sleep(0.05)
+            return submit_all(*args, **kwargs)
+        finally:
+            with guard:
+                running -= 1
+
+    monkeypatch.setattr(service, "_submit_all", counted)
+    from sqlalchemy import select as select_
+
+    from app.core.auth import ApiClient
+
+    with get_sessionmaker()() as session:
+        client = session.scalar(select_(ApiClient).where(ApiClient.id == portal.id))
+        session.expunge(client)
+
+    def one_batch(n: int) -> None:
+        with get_sessionmaker()() as session:
+            results = service.submit_batch(session, client=client, items=[_item(f"turn-{n}-{i}") for i in range(3)],
+                                           provenance=service.Provenance(channel="api"))
+            session.commit()
+            assert all(r.submission is not None for r in results)
+
+    threads = [threading.Thread(target=one_batch, args=(n,)) for n in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert most == service.BATCHES_AT_ONCE
+    assert _counts()["deletion_requests"] == before["deletion_requests"] + 1 + 18
