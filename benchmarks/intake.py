@@ -10,9 +10,10 @@ keep-alive client, so it costs as little CPU as possible on a machine it shares 
 server and PostgreSQL. Each intake request is a valid GDPR request with a distinct
 Idempotency-Key and subject; bulk intake sends batches of such requests (each item with its
 own idempotency_key) to POST /v1/deletion-requests/batch and counts items. Answered is not
-done: each request's audit event must also be chained (sealed) by the API's sealer, so the
-audit log is read at the window's start and close, and polled afterwards until nothing is
-pending; bulk intake's figure is the lower of the answered and the chained rates.
+done: each request's audit event must also be chained (a single intake's by the API's sealer
+after the response, a batch's by the batch's own transaction), so the audit log is read at the
+window's start and close, and polled afterwards until nothing is pending; bulk intake's figure
+is the lower of the answered and the chained rates.
 """
 
 from __future__ import annotations
