@@ -259,6 +259,7 @@ def test_batches_take_turns_and_a_batch_that_waits_too_long_is_a_503(api, make_c
     gets no turn within ``BATCH_TURN_SECONDS`` is answered 503 with Retry-After, nothing written."""
     import threading
 
+    from app.core.auth import ApiClient
     from app.core.database import get_sessionmaker
     from app.requests import service
 
@@ -295,12 +296,8 @@ def test_batches_take_turns_and_a_batch_that_waits_too_long_is_a_503(api, make_c
                 running -= 1
 
     monkeypatch.setattr(service, "_submit_all", counted)
-    from sqlalchemy import select as select_
-
-    from app.core.auth import ApiClient
-
     with get_sessionmaker()() as session:
-        client = session.scalar(select_(ApiClient).where(ApiClient.id == portal.id))
+        client = session.scalar(select(ApiClient).where(ApiClient.id == portal.id))
         session.expunge(client)
 
     def one_batch(n: int) -> None:
