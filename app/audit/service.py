@@ -326,7 +326,7 @@ def _write_chained(session: Session, size: int, rows: list[dict[str, Any]], seal
             session.execute(delete(PendingAuditEvent).where(PendingAuditEvent.id.in_(list(sealed))))
     else:
         write_together(session, [(_EVENTS, rows), (AuditTreeNode.__table__, tree)],
-                       delete=(_PENDING, "id", sealed) if sealed else None)
+                       delete=(_PENDING, "id", sealed))
 
 
 def _last(session: Session) -> AuditEvent | None:

@@ -273,9 +273,10 @@ def _plan_all(
         by_key, by_ref = _earlier_requests(session, client.id, [p for _, p in refused], entities=entities)
         for index, p in refused:
             earlier = _earlier(p.idempotency_key, p.submission.external_ref, by_key, by_ref, {})
+            if earlier is None:
+                continue
             try:
-                if earlier is not None:
-                    answers[index] = _replay(earlier, p.request_hash, p.idempotency_key)
+                answers[index] = _replay(earlier, p.request_hash, p.idempotency_key)
             except UnlearndError as conflict:
                 answers[index] = conflict
     if not fresh:
