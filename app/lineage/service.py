@@ -23,7 +23,6 @@ from sqlalchemy import (
     Integer,
     Select,
     String,
-    any_,
     bindparam,
     cast,
     func,
@@ -35,13 +34,20 @@ from sqlalchemy import (
     union,
     union_all,
 )
-from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
 from app.audit import service as audit
 from app.core import merkle
 from app.core.config import get_settings
-from app.core.database import fetch_all, fetch_all_async, read_once, reads_on_the_loop, utcnow
+from app.core.database import (
+    any_of_json,
+    fetch_all,
+    fetch_all_async,
+    json_list,
+    read_once,
+    reads_on_the_loop,
+    utcnow,
+)
 from app.core.errors import InvalidInput, NotFound, TooManyRequests
 from app.core.hashing import canonical_json, sha256_hex
 from app.lineage import proofs
@@ -155,10 +161,10 @@ def _by_subject(hashes: ColumnElement[bool]):  # noqa: ANN202 - a Select over _R
             .where(Dataset.status == DatasetStatus.READY, hashes))
 
 
-# Built once. On PostgreSQL the hashes are one array parameter: an expanded IN of a thousand
-# 64-character hashes is a statement psycopg would re-parse on every call.
+# Built once. On PostgreSQL the hashes are one JSON text (``any_of_json``): an expanded IN of a
+# thousand 64-character hashes is a statement psycopg would re-parse on every call.
 _BY_SUBJECT = {
-    "postgresql": _by_subject(DataRecord.subject_hash == any_(bindparam("hashes", type_=ARRAY(String)))),
+    "postgresql": _by_subject(any_of_json(DataRecord.subject_hash, bindparam("hashes", type_=String))),
     None: _by_subject(DataRecord.subject_hash.in_(bindparam("hashes", expanding=True))),
 }
 
@@ -601,8 +607,12 @@ def resolve_many(session: Session, queries: list[ResolveQuery]) -> list[Resoluti
     hashes = sorted({h for q in queries for h in q.subject_hashes})
     for start in range(0, len(hashes), _CHUNK):
         # Core, on the session's connection: a built-once statement, no ORM execution layer.
-        statement = _BY_SUBJECT.get(session.get_bind().dialect.name, _BY_SUBJECT[None])
-        for r in session.connection().execute(statement, {"hashes": hashes[start : start + _CHUNK]}):
+        chunk = hashes[start : start + _CHUNK]
+        if session.get_bind().dialect.name == "postgresql":
+            statement, chunk = _BY_SUBJECT["postgresql"], json_list(chunk)
+        else:
+            statement = _BY_SUBJECT[None]
+        for r in session.connection().execute(statement, {"hashes": chunk}):
             rows[r[0]] = _Row(*r[:6])
             by_hash[r[6]].append(r[0])
     wanted: dict[str, set[str]] = defaultdict(set)
