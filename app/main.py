@@ -36,9 +36,11 @@ from app.webhooks.router import router as webhooks_router
 ROUTERS = [health_router, clients_router, requests_router, registry_router, lineage_router, audit_router, keys_router, certificates_router, jobs_router, metrics_router, webhooks_router, drp_router, drp_admin_router]
 
 
-# Young-generation collections every 10,000 net allocations instead of 700: a bulk intake keeps
-# tens of thousands of objects alive while it runs, which the default collects over and over.
-GC_THRESHOLDS = (10_000, 50, 10)
+# Young-generation collections every 50,000 net allocations instead of 700: a bulk intake keeps
+# tens of thousands of objects alive while it runs, which a lower threshold collects over and
+# over. At 10,000 a 1,000-item batch set off five collections (18 ms of its ~150 ms of CPU,
+# in-process); at 50,000 most batches finish, and free what they held, before any (1 ms).
+GC_THRESHOLDS = (50_000, 50, 10)
 
 
 def _tune_gc() -> None:
