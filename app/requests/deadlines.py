@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import calendar
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, tzinfo
+from functools import lru_cache
 
 from app.requests.models import LegalBasis
 
@@ -18,7 +19,15 @@ class Period:
     days: int = 0
 
     def after(self, moment: datetime) -> datetime:
-        return add_months(moment, self.months) + timedelta(days=self.days)
+        return _after(self.months, self.days, moment, moment.tzinfo)
+
+
+@lru_cache(maxsize=256)
+def _after(months: int, days: int, moment: datetime, zone: tzinfo | None) -> datetime:
+    # Cached: a batch's requests share their moment of receipt, so a thousand deadlines are one.
+    # ``zone`` is part of the key because equal instants compare equal across zones, and months
+    # are counted on the moment's own calendar.
+    return add_months(moment, months) + timedelta(days=days)
 
 
 # Statutory response periods; the other bases take their days from settings.

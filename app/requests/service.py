@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from types import SimpleNamespace
+from types import MappingProxyType, SimpleNamespace
 from typing import Any
 
 from pydantic import ValidationError
@@ -78,6 +78,14 @@ AT_STAKE = tuple(s.value for s in S if s not in TERMINAL)
 # A portal's clock may run a little ahead of ours; beyond this, requested_at is refused.
 CLOCK_SKEW = timedelta(minutes=2)
 MAX_IDEMPOTENCY_KEY = 255
+# Each member's value, found by the member or by the value itself (a StrEnum member hashes and
+# compares as its value): a dict lookup where ``RequestStatus(x).value`` is two enum calls, a
+# dozen times per submission.
+_STATUS_VALUE: dict[str, str] = {s: s.value for s in RequestStatus}
+_OUTCOME_VALUE: dict[str, str] = {o: o.value for o in RequestOutcome}
+_RECEIVED = S.RECEIVED.value
+# What a submission planned with no written request to compare against reads (never written to).
+_NONE_WRITTEN: Mapping[str, Any] = MappingProxyType({})
 
 
 @dataclass(frozen=True)
@@ -132,14 +140,8 @@ class _Prepared:
     requested_at: datetime
     received_at: datetime
     request_hash: str
-
-    @property
-    def record_refs(self) -> list[tuple[str, str]]:
-        return [(ref.dataset, ref.record_key) for ref in self.submission.records]
-
-    @property
-    def scope_models(self) -> list[str] | None:
-        return self.submission.scope.models if self.submission.scope else None
+    record_refs: list[tuple[str, str]]
+    scope_models: list[str] | None
 
 
 def submit(
@@ -250,7 +252,7 @@ def _plan_all(
     refused: list[tuple[int, _Prepared]] = []
     for index, p in prepared.items():
         try:
-            earlier = _earlier(p.idempotency_key, p.submission.external_ref, {}, {}, planned)
+            earlier = _earlier(p.idempotency_key, p.submission.external_ref, _NONE_WRITTEN, _NONE_WRITTEN, planned)
             if earlier is not None:
                 answers[index] = _replay(earlier, p.request_hash, p.idempotency_key)
                 continue
@@ -309,6 +311,8 @@ def _prepare(intake: Intake, schemes: list[subjects.HashScheme]) -> _Prepared:
         identifiers=identifiers,
         lookup=sorted({h for identifier in identifiers for h in identifier.lookup}),
         requested_at=requested_at, received_at=received_at, request_hash=_request_hash(submission, hashes),
+        record_refs=[(ref.dataset, ref.record_key) for ref in submission.records],
+        scope_models=submission.scope.models if submission.scope else None,
     )
 
 
@@ -342,7 +346,7 @@ def _new_request(client: ApiClient, p: _Prepared) -> _NewRequest:
         requested_at=p.requested_at,
         received_at=p.received_at,
         due_at=deadlines.due_at(submission.legal_basis, p.requested_at, get_settings().default_deadline_days),
-        status=S.RECEIVED.value,
+        status=_RECEIVED,
         outcome=None,
         guarantee=None,
         extended_at=None,
@@ -359,7 +363,7 @@ def _settle(session: Session, client: ApiClient, planned: _Planned, p: _Prepared
             resolution: lineage.Resolution) -> None:
     """Move a planned request as far as intake may, from what resolution found."""
     request = planned.request
-    planned.steps.append(_Step(request_id=request.id, from_status=None, to_status=S.RECEIVED.value,
+    planned.steps.append(_Step(request_id=request.id, from_status=None, to_status=_RECEIVED,
                                actor=client.id, reason=None, at=p.received_at))
     planned.record_ids, planned.versions = _describe_resolution(session, request, resolution)
     request.affected["identifiers_checked"] = _identifiers_checked(p.submission, p.identifiers)
@@ -641,8 +645,8 @@ def _earlier_requests(
 
 
 def _earlier(
-    idempotency_key: str | None, external_ref: str | None, by_key: dict[str, DeletionRequest],
-    by_ref: dict[str, DeletionRequest], planned: dict[tuple[str, str], _Planned],
+    idempotency_key: str | None, external_ref: str | None, by_key: Mapping[str, Any],
+    by_ref: Mapping[str, Any], planned: dict[tuple[str, str], _Planned],
 ) -> Any:
     """The earlier request a submission repeats: by its key (planned earlier in this batch, or
     written), else by its external_ref (when it has a key, one planned in this batch first)."""
@@ -823,23 +827,25 @@ def _apply(
 ) -> _Step:
     """Change the status in memory and return the history row's values; the caller writes the
     row and the audit event."""
-    current = RequestStatus(request.status)
-    if to_status not in ALLOWED_TRANSITIONS[current]:
+    current, target = _STATUS_VALUE.get(request.status), _STATUS_VALUE[to_status]
+    if current is None:
+        raise ValueError(f"unknown request status {request.status!r}")
+    if to_status not in ALLOWED_TRANSITIONS[current]:  # type: ignore[index]  # keyed by members, equal to values
         raise IllegalTransition(
-            f"a {current.value} request cannot become {to_status.value}",
-            field="status", current_status=current.value, requested_status=to_status.value,
+            f"a {current} request cannot become {target}",
+            field="status", current_status=current, requested_status=target,
         )
     now = utcnow()
-    request.status = to_status.value
+    request.status = target
     request.updated_at = now
     if to_status is S.COMPLETED:
-        request.outcome = RequestOutcome(outcome or RequestOutcome.FORGOTTEN).value
+        request.outcome = _OUTCOME_VALUE[outcome] if outcome in _OUTCOME_VALUE else RequestOutcome(
+            outcome or RequestOutcome.FORGOTTEN).value
         request.guarantee = guarantee
         request.completed_at = now
     elif to_status is S.SCHEDULED:
         request.outcome, request.guarantee = None, None
-    return _Step(request_id=request.id, from_status=current.value, to_status=to_status.value, actor=actor,
-                 reason=reason, at=now)
+    return _Step(request_id=request.id, from_status=current, to_status=target, actor=actor, reason=reason, at=now)
 
 
 @dataclass(frozen=True, slots=True)
