@@ -502,8 +502,22 @@ def _json_rows(rows: Sequence[dict[str, Any]], table: Table) -> str:
             if value is not None and value.tzinfo is None:
                 raise ValueError("naive datetimes are not stored; use timezone-aware UTC")
     if binary:
-        rows = [{**row, **{c: _json_value(row[c]) for c in binary if row.get(c) is not None}} for row in rows]
+        rows = _with_bytea_text(rows, binary)
     return to_json(rows, fallback=_json_value).decode()
+
+
+def _with_bytea_text(rows: Sequence[dict[str, Any]], binary: tuple[str, ...]) -> list[dict[str, Any]]:
+    """Copies of the rows with their binary values in bytea's hex input form. A plain loop: a
+    comprehension nested per row cost a call each, 3% of a bulk intake's CPU (its tree nodes)."""
+    converted = []
+    for row in rows:
+        row = dict(row)
+        for column in binary:
+            value = row.get(column)
+            if value is not None:
+                row[column] = "\\x" + value.hex()
+        converted.append(row)
+    return converted
 
 
 @lru_cache(maxsize=64)
