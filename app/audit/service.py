@@ -128,7 +128,7 @@ def record(
     return pending
 
 
-@dataclass(frozen=True)
+@dataclass
 class Event:
     """One event for ``record_many``."""
 
