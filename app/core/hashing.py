@@ -138,7 +138,8 @@ def subject_hash(
     """HMAC-SHA256 of the canonical identifier; hex. Without the pepper it cannot be reversed
     by hashing a list of e-mail addresses."""
     normalised = normalise_identifier(kind, value, field=field, version=version, fold_case=fold_case, region=region)
-    return hmac.digest(pepper, normalised.encode(), "sha256").hex()  # one call into OpenSSL: hmac.new's object costs more
+    # One call into OpenSSL: ``hmac.new``'s object, built and read per identifier, cost more.
+    return hmac.digest(pepper, normalised.encode(), "sha256").hex()
 
 
 # Built once: ``json.dumps`` with these options builds an encoder per call, a sixth of the cost

@@ -830,7 +830,7 @@ def _apply(
     current, target = _STATUS_VALUE.get(request.status), _STATUS_VALUE[to_status]
     if current is None:
         raise ValueError(f"unknown request status {request.status!r}")
-    if to_status not in ALLOWED_TRANSITIONS[current]:  # type: ignore[index]  # keyed by members, equal to values
+    if to_status not in ALLOWED_TRANSITIONS[current]:  # keyed by members, found by their values
         raise IllegalTransition(
             f"a {current} request cannot become {target}",
             field="status", current_status=current, requested_status=target,
@@ -839,8 +839,7 @@ def _apply(
     request.status = target
     request.updated_at = now
     if to_status is S.COMPLETED:
-        request.outcome = _OUTCOME_VALUE[outcome] if outcome in _OUTCOME_VALUE else RequestOutcome(
-            outcome or RequestOutcome.FORGOTTEN).value
+        request.outcome = _OUTCOME_VALUE.get(outcome) or RequestOutcome(outcome or RequestOutcome.FORGOTTEN).value
         request.guarantee = guarantee
         request.completed_at = now
     elif to_status is S.SCHEDULED:
