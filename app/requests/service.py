@@ -229,13 +229,14 @@ def _plan_all(
     answers: list[Any] = list(entries)
     prepared: dict[int, _Prepared] = {}
     schemes: list[subjects.HashScheme] | None = None
+    role = client.role_enum  # once: per item it was an ORM read and an enum call, 1.7% of a batch
     for index, entry in enumerate(entries):
         if isinstance(entry, UnlearndError):
             continue
         submission, key = entry.submission, entry.idempotency_key
         try:
             _check_idempotency_key(key)
-            _check_kind(client, submission)
+            _check_kind(role, submission)
             if submission.subject and schemes is None:
                 # The shared lineage lock (see ``_lock_lineage``) is taken in the same statement:
                 # resolution, a later statement, reads under it. One round trip for both.
@@ -528,18 +529,18 @@ def _validate_batch_item(raw: Any) -> DeletionRequestBatchItem:
                            field=first["field"], errors=errors) from None
 
 
-def _check_kind(client: ApiClient, submission: DeletionRequestCreate) -> None:
+def _check_kind(role: Role, submission: DeletionRequestCreate) -> None:
     """Portals name subjects or records; a selector (a whole dataset or source) is an
     operator's decision, so only admin and ml keys may send one, and must say why."""
     if submission.selector is not None:
-        if client.role_enum not in (Role.ADMIN, Role.ML):
-            raise Forbidden(f"role '{client.role}' may not remove data by selector; needs admin or ml")
+        if role not in (Role.ADMIN, Role.ML):
+            raise Forbidden(f"role '{role.value}' may not remove data by selector; needs admin or ml")
         if submission.subject or submission.records:
             raise InvalidInput("a selector request names no subject or records", field="selector")
         if submission.reason is None:
             raise InvalidInput("a removal by selector needs a reason", field="reason")
         return
-    if client.role_enum is Role.ML:
+    if role is Role.ML:
         raise Forbidden("role 'ml' may only submit removals by selector")
     if not submission.subject and not submission.records:
         raise InvalidInput("give the subject's identifiers and/or explicit records", field="subject")
